@@ -1,0 +1,111 @@
+"""Command line of the peer: `python -m peers hw|join|shards`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def cmd_hw(args) -> int:
+    from peers.hw import detect_hardware
+
+    print(json.dumps(detect_hardware(), indent=2))
+    return 0
+
+
+def cmd_shards(args) -> int:
+    from peers.data import write_npz_shards
+
+    for path in write_npz_shards(args.out, args.peers, seed=args.seed, partition=args.partition):
+        print(path)
+    return 0
+
+
+async def _join(args) -> int:
+    from peers.client import PlatformClient, PlatformError
+    from peers.data import load_local_data
+    from peers.hw import detect_hardware
+    from peers.signing import NodeKey
+    from peers.training import select_device
+    from peers.transport.redis import RedisChannelTransport
+    from peers.worker import Peer
+
+    log = logging.getLogger("peers")
+    data = load_local_data(args.data, seed=args.seed)
+    device = select_device(args.device)
+    token_id = args.token.split("_")[1] if args.token.count("_") >= 2 else "default"
+    key = NodeKey.load_or_create(Path(args.key or Path.home() / ".dfl" / f"node-{token_id}.key"))
+    client = PlatformClient(args.server, args.token)
+    try:
+        info = await asyncio.to_thread(client.hello, detect_hardware(), key.public_key_hex)
+    except PlatformError as exc:
+        log.error("%s", exc)
+        return 2
+    redis_url = args.redis or info["channel_layer"]["url"]
+    transport = RedisChannelTransport(redis_url, prefix=info["channel_layer"].get("prefix", "asgi"))
+    peer = Peer(info["node_id"], key, data, transport, client, device=device, attack=args.attack)
+    log.info("node %s (%s) joined %s: %d training samples on %s, listening on %s",
+             info["node_id"], info["name"], args.server, data.samples, device, info["channel"])
+
+    async def heartbeats():
+        while True:
+            await asyncio.sleep(info.get("heartbeat_s", 20))
+            try:
+                await client.heartbeat()
+            except PlatformError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    beat = asyncio.create_task(heartbeats())
+    try:
+        await peer.run(max_jobs=args.max_jobs)
+    finally:
+        beat.cancel()
+        await transport.close()
+    return 0
+
+
+def cmd_join(args) -> int:
+    return asyncio.run(_join(args))
+
+
+def main(argv=None) -> int:
+    from peers.attacks import ATTACK_MODES
+
+    parser = argparse.ArgumentParser(prog="python -m peers", description="Decentralized federated learning peer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("hw", help="print this machine's hardware as JSON").set_defaults(func=cmd_hw)
+
+    join = sub.add_parser("join", help="join the platform and train on local data")
+    join.add_argument("--server", required=True, help="platform URL, e.g. https://dfl.example.org")
+    join.add_argument("--token", default=os.environ.get("DFL_NODE_TOKEN"), help="node API token (or DFL_NODE_TOKEN)")
+    join.add_argument("--data", required=True, help="local data: file.npz, file.csv, or digits:I/N")
+    join.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    join.add_argument("--key", help="Ed25519 key file (created if missing; default ~/.dfl/node-<id>.key)")
+    join.add_argument("--redis", help="channel layer URL (default: the one the platform announces)")
+    join.add_argument("--max-jobs", type=int, default=None, help="exit after this many finished jobs")
+    join.add_argument("--seed", type=int, default=0, help="seed of the local train/eval split")
+    join.add_argument("--attack", choices=ATTACK_MODES, default="none", help="simulate a Byzantine peer")
+    join.set_defaults(func=cmd_join)
+
+    shards = sub.add_parser("shards", help="write digits shards as .npz files (demo data)")
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--peers", type=int, required=True)
+    shards.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
+    shards.add_argument("--seed", type=int, default=0)
+    shards.set_defaults(func=cmd_shards)
+
+    args = parser.parse_args(argv)
+    if args.command == "join" and not args.token:
+        parser.error("--token (or DFL_NODE_TOKEN) is required")
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

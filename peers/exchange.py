@@ -1,0 +1,194 @@
+"""Streaming a weights payload to a neighbour as signed chunks, and reassembling it.
+
+The sender signs the header ``[job_id, round, sender, seq, count, size, sha256]`` once
+and attaches that signature to every chunk; the receiver verifies it against the
+sender's public key from the round plan and checks the sha256 after reassembly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
+from peers.signing import NodeKey, verify
+from peers.transport.base import Transport, is_channel_full
+from peers.wire import sha256_hex
+
+MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
+MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
+
+
+async def send_payload(
+    transport: Transport,
+    channel: str,
+    *,
+    job_id: int,
+    round: int,
+    sender: int,
+    seq: int,
+    payload: bytes,
+    key: NodeKey,
+    chunk_bytes: int = 512 * 1024,
+    full_retry_s: float = 30.0,
+    sha256: str | None = None,
+) -> int:
+    """Send ``payload`` in order as signed chunks; returns payload bytes sent.
+
+    On a full channel, backs off (5 ms doubling to 200 ms) and retries for up to
+    ``full_retry_s`` per chunk, then re-raises. ``sha256`` overrides the digest
+    (only the bad-hash attack uses it).
+    """
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    count = max(1, -(-len(payload) // chunk_bytes))
+    chunk = WeightsChunk(
+        job_id=job_id, round=round, sender=sender, seq=seq, index=0, count=count,
+        size=len(payload), sha256=sha256 or sha256_hex(payload), signature=b"", data=b"",
+    )
+    chunk.signature = key.sign(header_bytes(chunk))
+    view = memoryview(payload)
+    for index in range(count):
+        chunk.index = index
+        chunk.data = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])
+        message = to_message(chunk)
+        delay, give_up = 0.005, time.monotonic() + full_retry_s
+        while True:
+            try:
+                await transport.send(channel, message)
+                break
+            except Exception as exc:
+                if not is_channel_full(exc) or time.monotonic() >= give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    return len(payload)
+
+
+@dataclass
+class Completed:
+    sender: int
+    round: int
+    seq: int
+    payload: bytes
+
+
+@dataclass
+class Rejected:
+    sender: int
+    round: int
+    reason: str
+
+
+@dataclass
+class _Partial:
+    header: bytes
+    signature: bytes
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
+
+
+class Reassembler:
+    """Collects chunks from known senders into verified payloads.
+
+    ``feed`` returns ``Completed`` when a transfer finishes intact, ``Rejected`` the
+    first time a transfer (sender, round, seq) fails, and ``None`` otherwise.
+    A transfer whose signed header checks out but whose content does not is dead:
+    its later chunks are dropped silently. Bad signatures only drop the chunk, so a
+    forger cannot block the real sender's transfer.
+    """
+
+    def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int):
+        self.public_keys = dict(public_keys)
+        self.job_id = job_id
+        self.max_bytes = max_bytes
+        self.min_round = 0
+        self._partials: dict[tuple[int, int, int], _Partial] = {}
+        self._completed: set[tuple[int, int, int]] = set()
+        self._last_seq: dict[tuple[int, int], int] = {}
+        self._dead: set[tuple[int, int, int]] = set()
+        self._reported: set[tuple[int, int, int]] = set()
+
+    def _reject(self, key: tuple[int, int, int], reason: str, kill: bool = True) -> Rejected | None:
+        if kill:
+            self._dead.add(key)
+            self._partials.pop(key, None)
+        if key in self._reported or len(self._reported) >= MAX_REPORTED:
+            return None
+        self._reported.add(key)
+        return Rejected(sender=key[0], round=key[1], reason=reason)
+
+    def feed(self, msg: WeightsChunk | dict) -> Completed | Rejected | None:
+        if isinstance(msg, dict):
+            msg = from_message(msg)
+        if not isinstance(msg, WeightsChunk):
+            raise TypeError(f"expected WeightsChunk, got {type(msg).__name__}")
+        key = (msg.sender, msg.round, msg.seq)
+        if key in self._dead or msg.round < self.min_round:
+            return None  # dead transfer, or a round already expired
+        public_key = self.public_keys.get(msg.sender)
+        if public_key is None:
+            return self._reject(key, "unknown sender", kill=False)
+        header = header_bytes(msg)
+        partial = self._partials.get(key)
+        same_header = partial is not None and partial.header == header and partial.signature == msg.signature
+        if not same_header and not verify(public_key, header, msg.signature):
+            return self._reject(key, "bad signature", kill=False)
+        # From here on the header is authentic (signed by the sender).
+        if msg.job_id != self.job_id:
+            return self._reject(key, f"wrong job: {msg.job_id} != {self.job_id}")
+        if (
+            key in self._completed
+            or msg.seq < self._last_seq.get((msg.sender, msg.round), msg.seq)
+        ):
+            return self._reject(key, "replayed message", kill=False)
+        if msg.size > self.max_bytes:
+            return self._reject(key, f"payload too large: {msg.size} > {self.max_bytes} bytes")
+        if msg.size < 0 or not 1 <= msg.count <= max(1, msg.size):
+            return self._reject(key, f"inconsistent chunk count: {msg.count} for {msg.size} bytes")
+        if partial is not None and not same_header:
+            return self._reject(key, "inconsistent chunk header")
+        if not 0 <= msg.index < msg.count:
+            return self._reject(key, f"index out of range: {msg.index} not in [0, {msg.count})")
+        if partial is None:
+            partial = self._start(key, header, msg)
+        if msg.index in partial.parts:
+            return None  # duplicate chunk; keep the first copy
+        partial.parts[msg.index] = msg.data
+        partial.received += len(msg.data)
+        if partial.received > msg.size:
+            return self._reject(key, f"chunk data exceeds declared size {msg.size}")
+        if len(partial.parts) < msg.count:
+            return None
+        payload = b"".join(partial.parts[i] for i in range(msg.count))
+        del self._partials[key]
+        if len(payload) != msg.size:
+            return self._reject(key, f"size mismatch: {len(payload)} != {msg.size}")
+        if sha256_hex(payload) != msg.sha256:
+            return self._reject(key, "sha256 mismatch")
+        self._completed.add(key)
+        self._last_seq[(msg.sender, msg.round)] = max(msg.seq, self._last_seq.get((msg.sender, msg.round), msg.seq))
+        return Completed(sender=msg.sender, round=msg.round, seq=msg.seq, payload=payload)
+
+    def _start(self, key: tuple[int, int, int], header: bytes, msg: WeightsChunk) -> _Partial:
+        mine = sorted(k for k in self._partials if k[0] == msg.sender)
+        for old in mine[: max(0, len(mine) - MAX_PARTIALS_PER_SENDER + 1)]:
+            del self._partials[old]  # drop the oldest unfinished transfers
+        partial = self._partials[key] = _Partial(header=header, signature=msg.signature)
+        return partial
+
+    def pending(self) -> list[tuple[int, int, int]]:
+        """(sender, round, seq) of unfinished transfers."""
+        return sorted(self._partials)
+
+    def expire(self, older_than_round: int) -> None:
+        """Forget everything about rounds before ``older_than_round``; later chunks
+        for those rounds are ignored."""
+        self.min_round = max(self.min_round, older_than_round)
+        old = lambda k: k[1] < self.min_round  # noqa: E731
+        self._partials = {k: v for k, v in self._partials.items() if not old(k)}
+        self._completed = {k for k in self._completed if not old(k)}
+        self._dead = {k for k in self._dead if not old(k)}
+        self._reported = {k for k in self._reported if not old(k)}
+        self._last_seq = {k: v for k, v in self._last_seq.items() if k[1] >= self.min_round}

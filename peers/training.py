@@ -1,0 +1,170 @@
+"""Local SGD training, evaluation and weighted model averaging."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from peers.data import LocalData
+
+EVAL_BATCH = 8192
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cpu'; 'cuda' / 'cuda:N' (errors without CUDA)."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec!r} requested but CUDA is not available "
+                               f"(torch {torch.__version__}); use 'cpu' or 'auto'")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {spec!r} requested but only {torch.cuda.device_count()} GPU(s) present")
+        return dev
+    raise ValueError(f"unknown device {spec!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean minibatch loss over the steps
+    samples_seen: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean per-sample loss (nan when there is no eval data)
+    accuracy: float
+    samples: int
+
+
+def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class LocalTrainer:
+    """Minibatch SGD over a peer's LocalData; tensors live on `device` for the trainer's lifetime."""
+
+    def __init__(self, model: nn.Module, data: LocalData, *, lr: float, batch_size: int,
+                 device: torch.device | str, seed: int = 0, weight_decay: float = 0.0,
+                 momentum: float = 0.0):
+        if data.samples == 0:
+            raise ValueError("no training samples")
+        if lr <= 0 or batch_size < 1:
+            raise ValueError(f"need lr > 0 and batch_size >= 1, got lr={lr}, batch_size={batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.batch_size = min(batch_size, data.samples)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
+                                         weight_decay=weight_decay)
+        self.X = _to_device(data.X_train.astype(np.float32, copy=False), self.device)
+        self.y = _to_device(data.y_train.astype(np.int64, copy=False), self.device)
+        self.X_eval = _to_device(data.X_eval.astype(np.float32, copy=False), self.device)
+        self.y_eval = _to_device(data.y_eval.astype(np.int64, copy=False), self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long, device=self.device)
+        self._cursor = 0
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _next_batch(self) -> torch.Tensor:
+        """Indices of the next minibatch; reshuffles once an epoch is used up."""
+        if self._cursor + self.batch_size > len(self._order):
+            self._order = torch.randperm(self.data.samples, generator=self.generator, device=self.device)
+            self._cursor = 0
+        idx = self._order[self._cursor:self._cursor + self.batch_size]
+        self._cursor += self.batch_size
+        return idx
+
+    def train(self, steps: int) -> TrainResult:
+        """Run `steps` SGD steps; the loss is synced to host once, at the end."""
+        start = time.perf_counter()
+        if steps <= 0:
+            return TrainResult(float("nan"), 0, 0.0)
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            idx = self._next_batch()
+            with self._autocast():
+                loss = F.cross_entropy(self.model(self.X[idx]), self.y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().float()
+        mean = total.item() / steps
+        return TrainResult(mean, steps * self.batch_size, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult:
+        """Loss and accuracy on the eval split."""
+        n = len(self.y_eval)
+        if n == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for s in range(0, n, EVAL_BATCH):
+            X, y = self.X_eval[s:s + EVAL_BATCH], self.y_eval[s:s + EVAL_BATCH]
+            with self._autocast():
+                logits = self.model(X)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+        return EvalResult(loss_sum.item() / n, correct.item() / n, n)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Detached CPU float32 copies of the model's state."""
+        return {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
+                for k, v in self.model.state_dict().items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy `state` (same names and shapes) into the model in place."""
+        self.model.load_state_dict(state, strict=True)
+
+
+def mix(weighted_states: list[tuple[float, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Weighted average of states; weights are renormalised to sum to 1."""
+    if not weighted_states:
+        raise ValueError("mix needs at least one (weight, state) pair")
+    weights = [float(w) for w, _ in weighted_states]
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"mix weights must be finite and >= 0, got {weights}")
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError(f"mix weights must have a positive total, got {total}")
+    ref = weighted_states[0][1]
+    names = set(ref)
+    for _, st in weighted_states[1:]:
+        if set(st) != names:
+            diff = sorted(names.symmetric_difference(st))
+            raise ValueError(f"mix: parameter names differ: {diff}")
+        for k in names:
+            if st[k].shape != ref[k].shape:
+                raise ValueError(f"mix: shape mismatch for {k!r}: {tuple(st[k].shape)} vs {tuple(ref[k].shape)}")
+    out = {}
+    for k in ref:
+        acc = torch.zeros(ref[k].shape, dtype=torch.float64)
+        for w, (_, st) in zip(weights, weighted_states):
+            if w:
+                acc += (w / total) * st[k].detach().to(device="cpu", dtype=torch.float64)
+        out[k] = acc.to(ref[k].dtype if ref[k].is_floating_point() else torch.float32)
+    return out

@@ -1,0 +1,24 @@
+"""The transport interface peers talk through (a Django Channels layer also fits it)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class ChannelFull(Exception):
+    """The destination channel is at capacity; retry later."""
+
+
+def is_channel_full(exc: BaseException) -> bool:
+    """True for our ``ChannelFull`` and for any other library's class of that name
+    (``channels.exceptions.ChannelFull`` when the platform hands us its layer)."""
+    return any(cls.__name__ == "ChannelFull" for cls in type(exc).__mro__)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    async def send(self, channel: str, message: dict) -> None: ...
+
+    async def receive(self, channel: str) -> dict: ...
+
+    async def close(self) -> None: ...

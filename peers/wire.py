@@ -1,0 +1,65 @@
+"""Model weights on the wire: safetensors bytes (never pickle), validated on arrival."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from safetensors.torch import load as _st_load, save as _st_save
+
+Spec = dict[str, tuple[tuple[int, ...], str]]
+
+
+class WeightsRejected(Exception):
+    """A received payload that must not be averaged in; ``reason`` is human-readable."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def pack_state(state: dict[str, torch.Tensor]) -> bytes:
+    """Serialize a state dict to safetensors bytes (copies to contiguous CPU tensors)."""
+    # clone() also breaks storage sharing (tied/view tensors), which safetensors refuses.
+    return _st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def describe(state: dict[str, torch.Tensor]) -> Spec:
+    """Name -> (shape, dtype string) — what a receiver expects of a neighbour's payload."""
+    return {k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}
+
+
+def unpack_state(data: bytes, expected: Spec, max_bytes: int) -> dict[str, torch.Tensor]:
+    """Parse and validate a payload against ``expected``; raises ``WeightsRejected``."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise WeightsRejected(f"payload is {type(data).__name__}, not bytes")
+    if len(data) > max_bytes:
+        raise WeightsRejected(f"payload too large: {len(data)} > {max_bytes} bytes")
+    try:
+        state = _st_load(bytes(data))
+    except Exception:
+        raise WeightsRejected("unparseable safetensors payload") from None
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsRejected(f"missing tensors: {', '.join(missing)}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise WeightsRejected(f"unexpected tensors: {', '.join(extra)}")
+    for name in sorted(expected):
+        shape, dtype = expected[name]
+        t = state[name]
+        if _dtype_name(t.dtype) != dtype:
+            raise WeightsRejected(f"wrong dtype for {name}: {_dtype_name(t.dtype)} != {dtype}")
+        if tuple(t.shape) != tuple(shape):
+            raise WeightsRejected(f"wrong shape for {name}: {tuple(t.shape)} != {tuple(shape)}")
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise WeightsRejected(f"non-finite values in {name}")
+    return state

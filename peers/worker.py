@@ -1,0 +1,214 @@
+"""A peer: receives round plans, trains on its own data, swaps weights with its neighbours,
+mixes them (decentralized periodic averaging), evaluates and reports. Raw data never leaves.
+
+The peer is transport-agnostic: `transport` is anything with async send/receive (the Redis
+channel-layer client, the in-memory transport, or the platform's own channel layer in the
+embedded demo) and `reporter` anything with `async report(message: dict)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from peers.attacks import corrupt, tamper_payload
+from peers.data import LocalData
+from peers.exchange import Completed, Reassembler, Rejected, send_payload
+from peers.models import build_model
+from peers.protocol import PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel, to_message
+from peers.signing import NodeKey
+from peers.training import LocalTrainer, mix
+from peers.wire import WeightsRejected, describe, pack_state, sha256_hex, unpack_state
+
+log = logging.getLogger("peers.worker")
+
+EARLY_CHUNKS_PER_JOB = 1000  # chunks kept for a job whose plan has not arrived yet
+
+
+@dataclass
+class JobState:
+    """What a peer keeps about one job between rounds."""
+
+    trainer: LocalTrainer
+    reassembler: Reassembler
+    spec: dict
+    payloads: dict[int, dict[int, bytes]] = field(default_factory=dict)  # round -> sender -> bytes
+    rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Peer:
+    def __init__(self, node_id: int, key: NodeKey, data: LocalData, transport, reporter, *,
+                 device="cpu", attack: str = "none", deadline_margin_s: float = 2.0):
+        self.node_id = node_id
+        self.key = key
+        self.data = data
+        self.transport = transport
+        self.reporter = reporter
+        self.device = device
+        self.attack = attack
+        self.deadline_margin_s = deadline_margin_s
+        self.channel = node_channel(node_id)
+        self.jobs: dict[int, JobState] = {}
+        self.early_chunks: dict[int, list[WeightsChunk]] = {}
+        self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
+        self.jobs_done = 0
+
+    # -- main loops ---------------------------------------------------------------------------
+    async def run(self, max_jobs: int | None = None) -> None:
+        """Serve round plans until `max_jobs` jobs have finished (forever when None)."""
+        receiver = asyncio.create_task(self._receive_loop())
+        try:
+            while max_jobs is None or self.jobs_done < max_jobs:
+                plan_task = asyncio.create_task(self.plans.get())
+                done, _ = await asyncio.wait({plan_task, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if receiver in done:
+                    plan_task.cancel()
+                    receiver.result()  # re-raise what stopped the receiver
+                    return
+                await self.run_round(plan_task.result())
+        finally:
+            receiver.cancel()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.transport.receive(self.channel)
+            try:
+                msg = from_message(message)
+            except ProtocolError as exc:
+                log.warning("node %s dropped a malformed message: %s", self.node_id, exc)
+                continue
+            if isinstance(msg, RoundPlan):
+                if msg.node_id == self.node_id:
+                    await self.plans.put(msg)
+            elif isinstance(msg, WeightsChunk):
+                self._on_chunk(msg)
+
+    def _on_chunk(self, chunk: WeightsChunk) -> None:
+        state = self.jobs.get(chunk.job_id)
+        if state is None:
+            early = self.early_chunks.setdefault(chunk.job_id, [])
+            if len(early) < EARLY_CHUNKS_PER_JOB:
+                early.append(chunk)
+            return
+        result = state.reassembler.feed(chunk)
+        if isinstance(result, Completed):
+            state.payloads.setdefault(result.round, {})[result.sender] = result.payload
+            state.arrived.set()
+        elif isinstance(result, Rejected):
+            log.warning("node %s rejected weights from %s (round %s): %s",
+                        self.node_id, result.sender, result.round, result.reason)
+            state.rejected.setdefault(result.round, {})[result.sender] = result.reason
+            state.arrived.set()
+
+    # -- one round ----------------------------------------------------------------------------
+    def _job_state(self, plan: RoundPlan) -> JobState:
+        state = self.jobs.get(plan.job_id)
+        if state is None:
+            cfg = plan.config
+            if cfg.get("num_features") not in (None, self.data.num_features):
+                raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg['num_features']}")
+            classes = int(cfg.get("num_classes", self.data.num_classes))
+            model = build_model(cfg["model"], self.data.num_features, classes,
+                                hidden=int(cfg.get("hidden", 64)), seed=int(cfg["seed"]))
+            trainer = LocalTrainer(model, self.data, lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]),
+                                   device=self.device, seed=int(cfg["seed"]) + self.node_id)
+            reassembler = Reassembler({}, plan.job_id, plan.max_payload_bytes)
+            state = self.jobs[plan.job_id] = JobState(trainer, reassembler, describe(trainer.state()))
+        state.reassembler.public_keys = {n.node_id: n.public_key for n in plan.neighbours}
+        return state
+
+    async def run_round(self, plan: RoundPlan) -> None:
+        started = time.perf_counter()
+        try:
+            state = self._job_state(plan)
+            for chunk in self.early_chunks.pop(plan.job_id, []):  # arrived before our plan did
+                self._on_chunk(chunk)
+        except Exception as exc:
+            log.error("node %s cannot take part in job %s: %s", self.node_id, plan.job_id, exc)
+            return
+        state.reassembler.expire(plan.round - 1)
+        cfg = plan.config
+
+        trained = await asyncio.to_thread(state.trainer.train, int(cfg["local_steps"]))
+        local = state.trainer.state()
+        bytes_sent = await self._send_to_neighbours(plan, local)
+
+        await self._wait_for_neighbours(plan, state)
+        received = state.payloads.pop(plan.round, {})
+        rejected = state.rejected.pop(plan.round, {})
+        weighted = [(plan.self_weight, local)]
+        for n in plan.neighbours:
+            if n.node_id not in received:
+                continue
+            try:
+                weighted.append((n.weight, unpack_state(received[n.node_id], state.spec, plan.max_payload_bytes)))
+            except WeightsRejected as exc:
+                log.warning("node %s rejected weights from %s (round %s): %s",
+                            self.node_id, n.node_id, plan.round, exc.reason)
+                rejected[n.node_id] = exc.reason
+        missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
+        for sender in missing:
+            rejected[sender] = "no weights before the deadline"
+        mixed = mix(weighted)  # renormalises over the neighbours that made it
+        state.trainer.load_state(mixed)
+        evaluation = await asyncio.to_thread(state.trainer.evaluate)
+
+        report = PeerReport(
+            job_id=plan.job_id, round=plan.round, node_id=self.node_id,
+            train_loss=_finite(trained.loss), eval_loss=_finite(evaluation.loss),
+            accuracy=_finite(evaluation.accuracy), samples=self.data.samples,
+            eval_samples=evaluation.samples, model_hash=sha256_hex(pack_state(mixed)),
+            bytes_sent=bytes_sent, bytes_received=sum(len(p) for p in received.values()),
+            duration_s=time.perf_counter() - started,
+            rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
+        )
+        try:
+            await self.reporter.report(to_message(report))
+        except Exception as exc:
+            log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
+        log.info("node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
+                 self.node_id, plan.job_id, plan.round, plan.total_rounds, report.accuracy,
+                 len(weighted) - 1, len(plan.neighbours))
+        if plan.round >= plan.total_rounds:
+            self.jobs.pop(plan.job_id, None)
+            self.jobs_done += 1
+
+    async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
+        if not plan.neighbours:
+            return 0
+        payload = pack_state(corrupt(local, self.attack) if self.attack in ("nan", "shape") else local)
+        digest = sha256_hex(payload)
+        if self.attack == "bad-hash":
+            payload = tamper_payload(payload)
+        sends = [
+            send_payload(self.transport, n.channel, job_id=plan.job_id, round=plan.round, sender=self.node_id,
+                         seq=1, payload=payload, key=self.key, sha256=digest)
+            for n in plan.neighbours
+        ]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for n, result in zip(plan.neighbours, results):
+            if isinstance(result, Exception):
+                log.warning("node %s could not send weights to %s: %s", self.node_id, n.node_id, result)
+        return sum(r for r in results if isinstance(r, int))
+
+    async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
+        """Until every neighbour's weights arrived or were rejected, or the deadline is near."""
+        expected = {n.node_id for n in plan.neighbours}
+        give_up = plan.deadline - self.deadline_margin_s
+        while True:
+            heard = set(state.payloads.get(plan.round, {})) | set(state.rejected.get(plan.round, {}))
+            remaining = give_up - time.time()
+            if expected <= heard or remaining <= 0:
+                return
+            state.arrived.clear()
+            try:
+                await asyncio.wait_for(state.arrived.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                return
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0

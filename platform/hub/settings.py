@@ -1,0 +1,162 @@
+"""Settings for the control plane. Everything that differs between machines comes from the
+environment; the embedded demo (DFL_EMBEDDED=1) needs no external service at all."""
+import importlib.util
+import os
+from pathlib import Path
+
+import dj_database_url
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+VAR_DIR = Path(os.environ.get("DFL_VAR_DIR", ROOT_DIR / "var"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+# Embedded mode: SQLite, in-memory channel layer, eager Celery, eth-tester chain.
+EMBEDDED = env_bool("DFL_EMBEDDED")
+DEBUG = env_bool("DEBUG", default=False)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or EMBEDDED:
+        SECRET_KEY = "insecure-development-key-never-use-in-production"
+    else:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("SECRET_KEY must be set (or run with DEBUG=1 / DFL_EMBEDDED=1).")
+
+ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "nodes",
+    "jobs",
+    "ledger",
+    "live",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hub.urls"
+ASGI_APPLICATION = "hub.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [ROOT_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if EMBEDDED and not os.environ.get("DATABASE_URL"):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "demo.sqlite3"}}
+else:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dfl"), conn_max_age=0
+        )
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = ROOT_DIR / "staticfiles"
+# plotly.js is served from the plotly package's bundled copy (no CDN, nothing committed twice).
+PLOTLY_JS_DIR = Path(importlib.util.find_spec("plotly").origin).parent / "package_data"
+STATICFILES_DIRS = [ROOT_DIR / "static", ("vendor/plotly", PLOTLY_JS_DIR)]
+WHITENOISE_USE_FINDERS = True  # serve from the source tree too; collectstatic is optional
+
+# Channel layer: Redis in production and tests, in-memory in the embedded demo.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+if EMBEDDED:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 500}]},
+        }
+    }
+# Where peers on other machines reach the channel layer (told to them by the node API).
+PEER_CHANNEL_URL = os.environ.get("PEER_CHANNEL_URL", REDIS_URL)
+
+# Celery: Redis broker in production and tests; eager in the embedded demo.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "start-ready-jobs": {"task": "jobs.tasks.start_ready_jobs", "schedule": 10.0},
+    "enforce-round-deadlines": {"task": "jobs.tasks.enforce_deadlines", "schedule": 5.0},
+}
+
+# Chain: eth-tester in process for the demo, anvil (JSON-RPC) otherwise.
+CHAIN_RPC_URL = os.environ.get("CHAIN_RPC_URL", "eth-tester" if EMBEDDED else "http://127.0.0.1:8545")
+# Operator key that deploys contracts and pays rewards. Defaults to the first well-known
+# development account only on development chains (eth-tester / anvil on localhost).
+CHAIN_PRIVATE_KEY = os.environ.get("CHAIN_PRIVATE_KEY", "")
+
+# Node liveness and rounds.
+NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))
+MAX_WEIGHTS_BYTES = int(os.environ.get("MAX_WEIGHTS_BYTES", str(512 * 1024 * 1024)))
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if not DEBUG and not EMBEDDED and env_bool("HTTPS", default=False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "celery.app.trace": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

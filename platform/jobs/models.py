@@ -1,0 +1,184 @@
+"""Jobs, consent, cohorts, rounds and what peers reported. Every state change is a row first;
+websockets and the chain are told after."""
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression")]
+TOPOLOGY_CHOICES = [("ring", "Ring (each peer averages with two neighbours)")]
+DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)")]
+DATASET_SHAPES = {"digits": (64, 10)}  # task -> (features, classes)
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting for peers"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished, settling"
+        SETTLED = "settled", "Settled"
+        FAILED = "failed", "Failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    is_public = models.BooleanField(default=True, help_text="Listed for every participant. Private jobs are seen by their owner and their consenting nodes' owners.")
+    # What is trained, and on which data schema.
+    dataset = models.CharField(max_length=32, choices=DATASET_CHOICES, default="digits")
+    model = models.CharField(max_length=32, choices=MODEL_CHOICES, default="mlp")
+    hidden = models.PositiveIntegerField(default=64)
+    # How.
+    rounds = models.PositiveIntegerField(default=5)
+    local_steps = models.PositiveIntegerField(default=20)
+    lr = models.FloatField(default=0.1)
+    batch_size = models.PositiveIntegerField(default=32)
+    topology = models.CharField(max_length=32, choices=TOPOLOGY_CHOICES, default="ring")
+    num_peers = models.PositiveIntegerField(default=4)
+    round_timeout_s = models.PositiveIntegerField(default=120)
+    # Who may join.
+    min_vram_gb = models.FloatField(default=0)
+    require_cuda = models.BooleanField(default=False)
+    # Rewards, in whole tokens per round, split by training samples.
+    reward_per_round = models.PositiveIntegerField(default=100)
+    seed = models.BigIntegerField(default=new_seed)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
+    current_round = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failure = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return DATASET_SHAPES[self.dataset]
+
+    def config(self) -> dict:
+        """Hyper-parameters every peer of the job trains with (sent in each round plan)."""
+        features, classes = self.shape
+        return {
+            "dataset": self.dataset, "model": self.model, "hidden": self.hidden,
+            "lr": self.lr, "local_steps": self.local_steps, "batch_size": self.batch_size,
+            "seed": self.seed, "num_features": features, "num_classes": classes,
+        }
+
+    @classmethod
+    def visible_to(cls, user):
+        if not user.is_authenticated:
+            return cls.objects.none()
+        if user.is_staff:
+            return cls.objects.all()
+        return cls.objects.filter(
+            Q(is_public=True) | Q(owner=user) | Q(consents__node__owner=user)
+        ).distinct()
+
+    def can_view(self, user) -> bool:
+        return Job.visible_to(user).filter(pk=self.pk).exists()
+
+    def node_is_eligible(self, node) -> bool:
+        """Hardware needs of the job."""
+        if self.require_cuda and not node.cuda_capability:
+            return False
+        return node.vram_gb >= self.min_vram_gb
+
+
+class Consent(models.Model):
+    """Append-only consent record: the latest row for (job, node) is the current state."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="consents")
+    node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="consents")
+    granted = models.BooleanField()
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    at = models.DateTimeField(auto_now_add=True)
+    scope = models.CharField(max_length=200, default="train on local data; share weights with the job's peers")
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    @classmethod
+    def current(cls, job, node) -> bool:
+        latest = cls.objects.filter(job=job, node=node).order_by("-at", "-id").first()
+        return bool(latest and latest.granted)
+
+    @classmethod
+    def consenting_nodes(cls, job):
+        from nodes.models import Node
+
+        ids = [n.id for n in Node.objects.filter(consents__job=job).distinct() if cls.current(job, n)]
+        return Node.objects.filter(id__in=ids).order_by("id")
+
+
+class CohortMember(models.Model):
+    """A node chosen for the job when it started; its position fixes its ring neighbours."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="cohort")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="memberships")
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "node"], name="unique_member"),
+            models.UniqueConstraint(fields=["job", "position"], name="unique_position"),
+        ]
+
+
+class Round(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLOSED = "closed", "Closed"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="round_set")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    opened_at = models.DateTimeField(auto_now_add=True)
+    deadline = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    mean_loss = models.FloatField(null=True, blank=True)
+    mean_accuracy = models.FloatField(null=True, blank=True)
+    reporters = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="unique_round")]
+
+    def __str__(self) -> str:
+        return f"{self.job} round {self.number}"
+
+
+class PeerReport(models.Model):
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="reports")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="reports")
+    received_at = models.DateTimeField(auto_now_add=True)
+    train_loss = models.FloatField()
+    eval_loss = models.FloatField()
+    accuracy = models.FloatField()
+    samples = models.PositiveIntegerField()
+    eval_samples = models.PositiveIntegerField()
+    model_hash = models.CharField(max_length=64)
+    bytes_sent = models.PositiveBigIntegerField(default=0)
+    bytes_received = models.PositiveBigIntegerField(default=0)
+    duration_s = models.FloatField(default=0)
+    rejected = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["round__number", "node_id"]
+        constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_report_per_round")]
+
+    def as_event(self) -> dict:
+        return {
+            "round": self.round.number, "node": self.node_id, "node_name": self.node.name,
+            "train_loss": self.train_loss, "eval_loss": self.eval_loss, "accuracy": self.accuracy,
+            "samples": self.samples, "rejected": self.rejected,
+        }

@@ -1,0 +1,212 @@
+"""Round orchestration: cohort formation, round plans, reports, closing rounds.
+
+Each step writes the database first (in a transaction, with the job row locked) and tells the
+outside world (peers over the channel layer, browsers, Celery) only after the commit.
+"""
+import logging
+import math
+from datetime import timedelta
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from live.broadcast import job_update
+from peers import topology
+from peers.protocol import Neighbour, PeerReport as ReportMessage, RoundPlan, to_message
+
+from .models import CohortMember, Consent, Job, PeerReport, Round
+from .snapshot import round_summary
+
+log = logging.getLogger(__name__)
+
+
+class ReportRefused(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# -- starting ---------------------------------------------------------------------------------
+def eligible_nodes(job: Job) -> list:
+    return [
+        n for n in Consent.consenting_nodes(job)
+        if n.is_online and n.public_key and job.node_is_eligible(n)
+    ]
+
+
+def start_job_if_ready(job_id: int) -> bool:
+    """Form the cohort and open round 1 when enough consenting, eligible, online nodes exist."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status != Job.Status.WAITING:
+            return False
+        candidates = eligible_nodes(job)
+        if len(candidates) < job.num_peers:
+            return False
+        for position, node in enumerate(candidates[: job.num_peers]):
+            CohortMember.objects.create(job=job, node=node, position=position)
+        job.status = Job.Status.RUNNING
+        job.started_at = timezone.now()
+        first = open_round(job, 1)
+    log.info("job %s started with %d peers", job.id, job.num_peers)
+    job_update(job.id, "status", {"status": job.status, "current_round": 1})
+    dispatch_plans(first)
+    return True
+
+
+def start_jobs_for_node(node) -> None:
+    """A node came online: any waiting job it consented to may now have its cohort."""
+    from .tasks import start_job
+
+    job_ids = Job.objects.filter(status=Job.Status.WAITING, consents__node=node).values_list("id", flat=True)
+    for job_id in set(job_ids):
+        transaction.on_commit(lambda job_id=job_id: start_job.delay(job_id))
+
+
+# -- rounds -----------------------------------------------------------------------------------
+def open_round(job: Job, number: int) -> Round:
+    job.current_round = number
+    job.save(update_fields=["status", "started_at", "current_round"])
+    return Round.objects.create(
+        job=job, number=number, deadline=timezone.now() + timedelta(seconds=job.round_timeout_s)
+    )
+
+
+def active_members(job: Job) -> list[CohortMember]:
+    """Cohort members whose consent still stands (a revocation drops a node from new rounds)."""
+    return [m for m in job.cohort.select_related("node") if Consent.current(job, m.node)]
+
+
+def build_plans(rnd: Round) -> list[tuple[str, dict]]:
+    job = rnd.job
+    members = active_members(job)
+    weights = topology.build(job.topology, len(members)) if members else []
+    plans = []
+    for index, member in enumerate(members):
+        row = weights[index]
+        neighbours = [
+            Neighbour(node_id=m.node.id, channel=m.node.channel, weight=row[i], public_key=m.node.public_key)
+            for i, m in enumerate(members) if i != index and i in row
+        ]
+        plan = RoundPlan(
+            job_id=job.id, round=rnd.number, total_rounds=job.rounds, node_id=member.node.id,
+            deadline=rnd.deadline.timestamp(), config=job.config(), neighbours=neighbours,
+            self_weight=row[index], max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
+        )
+        plans.append((member.node.channel, to_message(plan)))
+    return plans
+
+
+def dispatch_plans(rnd: Round) -> None:
+    """Send each cohort member its plan. A node we cannot reach is a straggler for this round."""
+    layer = get_channel_layer()
+    for channel, message in build_plans(rnd):
+        try:
+            async_to_sync(layer.send)(channel, message)
+        except Exception as exc:
+            log.warning("round plan for %s not delivered: %s", channel, exc)
+    job_update(rnd.job_id, "status", {"status": "running", "current_round": rnd.number})
+
+
+def _check_report(msg: ReportMessage) -> None:
+    for name in ("train_loss", "eval_loss", "accuracy", "duration_s"):
+        value = getattr(msg, name)
+        if not math.isfinite(value):
+            raise ReportRefused(400, f"{name} must be a finite number")
+    if not 0.0 <= msg.accuracy <= 1.0:
+        raise ReportRefused(400, "accuracy must be between 0 and 1")
+    for name in ("samples", "eval_samples", "bytes_sent", "bytes_received"):
+        if getattr(msg, name) < 0:
+            raise ReportRefused(400, f"{name} must not be negative")
+    if len(msg.model_hash) != 64:
+        raise ReportRefused(400, "model_hash must be a sha256 hex digest")
+
+
+def accept_report(node, msg: ReportMessage) -> PeerReport:
+    """Persist one peer's report for the open round; close the round when everyone reported."""
+    from .tasks import close_round_task
+
+    if msg.node_id != node.id:
+        raise ReportRefused(403, "report is for another node")
+    _check_report(msg)
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=msg.job_id).first()
+        members = active_members(job) if job else []
+        if not any(m.node_id == node.id for m in members):
+            raise ReportRefused(403, "node is not in this job's active cohort")
+        rnd = job.round_set.filter(number=msg.round).first()
+        if rnd is None:
+            raise ReportRefused(404, f"round {msg.round} does not exist")
+        if rnd.status != Round.Status.OPEN:
+            raise ReportRefused(409, f"round {msg.round} is closed")
+        if rnd.reports.filter(node=node).exists():
+            raise ReportRefused(409, "duplicate report")
+        report = PeerReport.objects.create(
+            round=rnd, node=node, train_loss=msg.train_loss, eval_loss=msg.eval_loss,
+            accuracy=msg.accuracy, samples=msg.samples, eval_samples=msg.eval_samples,
+            model_hash=msg.model_hash, bytes_sent=msg.bytes_sent, bytes_received=msg.bytes_received,
+            duration_s=msg.duration_s, rejected=list(msg.rejected),
+        )
+        complete = rnd.reports.count() >= len(members)
+        transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))
+        if complete:
+            transaction.on_commit(lambda: close_round_task.delay(rnd.id))
+    for item in msg.rejected:
+        log.warning("job %s round %s: node %s rejected weights from %s: %s",
+                    job.id, rnd.number, node.id, item.get("sender"), item.get("reason"))
+    return report
+
+
+def close_round(round_id: int) -> None:
+    """Close a round (quorum or deadline), then open the next one or finish the job."""
+    from ledger.tasks import settle_job
+
+    with transaction.atomic():
+        rnd = Round.objects.select_related("job").get(pk=round_id)
+        job = Job.objects.select_for_update().get(pk=rnd.job_id)
+        rnd.refresh_from_db()
+        if rnd.status != Round.Status.OPEN:
+            return
+        reports = list(rnd.reports.all())
+        rnd.status = Round.Status.CLOSED
+        rnd.closed_at = timezone.now()
+        rnd.reporters = len(reports)
+        if reports:
+            # Weighted by evaluation samples, so the mean is the accuracy over all held-out data.
+            weights = [r.eval_samples for r in reports] if any(r.eval_samples for r in reports) else [1] * len(reports)
+            total = sum(weights)
+            rnd.mean_accuracy = sum(w * r.accuracy for w, r in zip(weights, reports)) / total
+            rnd.mean_loss = sum(w * r.eval_loss for w, r in zip(weights, reports)) / total
+        rnd.save()
+        following = None
+        if not reports:
+            job.status = Job.Status.FAILED
+            job.failure = f"no peer reported in round {rnd.number}"
+            job.finished_at = timezone.now()
+        elif rnd.number < job.rounds:
+            following = open_round(job, rnd.number + 1)
+        else:
+            job.status = Job.Status.FINISHED
+            job.finished_at = timezone.now()
+        job.save()
+    log.info("job %s round %s closed: %d reports, accuracy %s", job.id, rnd.number, len(reports), rnd.mean_accuracy)
+    job_update(job.id, "round", round_summary(rnd))
+    if following is not None:
+        dispatch_plans(following)
+    else:
+        job_update(job.id, "status", {"status": job.status, "current_round": job.current_round})
+        if job.status == Job.Status.FINISHED:
+            settle_job.delay(job.id)
+
+
+def enforce_deadlines() -> int:
+    """Close every open round whose deadline passed (stragglers are dropped for that round)."""
+    overdue = list(Round.objects.filter(status=Round.Status.OPEN, deadline__lt=timezone.now()).values_list("id", flat=True))
+    for round_id in overdue:
+        close_round(round_id)
+    return len(overdue)
+

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "jobs"
+urlpatterns = [
+    path("", views.job_list, name="list"),
+    path("new/", views.job_create, name="create"),
+    path("<int:pk>/", views.job_detail, name="detail"),
+    path("<int:pk>/consent/", views.job_consent, name="consent"),
+]

@@ -1,0 +1,85 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.models import Profile
+from nodes.models import Node
+
+from .forms import ConsentForm, JobForm
+from .models import Consent, Job
+from .snapshot import job_snapshot
+
+
+def home(request):
+    jobs = Job.visible_to(request.user)[:10] if request.user.is_authenticated else []
+    return render(request, "home.html", {"jobs": jobs})
+
+
+@login_required
+def job_list(request):
+    return render(request, "jobs/list.html", {"jobs": Job.visible_to(request.user)})
+
+
+@login_required
+def job_create(request):
+    form = JobForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        job = form.save(commit=False)
+        job.owner = request.user
+        job.save()
+        messages.success(request, "Job created. It starts when enough consenting nodes are online.")
+        return redirect("jobs:detail", job.id)
+    return render(request, "jobs/create.html", {"form": form})
+
+
+def _visible_job_or_404(request, pk) -> Job:
+    job = get_object_or_404(Job, pk=pk)
+    if not job.can_view(request.user):
+        raise Http404("No such job")
+    return job
+
+
+@login_required
+def job_detail(request, pk):
+    job = _visible_job_or_404(request, pk)
+    my_nodes = [
+        {"node": n, "consented": Consent.current(job, n), "eligible": job.node_is_eligible(n)}
+        for n in Node.objects.filter(owner=request.user)
+    ]
+    return render(request, "jobs/detail.html", {
+        "job": job,
+        "cohort": job.cohort.select_related("node"),
+        "rounds": job.round_set.all(),
+        "my_nodes": my_nodes,
+        "snapshot": job_snapshot(job),
+        "payout_address": Profile.for_user(request.user).payout_address,
+        "payouts": job.payouts.select_related("node") if job.status in ("finished", "settled") else [],
+    })
+
+
+@login_required
+@require_POST
+def job_consent(request, pk):
+    from .tasks import start_job
+
+    job = _visible_job_or_404(request, pk)
+    form = ConsentForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a node and whether to grant or revoke consent.")
+        return redirect("jobs:detail", job.id)
+    node = get_object_or_404(Node, pk=form.cleaned_data["node"], owner=request.user)
+    grant = form.cleaned_data["grant"] == "yes"
+    if grant and not job.node_is_eligible(node):
+        messages.error(request, f"{node} does not meet this job's hardware needs.")
+        return redirect("jobs:detail", job.id)
+    Consent.objects.create(job=job, node=node, granted=grant, by=request.user)
+    if grant:
+        messages.success(request, f"{node} consents to train for “{job}”.")
+        if job.status == Job.Status.WAITING:
+            transaction.on_commit(lambda: start_job.delay(job.id))
+    else:
+        messages.info(request, f"Consent of {node} revoked; it will not be picked for new rounds.")
+    return redirect("jobs:detail", job.id)

@@ -1,0 +1,135 @@
+"""The chain, and the only module that imports web3. One code path for eth-tester (in process)
+and JSON-RPC nodes such as anvil: transactions are always built, signed with the operator key
+here and sent raw."""
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.exceptions import TransactionNotFound
+
+from ledger.models import ContractDeployment
+
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+TOKEN_CONTRACT = "RewardToken"
+TOKEN_NAME, TOKEN_SYMBOL = "DFL Reward", "DFLR"
+TREASURY_WEI = 10**9 * 10**18  # minted to the operator when the token is deployed
+ANVIL_CHAIN_ID = 31337
+ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0
+RECEIPT_TIMEOUT_S = 120
+
+
+class TransactionFailed(RuntimeError):
+    """A transaction was mined but reverted (receipt status 0)."""
+
+
+def load_artifact(name: str) -> dict:
+    return json.loads((ARTIFACTS_DIR / f"{name}.json").read_text())
+
+
+class Chain:
+    _instances: dict[str, "Chain"] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, w3: Web3, private_key: str):
+        self.w3 = w3
+        self._account = w3.eth.account.from_key(private_key)
+        self.chain_id: int = w3.eth.chain_id
+        self._send_lock = threading.Lock()  # one nonce at a time within this process
+        self._token_lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls) -> "Chain":
+        """The process-wide instance for settings.CHAIN_RPC_URL."""
+        url = settings.CHAIN_RPC_URL
+        with cls._instances_lock:
+            if url not in cls._instances:
+                cls._instances[url] = cls._connect(url)
+            return cls._instances[url]
+
+    @classmethod
+    def _connect(cls, url: str) -> "Chain":
+        if url == "eth-tester":
+            provider = EthereumTesterProvider()
+            w3 = Web3(provider)
+            # The first funded test account; eth-tester's backend holds its private key.
+            key = provider.ethereum_tester.backend.account_keys[0].to_hex()
+            return cls(w3, key)
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+        key = settings.CHAIN_PRIVATE_KEY
+        if not key:
+            chain_id = w3.eth.chain_id
+            if chain_id != ANVIL_CHAIN_ID:
+                raise ImproperlyConfigured(
+                    f"CHAIN_PRIVATE_KEY is not set and the chain at {url} (id {chain_id}) is not a local "
+                    f"anvil (id {ANVIL_CHAIN_ID}); set CHAIN_PRIVATE_KEY to the operator's key."
+                )
+            key = ANVIL_DEV_KEY
+        return cls(w3, key)
+
+    @property
+    def operator_address(self) -> str:
+        return self._account.address
+
+    # -- the reward token -----------------------------------------------------------------------
+    def token(self):
+        """The RewardToken on this chain, deployed (and the treasury minted) when missing."""
+        artifact = load_artifact(TOKEN_CONTRACT)
+        with self._token_lock:
+            row = ContractDeployment.objects.filter(name=TOKEN_CONTRACT, chain_id=self.chain_id).first()
+            if row is None or not self.w3.eth.get_code(Web3.to_checksum_address(row.address)):
+                row = self._deploy_token(artifact)
+        return self.w3.eth.contract(address=Web3.to_checksum_address(row.address), abi=artifact["abi"])
+
+    def _deploy_token(self, artifact: dict) -> ContractDeployment:
+        factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        tx_hash = self._send(factory.constructor(TOKEN_NAME, TOKEN_SYMBOL, self.operator_address))
+        receipt = self.wait(tx_hash)
+        token = self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])
+        self.wait(self._send(token.functions.mint(self.operator_address, TREASURY_WEI)))
+        row, _ = ContractDeployment.objects.update_or_create(
+            name=TOKEN_CONTRACT,
+            chain_id=self.chain_id,
+            defaults={
+                "address": receipt["contractAddress"],
+                "tx_hash": tx_hash,
+                "block_number": receipt["blockNumber"],
+                "bytecode_sha256": hashlib.sha256(bytes.fromhex(artifact["bytecode"][2:])).hexdigest(),
+            },
+        )
+        return row
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _send(self, call) -> str:
+        """Build, sign with the operator key and send a contract call or constructor."""
+        with self._send_lock:
+            nonce = self.w3.eth.get_transaction_count(self.operator_address, "pending")
+            tx = call.build_transaction({"from": self.operator_address, "nonce": nonce, "chainId": self.chain_id})
+            signed = self._account.sign_transaction(tx)
+            return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
+
+    def transfer(self, to: str, amount_wei: int) -> str:
+        """Send `amount_wei` reward-token wei from the operator to `to`; returns the tx hash."""
+        token = self.token()
+        return self._send(token.functions.transfer(Web3.to_checksum_address(to), int(amount_wei)))
+
+    def wait(self, tx_hash: str, timeout: float = RECEIPT_TIMEOUT_S):
+        """The receipt once mined; raises TransactionFailed if it reverted."""
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.1)
+        if receipt["status"] != 1:
+            raise TransactionFailed(f"transaction {tx_hash} reverted")
+        return receipt
+
+    def receipt(self, tx_hash: str):
+        """The receipt if the transaction is mined, else None."""
+        try:
+            return self.w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def balance_of(self, address: str) -> int:
+        return self.token().functions.balanceOf(Web3.to_checksum_address(address)).call()

@@ -1,0 +1,57 @@
+"""What the platform put on chain: the reward token deployment and one payout per (job, node)."""
+from decimal import Decimal
+
+from django.db import models
+
+WEI_PER_TOKEN = 10**18
+
+
+class ContractDeployment(models.Model):
+    """Where a contract lives on a given chain (redeployed when the chain lost it)."""
+
+    name = models.CharField(max_length=64)
+    chain_id = models.BigIntegerField()
+    address = models.CharField(max_length=42)
+    tx_hash = models.CharField(max_length=66)
+    block_number = models.BigIntegerField()
+    bytecode_sha256 = models.CharField(max_length=64)
+    deployed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "chain_id"], name="unique_deployment_per_chain")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.chain_id}:{self.address}"
+
+
+class Payout(models.Model):
+    """A reward transfer. The (job, node) constraint makes paying twice impossible at the row level;
+    tx_hash is stored before the receipt is awaited so a retry checks the chain instead of resending."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        CONFIRMED = "confirmed", "Confirmed"
+        FAILED = "failed", "Failed"
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="payouts")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="payouts")
+    address = models.CharField(max_length=42, blank=True)
+    amount_wei = models.DecimalField(max_digits=78, decimal_places=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    tx_hash = models.CharField(max_length=66, blank=True)
+    block_number = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["job", "node"], name="one_payout_per_job_node")]
+
+    def __str__(self) -> str:
+        return f"payout {self.job_id}/{self.node_id}: {self.amount_tokens} ({self.status})"
+
+    @property
+    def amount_tokens(self) -> Decimal:
+        return Decimal(self.amount_wei) / WEI_PER_TOKEN

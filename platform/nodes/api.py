@@ -1,0 +1,82 @@
+"""Node-facing JSON API, authenticated by the node's bearer token (no cookies, so no CSRF)."""
+import json
+from functools import wraps
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from .hardware import HardwareError, parse_hardware
+from .models import Node
+
+
+def api_error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def node_api(*methods):
+    """Authenticate the bearer token, parse a JSON body, hand (request, node, body) to the view."""
+
+    def decorate(view):
+        @csrf_exempt
+        @require_http_methods(list(methods))
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            node = Node.authenticate(header[7:]) if header.startswith("Bearer ") else None
+            if node is None:
+                return api_error(401, "missing or invalid node token")
+            body = {}
+            if request.method == "POST":
+                try:
+                    body = json.loads(request.body or b"{}")
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return api_error(400, "body must be JSON")
+                if not isinstance(body, dict):
+                    return api_error(400, "body must be a JSON object")
+            node.touch()
+            return view(request, node, body, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def node_info(node: Node) -> dict:
+    return {
+        "node_id": node.id,
+        "name": node.name,
+        "channel": node.channel,
+        "channel_layer": {"url": settings.PEER_CHANNEL_URL, "prefix": "asgi"},
+        "heartbeat_s": max(5, settings.NODE_ONLINE_SECONDS // 3),
+    }
+
+
+@node_api("GET")
+def me(request, node, body):
+    return JsonResponse(node_info(node))
+
+
+@node_api("POST")
+def hello(request, node, body):
+    """A peer announces itself: refreshed hardware and its signing key. It may start jobs."""
+    from jobs.orchestration import start_jobs_for_node
+
+    if "hardware" in body:
+        try:
+            node.apply_hardware(parse_hardware(body["hardware"]))
+        except HardwareError as exc:
+            return api_error(400, f"hardware: {exc}")
+    key = body.get("public_key", "")
+    if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        return api_error(400, "public_key must be 64 lowercase hex characters (Ed25519)")
+    node.public_key = key
+    node.save(update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"])
+    start_jobs_for_node(node)
+    return JsonResponse(node_info(node))
+
+
+@node_api("POST")
+def heartbeat(request, node, body):
+    return JsonResponse({"ok": True})

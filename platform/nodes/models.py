@@ -1,0 +1,92 @@
+"""Nodes: a participant's machines. Hardware is reported by the peer itself; the API token
+is shown once and only its sha256 is stored."""
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from peers.protocol import node_channel
+
+TOKEN_PREFIX = "dfln"
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Node(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="nodes")
+    name = models.CharField(max_length=80)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Hardware, as reported by `python -m peers hw` (and refreshed by the peer on every hello).
+    cpu = models.CharField(max_length=200, blank=True)
+    cores = models.PositiveIntegerField(default=0)
+    ram_gb = models.FloatField(default=0)
+    gpu_name = models.CharField(max_length=200, blank=True)
+    vram_gb = models.FloatField(default=0)
+    cuda_capability = models.CharField(max_length=16, blank=True)
+    hardware = models.JSONField(default=dict, blank=True)
+    # Ed25519 public key (hex) the peer signs its weights with.
+    public_key = models.CharField(max_length=64, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    token_id = models.CharField(max_length=16, unique=True, editable=False)
+    token_hash = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_node_name_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- tokens -------------------------------------------------------------------------------
+    def issue_token(self) -> str:
+        """Give the node a new token and return it in clear (the only time it exists so)."""
+        self.token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        self.token_hash = hash_token(secret)
+        return f"{TOKEN_PREFIX}_{self.token_id}_{secret}"
+
+    @classmethod
+    def authenticate(cls, token: str) -> "Node | None":
+        try:
+            prefix, token_id, secret = token.split("_", 2)
+        except ValueError:
+            return None
+        if prefix != TOKEN_PREFIX:
+            return None
+        node = cls.objects.filter(token_id=token_id).select_related("owner").first()
+        if node is None or not hmac.compare_digest(node.token_hash, hash_token(secret)):
+            return None
+        return node
+
+    # -- hardware and liveness ----------------------------------------------------------------
+    def apply_hardware(self, report: dict) -> None:
+        """Copy a `peers hw` report onto the node (validated by nodes.hardware.parse_hardware)."""
+        gpus = report.get("gpus") or []
+        best = max(gpus, key=lambda g: g.get("vram_gb", 0), default={})
+        self.cpu = str(report.get("cpu", ""))[:200]
+        self.cores = int(report.get("cores", 0))
+        self.ram_gb = float(report.get("ram_gb", 0))
+        self.gpu_name = str(best.get("name", ""))[:200]
+        self.vram_gb = float(best.get("vram_gb", 0))
+        self.cuda_capability = str(best.get("cuda_capability", ""))[:16]
+        self.hardware = report
+
+    @property
+    def is_online(self) -> bool:
+        return bool(self.last_seen) and timezone.now() - self.last_seen < timedelta(
+            seconds=settings.NODE_ONLINE_SECONDS
+        )
+
+    @property
+    def channel(self) -> str:
+        return node_channel(self.id)
+
+    def touch(self) -> None:
+        self.last_seen = timezone.now()
+        Node.objects.filter(pk=self.pk).update(last_seen=self.last_seen)

@@ -1,0 +1,42 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from .forms import NodeForm
+from .models import Node
+
+
+@login_required
+def node_list(request):
+    return render(request, "nodes/list.html", {"nodes": Node.objects.filter(owner=request.user)})
+
+
+@login_required
+def node_register(request):
+    form = NodeForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        node = form.save(commit=False)
+        node.owner = request.user
+        node.apply_hardware(form.cleaned_data["hardware_json"])
+        token = node.issue_token()
+        node.save()
+        return render(request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")})
+    return render(request, "nodes/register.html", {"form": form})
+
+
+@login_required
+def node_detail(request, pk):
+    node = get_object_or_404(Node, pk=pk, owner=request.user)
+    reports = node.reports.select_related("round__job").order_by("-received_at")[:50]
+    return render(request, "nodes/detail.html", {"node": node, "reports": reports})
+
+
+@login_required
+@require_POST
+def node_new_token(request, pk):
+    node = get_object_or_404(Node, pk=pk, owner=request.user)
+    token = node.issue_token()
+    node.save(update_fields=["token_id", "token_hash"])
+    messages.info(request, "A new token was issued; the old one no longer works.")
+    return render(request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")})

@@ -1,0 +1,74 @@
+// Live chart of a job: loss and accuracy per round, fed by /ws/jobs/<id>/.
+(function () {
+  "use strict";
+  const state = JSON.parse(document.getElementById("job-snapshot").textContent);
+  const chart = document.getElementById("chart");
+  const liveState = document.getElementById("live-state");
+
+  function traces() {
+    const rounds = state.closed_rounds.slice().sort((a, b) => a.round - b.round);
+    const byNode = {};
+    for (const r of state.reports) {
+      (byNode[r.node_name] = byNode[r.node_name] || { x: [], y: [] });
+      byNode[r.node_name].x.push(r.round);
+      byNode[r.node_name].y.push(r.accuracy);
+    }
+    const out = [
+      { name: "mean accuracy", x: rounds.map(r => r.round), y: rounds.map(r => r.mean_accuracy),
+        mode: "lines+markers", line: { width: 3, color: "#2456c9" } },
+      { name: "mean loss", x: rounds.map(r => r.round), y: rounds.map(r => r.mean_loss),
+        mode: "lines+markers", yaxis: "y2", line: { dash: "dot", color: "#b3261e" } },
+    ];
+    for (const [name, pts] of Object.entries(byNode)) {
+      out.push({ name: name + " accuracy", x: pts.x, y: pts.y, mode: "markers", marker: { size: 7, opacity: 0.6 } });
+    }
+    return out;
+  }
+
+  function render() {
+    Plotly.react(chart, traces(), {
+      margin: { t: 20, r: 60, b: 40, l: 50 },
+      xaxis: { title: { text: "round" }, dtick: 1, range: [0.5, state.rounds + 0.5] },
+      yaxis: { title: { text: "accuracy" }, range: [0, 1] },
+      yaxis2: { title: { text: "loss" }, overlaying: "y", side: "right", rangemode: "tozero" },
+      legend: { orientation: "h", y: -0.2 },
+    }, { displayModeBar: false, responsive: true });
+    const last = state.closed_rounds[state.closed_rounds.length - 1];
+    document.getElementById("job-accuracy").textContent =
+      last && last.mean_accuracy != null ? (100 * last.mean_accuracy).toFixed(1) + " %" : "–";
+    document.getElementById("job-round").textContent = state.current_round + " / " + state.rounds;
+    const badge = document.getElementById("job-status");
+    badge.textContent = state.status;
+    badge.className = "badge " + state.status;
+  }
+
+  function apply(msg) {
+    if (msg.kind === "snapshot") Object.assign(state, msg.data);
+    else if (msg.kind === "report") state.reports.push(msg.data);
+    else if (msg.kind === "round") {
+      state.closed_rounds = state.closed_rounds.filter(r => r.round !== msg.data.round);
+      state.closed_rounds.push(msg.data);
+    } else if (msg.kind === "status") {
+      state.status = msg.data.status;
+      state.current_round = msg.data.current_round;
+    }
+    render();
+    chart.dataset.updates = String(Number(chart.dataset.updates || 0) + 1);
+  }
+
+  let delay = 1000;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(scheme + "://" + location.host + "/ws/jobs/" + state.job + "/");
+    socket.onopen = () => { liveState.textContent = "Live: updates appear as peers report."; delay = 1000; };
+    socket.onmessage = (e) => apply(JSON.parse(e.data));
+    socket.onclose = (e) => {
+      if (e.code === 4403) { liveState.textContent = "You may not watch this job."; return; }
+      liveState.textContent = "Disconnected; reconnecting…";
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 15000);
+    };
+  }
+  render();
+  connect();
+})();
