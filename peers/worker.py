@@ -73,8 +73,17 @@ class Peer:
             receiver.cancel()
 
     async def _receive_loop(self) -> None:
+        failures = 0
         while True:
-            message = await self.transport.receive(self.channel)
+            try:
+                message = await self.transport.receive(self.channel)
+                failures = 0
+            except Exception as exc:
+                # Redis restarting or a network blip: keep the peer alive and retry.
+                failures += 1
+                log.warning("node %s: receive failed (%s); retrying", self.node_id, exc)
+                await asyncio.sleep(min(0.5 * failures, 5.0))
+                continue
             try:
                 msg = from_message(message)
             except ProtocolError as exc:

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -218,10 +219,22 @@ async def test_backpressure_with_slow_receiver(keys):
 
 
 @pytest.mark.asyncio
-async def test_full_channel_gives_up_after_full_retry_s(keys):
+async def test_full_channel_backs_off_then_gives_up(keys):
     t = MemoryTransport(capacity=1)
+    attempts, original_send = 0, t.send
+
+    async def counting_send(channel, message):
+        nonlocal attempts
+        attempts += 1
+        await original_send(channel, message)
+
+    t.send = counting_send
+    start = time.monotonic()
     with pytest.raises(ChannelFull):
-        await _send(t, keys, os.urandom(CHUNK * 2), full_retry_s=0.05)
+        await _send(t, keys, os.urandom(CHUNK * 2), full_retry_s=0.3)
+    assert time.monotonic() - start >= 0.3
+    # exponential backoff 5, 10, 20, 40, 80, 160, 200 ms: a handful of retries, not a busy loop
+    assert 7 <= attempts <= 12, attempts  # 8 expected
     assert t.pending("dfl.node.9") == 1
 
 

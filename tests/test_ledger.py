@@ -151,3 +151,23 @@ def test_eth_tester_deploys_and_transfers(settings):
     assert payout.status == Payout.Status.CONFIRMED and payout.block_number is not None
     assert chain.balance_of(address) == 42 * WEI
     assert chain.receipt(payout.tx_hash)["status"] == 1
+
+
+def test_payouts_page_shows_only_what_the_user_may_see(client):
+    mine, theirs = make_node("mine", new_address()), make_node("theirs", new_address())
+    job = make_job()
+    Payout.objects.create(job=job, node=mine, address=new_address(), amount_wei=3 * WEI, tx_hash="0x" + "ab" * 32)
+    Payout.objects.create(job=job, node=theirs, address=new_address(), amount_wei=5 * WEI)
+
+    assert client.get("/payouts/").status_code == 302  # login required
+    client.force_login(mine.owner)
+    page = client.get("/payouts/").content.decode()
+    assert "mine" in page and "theirs" not in page and "0x" + "ab" * 32 in page
+
+    client.force_login(job.owner)  # the job's owner sees every payout of the job
+    page = client.get("/payouts/").content.decode()
+    assert "mine" in page and "theirs" in page and f"/jobs/{job.id}/" in page
+
+    staff = get_user_model().objects.create_user("staff", password="pw-unused-123", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/payouts/").context["payouts"].count() == 2

@@ -19,7 +19,7 @@ from peers.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.redis import RedisChannelTransport
 
-URL = "redis://127.0.0.1:6379/0"
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")  # `make test` uses db 9
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ class RedisChannelTransport:
         self.capacity = capacity
         self.expiry = expiry
         self.block_s = block_s
-        self._redis = aioredis.from_url(url)
+        # The socket must outlive a blocking BZPOPMIN, or every idle wait ends in a TimeoutError.
+        self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10)
         # One in-flight BZPOPMIN per channel, kept across cancellation so a message
         # popped while the caller's receive() was cancelled is not lost.
         self._pending: dict[str, asyncio.Task] = {}
@@ -56,7 +57,7 @@ class RedisChannelTransport:
         if ASGI_CHANNEL_KEY in message:
             raise ValueError(f"{ASGI_CHANNEL_KEY} is reserved")
         key = self._key(channel)
-        member = msgpack.packb(message, use_bin_type=True)
+        member = os.urandom(RANDOM_PREFIX_LENGTH) + msgpack.packb(message, use_bin_type=True)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, min=0, max=int(time.time()) - int(self.expiry))
             pipe.zcount(key, "-inf", "+inf")

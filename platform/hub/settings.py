@@ -2,6 +2,7 @@
 environment; the embedded demo (DFL_EMBEDDED=1) needs no external service at all."""
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -20,7 +21,7 @@ DEBUG = env_bool("DEBUG", default=False)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if DEBUG or EMBEDDED:
+    if DEBUG or EMBEDDED or "pytest" in sys.modules:
         SECRET_KEY = "insecure-development-key-never-use-in-production"
     else:
         from django.core.exceptions import ImproperlyConfigured

@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   the main job, embedded (SQLite, in-memory channel layer, eth-tester): no service needed
+#   make test   the whole suite against real PostgreSQL, Redis and anvil
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+# Tests use their own Redis database and a Postgres database that pytest-django creates.
+TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/dfl} \
+            REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/9} \
+            SECRET_KEY=test-secret-key-not-for-production
+
+.PHONY: venv npm demo demo-headless test bench clean contracts
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+npm: $(NPM_STAMP)
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NPM_STAMP)
+
+demo: venv
+	DFL_EMBEDDED=1 DEBUG=1 $(PY) manage.py demo
+
+demo-headless: venv
+	DFL_EMBEDDED=1 $(PY) manage.py demo --headless --rounds 3 --peers 4
+
+test: venv npm
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+contracts: npm
+	node contracts/compile.js
+
+clean:
+	rm -rf $(VENV) node_modules var staticfiles .pytest_cache
