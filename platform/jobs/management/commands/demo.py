@@ -180,7 +180,7 @@ def _summary(job_id: int, seconds: float) -> dict:
         "peers": job.cohort.count(),
         "first_accuracy": closed[0].mean_accuracy if closed else None,
         "final_accuracy": closed[-1].mean_accuracy if closed else None,
-        "tokens_paid": float(sum(p.amount_tokens for p in payouts)),
+        "tokens_paid": sum(int(p.amount_wei) for p in payouts) / 10**18,
         "chain_txs": [p.tx_hash for p in payouts],
         "seconds": round(seconds, 2),
     }
