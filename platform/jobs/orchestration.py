@@ -119,11 +119,16 @@ def _check_report(msg: ReportMessage) -> None:
             raise ReportRefused(400, f"{name} must be a finite number")
     if not 0.0 <= msg.accuracy <= 1.0:
         raise ReportRefused(400, "accuracy must be between 0 and 1")
-    for name in ("samples", "eval_samples", "bytes_sent", "bytes_received"):
-        if getattr(msg, name) < 0:
-            raise ReportRefused(400, f"{name} must not be negative")
-    if len(msg.model_hash) != 64:
+    # Upper bounds are the database columns' (integer / bigint): beyond them the insert would fail.
+    for name, limit in (("samples", 2**31 - 1), ("eval_samples", 2**31 - 1),
+                        ("bytes_sent", 2**63 - 1), ("bytes_received", 2**63 - 1)):
+        if not 0 <= getattr(msg, name) <= limit:
+            raise ReportRefused(400, f"{name} must be between 0 and {limit}")
+    if len(msg.model_hash) != 64 or any(c not in "0123456789abcdef" for c in msg.model_hash):
         raise ReportRefused(400, "model_hash must be a sha256 hex digest")
+    for item in msg.rejected:
+        if "\x00" in item["reason"] or not -(2**63) <= item["sender"] < 2**63:
+            raise ReportRefused(400, "rejected: reason must not contain NUL and sender must be a node id")
 
 
 def accept_report(node, msg: ReportMessage) -> PeerReport:

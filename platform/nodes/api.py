@@ -31,7 +31,7 @@ def node_api(*methods):
             if request.method == "POST":
                 try:
                     body = json.loads(request.body or b"{}")
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nesting too deep
                     return api_error(400, "body must be JSON")
                 if not isinstance(body, dict):
                     return api_error(400, "body must be a JSON object")

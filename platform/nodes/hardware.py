@@ -1,9 +1,26 @@
 """Validation of the hardware report a peer prints with `python -m peers hw`."""
 import json
+import math
+
+MAX_CORES = 1_000_000  # far above any machine, far below the database column's limit
 
 
 class HardwareError(ValueError):
     pass
+
+
+def _text(value, limit: int) -> str:
+    text = str(value)[:limit]
+    if "\x00" in text:
+        raise HardwareError("text fields must not contain NUL characters")
+    return text
+
+
+def _number(name: str, value) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise HardwareError(f"{name} must be a finite number")
+    return number
 
 
 def parse_hardware(raw) -> dict:
@@ -13,21 +30,23 @@ def parse_hardware(raw) -> dict:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise HardwareError(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise HardwareError("not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise HardwareError("expected a JSON object as printed by `python -m peers hw`")
     report = {}
     try:
-        report["cpu"] = str(raw.get("cpu", ""))[:200]
+        report["cpu"] = _text(raw.get("cpu", ""), 200)
         report["cores"] = int(raw["cores"])
-        report["ram_gb"] = float(raw["ram_gb"])
+        report["ram_gb"] = _number("ram_gb", raw["ram_gb"])
         gpus = raw.get("gpus", [])
         if not isinstance(gpus, list):
             raise HardwareError("'gpus' must be a list")
         report["gpus"] = [
             {
-                "name": str(g.get("name", ""))[:200],
-                "vram_gb": float(g.get("vram_gb", 0)),
-                "cuda_capability": str(g.get("cuda_capability", ""))[:16],
+                "name": _text(g.get("name", ""), 200),
+                "vram_gb": _number("vram_gb", g.get("vram_gb", 0)),
+                "cuda_capability": _text(g.get("cuda_capability", ""), 16),
             }
             for g in gpus
             if isinstance(g, dict)
@@ -35,13 +54,15 @@ def parse_hardware(raw) -> dict:
         report["cuda"] = bool(raw.get("cuda", bool(report["gpus"])))
         for key in ("torch", "os"):
             if key in raw:
-                report[key] = str(raw[key])[:200]
+                report[key] = _text(raw[key], 200)
     except KeyError as exc:
         raise HardwareError(f"missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, HardwareError):
             raise
         raise HardwareError(f"bad value: {exc}") from None
-    if report["cores"] < 1 or report["ram_gb"] <= 0:
-        raise HardwareError("cores must be >= 1 and ram_gb > 0")
+    if not 1 <= report["cores"] <= MAX_CORES or report["ram_gb"] <= 0:
+        raise HardwareError(f"cores must be between 1 and {MAX_CORES} and ram_gb > 0")
+    if any(g["vram_gb"] < 0 for g in report["gpus"]):
+        raise HardwareError("vram_gb must not be negative")
     return report

@@ -57,8 +57,8 @@ class Node(models.Model):
             prefix, token_id, secret = token.split("_", 2)
         except ValueError:
             return None
-        if prefix != TOKEN_PREFIX:
-            return None
+        if prefix != TOKEN_PREFIX or len(token_id) != 12 or not all(c in "0123456789abcdef" for c in token_id):
+            return None  # malformed ids never reach the database (NUL bytes would make it raise)
         node = cls.objects.filter(token_id=token_id).select_related("owner").first()
         if node is None or not hmac.compare_digest(node.token_hash, hash_token(secret)):
             return None
