@@ -47,13 +47,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--headless", action="store_true", help="run the job, print a JSON summary, exit")
-        parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3 headless, 20 served)")
+        parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3 headless, 30 served)")
         parser.add_argument("--peers", type=int, default=4)
         parser.add_argument("--local-steps", type=int, default=30)
         parser.add_argument("--lr", type=float, default=0.3)
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--pace", type=float, default=None, help="seconds each peer waits before reporting (default 0 headless, 1 served)")
+        parser.add_argument("--pace", type=float, default=None, help="seconds each peer waits before reporting (default 0 headless, 1.5 served)")
         parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
 
     def handle(self, *args, **opts):
@@ -62,8 +62,8 @@ class Command(BaseCommand):
         if not 1 <= opts["peers"] <= len(PARTICIPANTS):
             raise CommandError(f"--peers must be between 1 and {len(PARTICIPANTS)}")
         headless = opts["headless"]
-        rounds = opts["rounds"] or (3 if headless else 20)
-        pace = opts["pace"] if opts["pace"] is not None else (0.0 if headless else 1.0)
+        rounds = opts["rounds"] or (3 if headless else 30)
+        pace = opts["pace"] if opts["pace"] is not None else (0.0 if headless else 1.5)
         call_command("migrate", verbosity=0, interactive=False)
         password = self._demo_login()
         job, peers = self._set_up_job(rounds, opts)
@@ -73,7 +73,7 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"Serving http://{opts['host']}:{opts['port']}/  log in as {DEMO_USER} / {password}")
         self.stdout.write(f"Job page: http://{opts['host']}:{opts['port']}/jobs/{job.id}/")
-        self._serve(job, peers, pace, opts)
+        self._serve(job, peers, pace, rounds, opts)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _demo_login(self) -> str:
@@ -137,21 +137,24 @@ class Command(BaseCommand):
             task.cancel()
         return await sync_to_async(_summary)(job.id, time.monotonic() - started)
 
-    def _serve(self, job: Job, peers, pace: float, opts) -> None:
+    def _serve(self, job: Job, peers, pace: float, rounds: int, opts) -> None:
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
         from twisted.internet import reactor
 
         from hub.asgi import application
 
-        def start_job():
-            loop = reactor._asyncioEventloop
-            task = loop.create_task(self._run_job(job, peers, pace, opts["timeout"]))
-            task.add_done_callback(lambda t: self.stdout.write(
-                json.dumps(t.result()) if not t.cancelled() and t.exception() is None else f"demo job stopped: {t.exception()!r}"
-            ))
+        async def jobs_back_to_back():
+            """Keep a job running for whoever opens the site; each one is a fresh job."""
+            current, current_peers = job, peers
+            while True:
+                summary = await self._run_job(current, current_peers, pace, opts["timeout"])
+                self.stdout.write(json.dumps(summary))
+                await asyncio.sleep(5)
+                current, current_peers = await sync_to_async(self._set_up_job)(rounds, opts)
+                self.stdout.write(f"Next job: http://{opts['host']}:{opts['port']}/jobs/{current.id}/")
 
-        reactor.callLater(1.0, start_job)
+        reactor.callLater(1.0, lambda: reactor._asyncioEventloop.create_task(jobs_back_to_back()))
         Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
