@@ -1,0 +1,115 @@
+"""Round orchestration against real PostgreSQL and Redis: cohorts, plans as the peers receive
+them, deadlines with stragglers, consent revocation, and a round nobody reported."""
+import asyncio
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from jobs import orchestration
+from jobs.models import Consent, Job, Round
+from nodes.models import Node
+from peers.protocol import PeerReport, RoundPlan, from_message
+from peers.transport.redis import RedisChannelTransport
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_nodes(owner, count, online=True):
+    nodes = []
+    for i in range(count):
+        node = Node(owner=owner, name=f"n{i}", cores=2, ram_gb=4, public_key=f"{i:064x}")
+        node.issue_token()
+        node.last_seen = timezone.now() if online else None
+        node.save()
+        nodes.append(node)
+    return nodes
+
+
+def receive_plans(settings, nodes) -> dict[int, RoundPlan]:
+    async def read():
+        transport = RedisChannelTransport(settings.REDIS_URL)
+        try:
+            return {n.id: from_message(await asyncio.wait_for(transport.receive(n.channel), 5)) for n in nodes}
+        finally:
+            await transport.close()
+    return asyncio.run(read())
+
+
+def report(job, node, round_number):
+    return PeerReport(job_id=job.id, round=round_number, node_id=node.id, train_loss=1.0, eval_loss=0.9,
+                      accuracy=0.5, samples=100, eval_samples=20, model_hash="ab" * 32, bytes_sent=10,
+                      bytes_received=10, duration_s=0.1)
+
+
+@pytest.fixture
+def job_with_consents():
+    owner = User.objects.create_user("owner")
+    job = Job.objects.create(owner=owner, name="j", num_peers=3, rounds=5, round_timeout_s=60)
+    nodes = make_nodes(owner, 3)
+    for n in nodes:
+        Consent.objects.create(job=job, node=n, granted=True, by=owner)
+    return job, nodes
+
+
+def test_job_waits_until_enough_nodes_are_online(job_with_consents):
+    job, nodes = job_with_consents
+    Node.objects.filter(pk=nodes[2].pk).update(last_seen=None)
+    assert orchestration.start_job_if_ready(job.id) is False
+    job.refresh_from_db()
+    assert job.status == Job.Status.WAITING and not job.cohort.exists()
+
+
+def test_plans_reach_peers_with_doubly_stochastic_ring_weights(job_with_consents, settings):
+    job, nodes = job_with_consents
+    assert orchestration.start_job_if_ready(job.id) is True
+    plans = receive_plans(settings, nodes)
+    for node in nodes:
+        plan = plans[node.id]
+        assert plan.round == 1 and plan.job_id == job.id and plan.total_rounds == 5
+        assert {n.node_id for n in plan.neighbours} == {m.id for m in nodes} - {node.id}
+        assert abs(plan.self_weight + sum(n.weight for n in plan.neighbours) - 1) < 1e-12
+        assert all(n.public_key for n in plan.neighbours)
+    # symmetric: W_ij == W_ji
+    for a in nodes:
+        for n in plans[a.id].neighbours:
+            back = next(x for x in plans[n.node_id].neighbours if x.node_id == a.id)
+            assert back.weight == n.weight
+
+
+def test_deadline_closes_round_without_stragglers_and_revocation_shrinks_the_ring(job_with_consents, settings):
+    job, nodes = job_with_consents
+    orchestration.start_job_if_ready(job.id)
+    receive_plans(settings, nodes)
+    for node in nodes[:2]:
+        orchestration.accept_report(node, report(job, node, 1))
+    Round.objects.filter(job=job, number=1).update(deadline=timezone.now() - timedelta(seconds=1))
+    assert orchestration.enforce_deadlines() == 1
+    first = Round.objects.get(job=job, number=1)
+    assert first.status == "closed" and first.reporters == 2
+    # A late report for the closed round is refused and stored nowhere.
+    with pytest.raises(orchestration.ReportRefused, match="closed"):
+        orchestration.accept_report(nodes[2], report(job, nodes[2], 1))
+    receive_plans(settings, nodes)  # round 2 goes to all three
+
+    Consent.objects.create(job=job, node=nodes[2], granted=False, by=job.owner)
+    for node in nodes[:2]:
+        orchestration.accept_report(node, report(job, node, 2))
+    orchestration.close_round(Round.objects.get(job=job, number=2).id)  # quorum of the active two
+    plans = receive_plans(settings, nodes[:2])
+    for node in nodes[:2]:
+        assert plans[node.id].round == 3
+        assert [n.node_id for n in plans[node.id].neighbours] == [m.id for m in nodes[:2] if m != node]
+        assert plans[node.id].self_weight == pytest.approx(0.5)
+    with pytest.raises(orchestration.ReportRefused, match="cohort"):
+        orchestration.accept_report(nodes[2], report(job, nodes[2], 3))
+
+
+def test_round_without_reports_fails_the_job(job_with_consents, settings):
+    job, nodes = job_with_consents
+    orchestration.start_job_if_ready(job.id)
+    Round.objects.filter(job=job).update(deadline=timezone.now() - timedelta(seconds=1))
+    orchestration.enforce_deadlines()
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "no peer reported" in job.failure
