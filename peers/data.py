@@ -4,7 +4,11 @@ Spec strings accepted by :func:`load_local_data`:
 
 * ``path/to/file.npz``: arrays ``X`` and ``y`` (optionally pre-split ``X_eval``/``y_eval``)
 * ``path/to/file.csv``: header row, label column ``label`` (else the last column)
-* ``digits:I/N[:PARTITION]``: shard I (0-based) of N; PARTITION ``iid`` or ``dirichlet:ALPHA``
+* ``path/to/folder``: one sub-folder of images per class (resized to 32x32 RGB)
+* ``digits:I/N[:PARTITION]``: shard I (0-based) of N of scikit-learn's digits; PARTITION is
+  ``iid``, ``dirichlet:ALPHA``, ``shards:K`` (K label-sorted shards per peer) or
+  ``quantity:SIGMA`` (lognormal sample counts)
+* ``synthetic:ALPHA,BETA:I/N``: device I of N of FedProx's Synthetic(alpha, beta)
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 DIGITS_CLASSES = 10
 _DIGITS_RE = re.compile(r"^digits:(\d+)/(\d+)(?::(.+))?$")
+_SYNTHETIC_RE = re.compile(r"^synthetic:([0-9.]+),([0-9.]+):(\d+)/(\d+)$")
 _SPLIT_SALT = 0x5EED  # separates the train/eval split stream from the partition stream
 
 
@@ -34,6 +39,7 @@ class LocalData:
     y_eval: np.ndarray
     num_features: int
     num_classes: int
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) for images, else None
 
     @property
     def samples(self) -> int:
@@ -80,9 +86,46 @@ def partition_dirichlet(labels, parts: int, alpha: float, seed: int, min_size: i
                     f"after {max_attempts} attempts; use fewer parts or a larger alpha")
 
 
+def partition_label_shards(labels, parts: int, shards_per_part: int, seed: int) -> list[np.ndarray]:
+    """McMahan et al.'s pathological non-IID split: sort by label, cut into parts*K shards,
+    give each part K random shards (so each part sees about K classes)."""
+    labels = np.asarray(labels)
+    total = parts * shards_per_part
+    if parts < 1 or shards_per_part < 1 or len(labels) < total:
+        raise DataError(f"cannot cut {len(labels)} samples into {parts} x {shards_per_part} shards")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    shards = np.array_split(order, total)
+    picks = rng.permutation(total).reshape(parts, shards_per_part)
+    return [np.sort(np.concatenate([shards[j] for j in row])).astype(np.int64) for row in picks]
+
+
+def partition_quantity(n: int, parts: int, sigma: float, seed: int, min_size: int = 5) -> list[np.ndarray]:
+    """Quantity skew: IID samples, but part sizes proportional to lognormal(0, sigma) draws."""
+    if parts < 1 or n < parts * min_size:
+        raise DataError(f"cannot split {n} samples into {parts} parts of >= {min_size}")
+    if not sigma > 0:
+        raise DataError(f"quantity sigma must be > 0, got {sigma}")
+    rng = np.random.default_rng(seed)
+    share = rng.lognormal(0.0, sigma, parts)
+    sizes = min_size + np.floor(share / share.sum() * (n - parts * min_size)).astype(int)
+    sizes[np.argmax(sizes)] += n - sizes.sum()
+    perm = rng.permutation(n)
+    return [np.sort(p) for p in np.split(perm, np.cumsum(sizes)[:-1])]
+
+
 def _parse_partition(partition: str) -> tuple[str, float]:
     if partition == "iid":
         return "iid", 0.0
+    for kind, check in (("shards", lambda v: v >= 1 and v == int(v)), ("quantity", lambda v: v > 0)):
+        if partition.startswith(kind + ":"):
+            try:
+                value = float(partition.split(":", 1)[1])
+            except ValueError:
+                value = float("nan")
+            if not np.isfinite(value) or not check(value):
+                raise DataError(f"bad parameter in partition {partition!r}")
+            return kind, value
     if partition.startswith("dirichlet:"):
         try:
             alpha = float(partition.split(":", 1)[1])
@@ -91,7 +134,7 @@ def _parse_partition(partition: str) -> tuple[str, float]:
         if not alpha > 0 or not np.isfinite(alpha):
             raise DataError(f"bad dirichlet alpha in partition {partition!r}")
         return "dirichlet", alpha
-    raise DataError(f"unknown partition {partition!r}: use 'iid' or 'dirichlet:ALPHA'")
+    raise DataError(f"unknown partition {partition!r}: use iid, dirichlet:ALPHA, shards:K or quantity:SIGMA")
 
 
 # ---------------------------------------------------------------- digits
@@ -114,6 +157,10 @@ def digits_shards(parts: int, *, seed: int = 0, partition: str = "iid") -> list[
     X, y = _digits()
     if kind == "iid":
         idx = partition_iid(len(y), parts, seed)
+    elif kind == "shards":
+        idx = partition_label_shards(y, parts, int(alpha), seed)
+    elif kind == "quantity":
+        idx = partition_quantity(len(y), parts, alpha, seed)
     else:
         idx = partition_dirichlet(y, parts, alpha, seed)
     return [(X[i].copy(), y[i].copy()) for i in idx]
@@ -245,6 +292,19 @@ def _load_digits_spec(spec: str, seed: int):
     return X, y, None
 
 
+def _load_synthetic_spec(spec: str, seed: int):
+    from peers.synthetic import synthetic_federated
+
+    m = _SYNTHETIC_RE.match(spec)
+    if not m:
+        raise DataError(f"bad synthetic spec {spec!r}: expected synthetic:ALPHA,BETA:I/N")
+    alpha, beta, i, n = float(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4))
+    if n < 1 or not 0 <= i < n:
+        raise DataError(f"bad synthetic spec {spec!r}: need 0 <= I < N")
+    X, y = synthetic_federated(alpha, beta, n, seed=seed)[i]
+    return X, y, None
+
+
 def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
                     num_classes: int | None = None) -> LocalData:
     """Load and validate a peer's local data, split into train/eval (see module docstring)."""
@@ -253,9 +313,19 @@ def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     spec = spec.strip()
+    input_shape = None
     if spec.startswith("digits:"):
         X, y, pre = _load_digits_spec(spec, seed)
         default_classes = DIGITS_CLASSES
+        input_shape = (1, 8, 8)
+    elif spec.startswith("synthetic:"):
+        X, y, pre = _load_synthetic_spec(spec, seed)
+        default_classes = 10
+    elif Path(spec).expanduser().is_dir():
+        from peers.images import load_image_folder
+
+        X, y, _ = load_image_folder(Path(spec).expanduser())
+        pre, default_classes, input_shape = None, None, (3, 32, 32)
     else:
         path = Path(spec).expanduser()
         ext = path.suffix.lower()
@@ -277,4 +347,5 @@ def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
         num_classes = max(needed, default_classes or 0)
     elif num_classes < needed:
         raise DataError(f"num_classes={num_classes} but labels go up to {needed - 1}")
-    return LocalData(Xtr, ytr, Xev, yev, num_features=int(X.shape[1]), num_classes=int(num_classes))
+    return LocalData(Xtr, ytr, Xev, yev, num_features=int(X.shape[1]), num_classes=int(num_classes),
+                     input_shape=input_shape)

@@ -29,7 +29,7 @@ def test_model_shapes_and_unknown_name():
     assert sum(p.numel() for p in m.parameters()) == 5 * 16 + 16 + 16 * 3 + 3
     assert isinstance(build_model("logreg", 5, 3), torch.nn.Linear)
     with pytest.raises(ValueError, match="logreg, mlp"):
-        build_model("resnet", 5, 3)
+        build_model("vgg", 5, 3)
 
 
 def test_select_device():
