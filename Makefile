@@ -12,7 +12,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/dfl
             REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/9} \
             SECRET_KEY=test-secret-key-not-for-production
 
-.PHONY: venv npm demo demo-headless test bench clean contracts
+.PHONY: venv npm browser demo demo-headless test bench clean contracts
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -26,13 +26,17 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $(NPM_STAMP)
 
+# The browser test drives Debian's Chromium (Playwright never downloads a browser here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: venv
 	DFL_EMBEDDED=1 DEBUG=1 $(PY) manage.py demo
 
 demo-headless: venv
 	DFL_EMBEDDED=1 $(PY) manage.py demo --headless --rounds 3 --peers 4
 
-test: venv npm
+test: venv npm browser
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 contracts: npm

@@ -1,10 +1,15 @@
 """The node-facing JSON API (/api/v1/): bearer-token authentication, hello, and round reports.
 Bad input gets a 4xx JSON error with a reason, and nothing is written."""
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -139,13 +144,51 @@ def test_token_is_stored_hashed_and_rotates(client, owner, node_and_token):
     (b"\xff\xfe\x00", True, ["JSON"]),
     ("[1, 2, 3]", True, ["object"]),
     ('"a string"', True, ["object"]),
-    ("[" * 100_000, True, ["JSON"]),  # nesting deep enough to blow the parser's recursion
+    ("[" * 100_000, True, ["JSON", "nested"]),
+    ('{"a": ' * 65 + "1" + "}" * 65, True, ["JSON", "nested"]),
 ])
 def test_hello_unparseable_body_is_400_and_changes_nothing(client, node_and_token, body, raw, words):
     node, token = node_and_token
     before = row(node)
     assert_error(post(client, "/api/v1/node/hello", token, body, raw=raw), 400, *words)
     assert row(node) == before
+
+
+DEEP_BODY_SCRIPT = """
+import json, sys, django
+django.setup()
+import ledger.tasks  # as in the embedded demo's daphne, which settles in process: web3 -> py_ecc
+from django.test import Client
+assert sys.getrecursionlimit() >= 100_000, sys.getrecursionlimit()
+token = sys.argv[1]
+out = {}
+for path, body in (("/api/v1/node/hello", "[" * 500_000), ("/api/v1/reports", '{"a":' * 400_000),
+                   ("/api/v1/node/hello", json.dumps({"public_key": "cd" * 32, "hardware": "[" * 500_000}))):
+    r = Client().post(path, data=body, content_type="application/json", HTTP_AUTHORIZATION="Bearer " + token)
+    out[path + str(len(out))] = [r.status_code, r.json().get("error", "")]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deeply_nested_body_is_400_not_a_crash(owner):
+    """In a process where web3 is loaded (the embedded demo serves the site and settles in one
+    process) py_ecc has raised the recursion limit to 100000: the JSON parser must refuse deep
+    nesting before the C stack overflows and takes the whole server down."""
+    node, token = make_node(owner)
+    before = row(node)
+    db = connection.settings_dict
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "hub.settings", "SECRET_KEY": "x",
+           "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
+           "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"}
+    proc = subprocess.run([sys.executable, "-c", DEEP_BODY_SCRIPT, token], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"the server process died ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    results = list(json.loads(proc.stdout.strip().splitlines()[-1]).values())
+    assert [status for status, _ in results] == [400, 400, 400], results
+    assert all("nested" in message for _, message in results), results
+    assert {k: v for k, v in row(node).items() if k != "last_seen"} == {k: v for k, v in before.items() if k != "last_seen"}
 
 
 @pytest.mark.parametrize("body,words", [

@@ -230,6 +230,7 @@ def test_csrf_is_enforced_on_forms():
     ('{"cores": 0, "ram_gb": 8}', "Hardware report: cores must be between"),
     ('{"cores": 2, "ram_gb": NaN}', "Hardware report: ram_gb must be a finite number"),
     ("", "This field is required."),
+    ("[" * 200_000, "Hardware report: not valid JSON (JSON nested deeper than 64 levels)"),
 ])
 def test_node_registration_with_invalid_hardware_shows_error(hardware, message):
     client = logged_in(make_user("participant"))

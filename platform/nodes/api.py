@@ -1,5 +1,4 @@
 """Node-facing JSON API, authenticated by the node's bearer token (no cookies, so no CSRF)."""
-import json
 from functools import wraps
 
 from django.conf import settings
@@ -7,6 +6,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from . import safejson
 from .hardware import HardwareError, parse_hardware
 from .models import Node
 
@@ -30,9 +30,9 @@ def node_api(*methods):
             body = {}
             if request.method == "POST":
                 try:
-                    body = json.loads(request.body or b"{}")
-                except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nesting too deep
-                    return api_error(400, "body must be JSON")
+                    body = safejson.loads(request.body or b"{}")
+                except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nesting too deep
+                    return api_error(400, f"body must be JSON ({exc})")
                 if not isinstance(body, dict):
                     return api_error(400, "body must be a JSON object")
             node.touch()

@@ -2,6 +2,8 @@
 import json
 import math
 
+from . import safejson
+
 MAX_CORES = 1_000_000  # far above any machine, far below the database column's limit
 
 
@@ -27,11 +29,11 @@ def parse_hardware(raw) -> dict:
     """Accept a JSON string or dict; return a cleaned report or raise HardwareError."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = safejson.loads(raw)
         except json.JSONDecodeError as exc:
             raise HardwareError(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        except RecursionError:
-            raise HardwareError("not valid JSON (nested too deeply)") from None
+        except (ValueError, RecursionError) as exc:
+            raise HardwareError(f"not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise HardwareError("expected a JSON object as printed by `python -m peers hw`")
     report = {}

@@ -4,6 +4,10 @@
   const state = JSON.parse(document.getElementById("job-snapshot").textContent);
   const chart = document.getElementById("chart");
   const liveState = document.getElementById("live-state");
+  const STATUS_LABELS = { waiting: "Waiting for peers", running: "Running", finished: "Finished, settling",
+                          settled: "Settled", failed: "Failed" };
+
+  const PEER_COLOURS = ["#5b8def", "#2aa198", "#8e6bd6", "#d69a2d", "#4f9d5d", "#6c7a89", "#c26fb0", "#3fb1c9"];
 
   function traces() {
     const rounds = state.closed_rounds.slice().sort((a, b) => a.round - b.round);
@@ -20,7 +24,7 @@
         mode: "lines+markers", yaxis: "y2", line: { dash: "dot", color: "#b3261e" } },
     ];
     for (const [name, pts] of Object.entries(byNode)) {
-      out.push({ name: name + " accuracy", x: pts.x, y: pts.y, mode: "markers", marker: { size: 7, opacity: 0.6 } });
+      out.push({ name: name + " accuracy", x: pts.x, y: pts.y, mode: "markers", marker: { size: 7, opacity: 0.6, color: PEER_COLOURS[out.length % PEER_COLOURS.length] } });
     }
     return out;
   }
@@ -30,7 +34,8 @@
       margin: { t: 20, r: 60, b: 40, l: 50 },
       xaxis: { title: { text: "round" }, dtick: 1, range: [0.5, state.rounds + 0.5] },
       yaxis: { title: { text: "accuracy" }, range: [0, 1] },
-      yaxis2: { title: { text: "loss" }, overlaying: "y", side: "right", rangemode: "tozero" },
+      yaxis2: { title: { text: "loss" }, overlaying: "y", side: "right", rangemode: "tozero",
+                nticks: 6, tickformat: ".2f", showgrid: false },
       legend: { orientation: "h", y: -0.2 },
     }, { displayModeBar: false, responsive: true });
     const last = state.closed_rounds[state.closed_rounds.length - 1];
@@ -38,7 +43,7 @@
       last && last.mean_accuracy != null ? (100 * last.mean_accuracy).toFixed(1) + " %" : "–";
     document.getElementById("job-round").textContent = state.current_round + " / " + state.rounds;
     const badge = document.getElementById("job-status");
-    badge.textContent = state.status;
+    badge.textContent = STATUS_LABELS[state.status] || state.status;
     badge.className = "badge " + state.status;
   }
 
