@@ -1,4 +1,4 @@
-"""Command line of the peer: `python -m peers hw|join|shards`."""
+"""Command line of the peer: `python -m peers hw|join|shards|simulate`."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,23 @@ def cmd_join(args) -> int:
     return asyncio.run(_join(args))
 
 
+def cmd_simulate(args) -> int:
+    from peers.simulate import SimConfig, simulate_cli
+
+    if "LOG_LEVEL" not in os.environ:  # the progress display replaces the peers' per-round lines
+        logging.getLogger("peers").setLevel(logging.WARNING)
+    cfg = SimConfig(peers=args.peers, topology=args.topology, rounds=args.rounds, partition=args.partition,
+                    local_steps=args.local_steps, lr=args.lr, model=args.model, hidden=args.hidden,
+                    batch_size=args.batch_size, rule=args.rule, rule_params=args.rule_params,
+                    seed=args.seed, device=args.device,
+                    degree=args.degree, every_k=args.every_k, dynamic_base=args.dynamic_base)
+    try:
+        return simulate_cli(cfg, as_json=args.json)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     from peers.attacks import ATTACK_MODES
 
@@ -98,6 +115,28 @@ def main(argv=None) -> int:
     shards.add_argument("--partition", default="iid", help="iid or dirichlet:ALPHA")
     shards.add_argument("--seed", type=int, default=0)
     shards.set_defaults(func=cmd_shards)
+
+    sim = sub.add_parser("simulate", help="run a whole federation in this process (no platform)")
+    sim.add_argument("--peers", type=int, default=16)
+    sim.add_argument("--topology", default="ring",
+                     help="ring, torus, random_regular (expander), complete, star or dynamic")
+    sim.add_argument("--rounds", type=int, default=30)
+    sim.add_argument("--partition", default="dirichlet:0.5", help="iid or dirichlet:ALPHA")
+    sim.add_argument("--local-steps", type=int, default=20)
+    sim.add_argument("--lr", type=float, default=0.1)
+    sim.add_argument("--batch-size", type=int, default=32)
+    sim.add_argument("--model", default="mlp", help="mlp, logreg, cnn or resnet")
+    sim.add_argument("--hidden", type=int, default=64)
+    sim.add_argument("--rule", default="mean",
+                     help="aggregation rule of peers.rules (mean, median, krum, ...), or fedavg with --topology star")
+    sim.add_argument("--rule-params", type=json.loads, default={}, help='JSON object, e.g. \'{"f": 1}\' for krum')
+    sim.add_argument("--degree", type=int, default=None, help="random_regular/dynamic degree (default 4)")
+    sim.add_argument("--every-k", type=int, default=5, help="dynamic: redraw the graph every k rounds")
+    sim.add_argument("--dynamic-base", default="random_regular", help="dynamic: random_regular, ring or torus")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sim.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
+    sim.set_defaults(func=cmd_simulate)
 
     args = parser.parse_args(argv)
     if args.command == "join" and not args.token:

@@ -4,6 +4,8 @@ Modes:
   none      honest peer.
   nan       every floating-point tensor is filled with NaN (caught by the finite check).
   shape     the first tensor gains an extra leading row, zero-filled (caught by the shape check).
+  scale     every floating-point tensor is multiplied by -1000: finite and well-formed, so
+            only a robust aggregation rule (median, trimmed mean, Krum, ...) stops it.
   bad-hash  the sender hashes and signs the honest payload, then ``tamper_payload`` flips
             a byte of what is actually sent (caught by the sha256 check on reassembly).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-ATTACK_MODES = ("none", "nan", "shape", "bad-hash")
+ATTACK_MODES = ("none", "nan", "shape", "bad-hash", "scale")
 
 
 def corrupt(state: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
@@ -24,6 +26,10 @@ def corrupt(state: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor
         for t in out.values():
             if t.is_floating_point():
                 t.fill_(float("nan"))
+    elif mode == "scale":
+        for t in out.values():
+            if t.is_floating_point():
+                t.mul_(-1000.0)
     elif mode == "shape" and out:
         name = next(iter(out))
         t = out[name]
@@ -39,3 +45,15 @@ def tamper_payload(payload: bytes) -> bytes:
     if not payload:
         raise ValueError("cannot tamper with an empty payload")
     return payload[:-1] + bytes([payload[-1] ^ 0xFF])
+
+
+def unchecked_payload(state: dict[str, torch.Tensor]) -> bytes:
+    """Encode ``state`` in the uncompressed wire format without the sender-side sanity checks
+    (an honest compressor refuses NaN), so the receivers' own checks are what stops it."""
+    import json
+
+    from peers.compression import to_bytes
+
+    layout = {name: [list(t.shape), str(t.dtype).removeprefix("torch.")] for name, t in state.items()}
+    payload = {f"v/{name}": t.detach().cpu().contiguous() for name, t in state.items()}
+    return to_bytes(payload, {"compressor": "none", "layout": json.dumps(layout, separators=(",", ":"))})

@@ -79,6 +79,18 @@ class PeerReport:
 
 
 @dataclass
+class ModelRequest:
+    """A peer that joins late (or rejoins) asks a neighbour for its current model; the
+    neighbour answers with a weights transfer of seq 0 to the requester's own channel."""
+
+    TYPE = "model.request"
+    job_id: int
+    round: int
+    requester: int
+    signature: bytes  # Ed25519 over request_bytes(...) with the requester's node key
+
+
+@dataclass
 class Heartbeat:
     TYPE = "peer.heartbeat"
     node_id: int
@@ -95,7 +107,7 @@ class JobEvent:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, Heartbeat, JobEvent)
+    cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, ModelRequest, Heartbeat, JobEvent)
 }
 
 # Field kinds per class, checked by _coerce. Annotations are strings under
@@ -117,6 +129,7 @@ _SCHEMAS: dict[type, dict[str, str]] = {
         "model_hash": "str", "bytes_sent": "int", "bytes_received": "int",
         "duration_s": "float", "rejected": "rejected",
     },
+    ModelRequest: {"job_id": "int", "round": "int", "requester": "int", "signature": "bytes"},
     Heartbeat: {"node_id": "int", "ts": "float", "status": "str"},
     JobEvent: {"job_id": "int", "event": "str", "detail": "dict"},
 }
@@ -230,6 +243,11 @@ def header_bytes(chunk: WeightsChunk) -> bytes:
         [chunk.job_id, chunk.round, chunk.sender, chunk.seq, chunk.count, chunk.size, chunk.sha256],
         use_bin_type=True,
     )
+
+
+def request_bytes(job_id: int, round: int, requester: int) -> bytes:
+    """Canonical signed content of a model request."""
+    return msgpack.packb(["model.request", job_id, round, requester], use_bin_type=True)
 
 
 def _name(name: str) -> str:

@@ -47,6 +47,12 @@ def unpack_state(data: bytes, expected: Spec, max_bytes: int) -> dict[str, torch
         state = _st_load(bytes(data))
     except Exception:
         raise WeightsRejected("unparseable safetensors payload") from None
+    check_state(state, expected)
+    return state
+
+
+def check_state(state: dict[str, torch.Tensor], expected: Spec) -> None:
+    """Names, dtypes, shapes and finiteness of a state against ``expected``; raises ``WeightsRejected``."""
     missing = sorted(set(expected) - set(state))
     if missing:
         raise WeightsRejected(f"missing tensors: {', '.join(missing)}")
@@ -62,4 +68,4 @@ def unpack_state(data: bytes, expected: Spec, max_bytes: int) -> dict[str, torch
             raise WeightsRejected(f"wrong shape for {name}: {tuple(t.shape)} != {tuple(shape)}")
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             raise WeightsRejected(f"non-finite values in {name}")
-    return state
+

@@ -13,18 +13,28 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from peers.attacks import corrupt, tamper_payload
+from peers.attacks import corrupt, tamper_payload, unchecked_payload
+from peers.codec import WeightsDecoder, WeightsEncoder
 from peers.data import LocalData
 from peers.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.models import build_model
-from peers.protocol import PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel, to_message
-from peers.signing import NodeKey
+from peers.protocol import (
+    ModelRequest, PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel,
+    request_bytes, to_message,
+)
+from peers.rules import get_rule
+from peers.signing import NodeKey, verify
 from peers.training import LocalTrainer, mix
-from peers.wire import WeightsRejected, describe, pack_state, sha256_hex, unpack_state
+from peers.wire import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
 
 EARLY_CHUNKS_PER_JOB = 1000  # chunks kept for a job whose plan has not arrived yet
+# Round updates are seq 1 of their round; a model.request is answered with seq 2 of the round
+# before, which never collides with an update (and passes the replay check after one).
+ROUND_SEQ = 1
+CATCH_UP_SEQ = 2
+CATCH_UP_WAIT_S = 15.0
 
 
 @dataclass
@@ -34,9 +44,22 @@ class JobState:
     trainer: LocalTrainer
     reassembler: Reassembler
     spec: dict
+    encoder: WeightsEncoder
+    max_payload_bytes: int
+    rule: str = "mean"
+    rule_params: dict = field(default_factory=dict)
+    last_round: int = 0  # last round this peer completed
+    neighbours: dict[int, str] = field(default_factory=dict)  # node id -> public key, latest plan
+    catch_up: dict[int, bytes] = field(default_factory=dict)  # sender -> full model (CATCH_UP_SEQ)
+    decoders: dict[int, WeightsDecoder] = field(default_factory=dict)  # sender -> its decoder
     payloads: dict[int, dict[int, bytes]] = field(default_factory=dict)  # round -> sender -> bytes
     rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def decoder(self, sender: int) -> WeightsDecoder:
+        if sender not in self.decoders:
+            self.decoders[sender] = WeightsDecoder(self.spec, self.max_payload_bytes)
+        return self.decoders[sender]
 
 
 class Peer:
@@ -68,7 +91,11 @@ class Peer:
                     plan_task.cancel()
                     receiver.result()  # re-raise what stopped the receiver
                     return
-                await self.run_round(plan_task.result())
+                plan = plan_task.result()
+                try:
+                    await self.run_round(plan)
+                except Exception:  # one bad round must not take the peer down
+                    log.exception("node %s: round %s of job %s failed", self.node_id, plan.round, plan.job_id)
         finally:
             receiver.cancel()
 
@@ -94,6 +121,8 @@ class Peer:
                     await self.plans.put(msg)
             elif isinstance(msg, WeightsChunk):
                 self._on_chunk(msg)
+            elif isinstance(msg, ModelRequest):
+                asyncio.ensure_future(self._answer_model_request(msg))
 
     def _on_chunk(self, chunk: WeightsChunk) -> None:
         state = self.jobs.get(chunk.job_id)
@@ -103,7 +132,10 @@ class Peer:
                 early.append(chunk)
             return
         result = state.reassembler.feed(chunk)
-        if isinstance(result, Completed):
+        if isinstance(result, Completed) and result.seq == CATCH_UP_SEQ:
+            state.catch_up[result.sender] = result.payload
+            state.arrived.set()
+        elif isinstance(result, Completed):
             state.payloads.setdefault(result.round, {})[result.sender] = result.payload
             state.arrived.set()
         elif isinstance(result, Rejected):
@@ -120,13 +152,18 @@ class Peer:
             if cfg.get("num_features") not in (None, self.data.num_features):
                 raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg['num_features']}")
             classes = int(cfg.get("num_classes", self.data.num_classes))
-            model = build_model(cfg["model"], self.data.num_features, classes,
-                                hidden=int(cfg.get("hidden", 64)), seed=int(cfg["seed"]))
+            get_rule(cfg.get("rule", "mean"))  # unknown rules fail here, before any training
+            model = build_model(cfg["model"], self.data.num_features, classes, hidden=int(cfg.get("hidden", 64)),
+                                seed=int(cfg["seed"]), input_shape=self.data.input_shape)
             trainer = LocalTrainer(model, self.data, lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]),
                                    device=self.device, seed=int(cfg["seed"]) + self.node_id)
             reassembler = Reassembler({}, plan.job_id, plan.max_payload_bytes)
-            state = self.jobs[plan.job_id] = JobState(trainer, reassembler, describe(trainer.state()))
-        state.reassembler.public_keys = {n.node_id: n.public_key for n in plan.neighbours}
+            state = self.jobs[plan.job_id] = JobState(
+                trainer, reassembler, describe(trainer.state()), WeightsEncoder(cfg.get("compression", "none")),
+                plan.max_payload_bytes, rule=cfg.get("rule", "mean"), rule_params=dict(cfg.get("rule_params", {})),
+            )
+        state.neighbours = {n.node_id: n.public_key for n in plan.neighbours}
+        state.reassembler.public_keys = dict(state.neighbours)
         return state
 
     async def run_round(self, plan: RoundPlan) -> None:
@@ -138,6 +175,8 @@ class Peer:
         except Exception as exc:
             log.error("node %s cannot take part in job %s: %s", self.node_id, plan.job_id, exc)
             return
+        if state.last_round < plan.round - 1:
+            await self._catch_up(plan, state)  # joined late or restarted: start from a neighbour's model
         state.reassembler.expire(plan.round - 1)
         cfg = plan.config
 
@@ -153,7 +192,7 @@ class Peer:
             if n.node_id not in received:
                 continue
             try:
-                weighted.append((n.weight, unpack_state(received[n.node_id], state.spec, plan.max_payload_bytes)))
+                weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
             except WeightsRejected as exc:
                 log.warning("node %s rejected weights from %s (round %s): %s",
                             self.node_id, n.node_id, plan.round, exc.reason)
@@ -161,8 +200,9 @@ class Peer:
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
             rejected[sender] = "no weights before the deadline"
-        mixed = mix(weighted)  # renormalises over the neighbours that made it
+        mixed = self._aggregate(state, weighted)
         state.trainer.load_state(mixed)
+        state.last_round = plan.round
         evaluation = await asyncio.to_thread(state.trainer.evaluate)
 
         report = PeerReport(
@@ -185,16 +225,29 @@ class Peer:
             self.jobs.pop(plan.job_id, None)
             self.jobs_done += 1
 
+    @staticmethod
+    def _aggregate(state: JobState, weighted: list[tuple[float, dict]]) -> dict:
+        """x_i <- sum_j W_ij x_j over the neighbours that made it (weights renormalised), or the
+        job's robust rule over the same neighbourhood."""
+        if state.rule == "mean":
+            return mix(weighted)
+        weights = [w for w, _ in weighted]
+        return get_rule(state.rule)([s for _, s in weighted], weights, **state.rule_params)
+
     async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
         if not plan.neighbours:
             return 0
-        payload = pack_state(corrupt(local, self.attack) if self.attack in ("nan", "shape") else local)
+        state = self.jobs[plan.job_id]
+        if self.attack in ("nan", "shape", "scale"):
+            payload = unchecked_payload(corrupt(local, self.attack))
+        else:
+            payload = state.encoder.encode(local, plan.round)
         digest = sha256_hex(payload)
         if self.attack == "bad-hash":
             payload = tamper_payload(payload)
         sends = [
             send_payload(self.transport, n.channel, job_id=plan.job_id, round=plan.round, sender=self.node_id,
-                         seq=1, payload=payload, key=self.key, sha256=digest)
+                         seq=ROUND_SEQ, payload=payload, key=self.key, sha256=digest)
             for n in plan.neighbours
         ]
         results = await asyncio.gather(*sends, return_exceptions=True)
@@ -202,6 +255,55 @@ class Peer:
             if isinstance(result, Exception):
                 log.warning("node %s could not send weights to %s: %s", self.node_id, n.node_id, result)
         return sum(r for r in results if isinstance(r, int))
+
+    # -- late join / rejoin -------------------------------------------------------------------
+    async def _catch_up(self, plan: RoundPlan, state: JobState) -> None:
+        """Ask every neighbour for its current model and start from the first one that arrives
+        intact; without an answer the peer starts from the job's initial model."""
+        if not plan.neighbours:
+            return
+        signature = self.key.sign(request_bytes(plan.job_id, plan.round, self.node_id))
+        request = to_message(ModelRequest(job_id=plan.job_id, round=plan.round, requester=self.node_id, signature=signature))
+        for n in plan.neighbours:
+            try:
+                await self.transport.send(n.channel, request)
+            except Exception as exc:
+                log.warning("node %s: model request to %s failed: %s", self.node_id, n.node_id, exc)
+        give_up = min(time.time() + CATCH_UP_WAIT_S, plan.deadline - self.deadline_margin_s)
+        while time.time() < give_up:
+            for sender, payload in list(state.catch_up.items()):
+                try:
+                    model = WeightsDecoder(state.spec, plan.max_payload_bytes).decode(payload)
+                except WeightsRejected as exc:
+                    log.warning("node %s: catch-up model from %s rejected: %s", self.node_id, sender, exc.reason)
+                    del state.catch_up[sender]
+                    continue
+                state.trainer.load_state(model)
+                state.catch_up.clear()
+                log.info("node %s caught up on job %s from node %s", self.node_id, plan.job_id, sender)
+                return
+            state.arrived.clear()
+            try:
+                await asyncio.wait_for(state.arrived.wait(), timeout=max(0.01, give_up - time.time()))
+            except asyncio.TimeoutError:
+                break
+        log.warning("node %s: no neighbour sent the current model of job %s; starting from the initial one",
+                    self.node_id, plan.job_id)
+
+    async def _answer_model_request(self, request: ModelRequest) -> None:
+        """Send our current model to a neighbour that asked for it (signed requests only)."""
+        state = self.jobs.get(request.job_id)
+        key = state.neighbours.get(request.requester) if state else None
+        if key is None or not verify(key, request_bytes(request.job_id, request.round, request.requester), request.signature):
+            log.warning("node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id)
+            return
+        payload = state.encoder.snapshot(state.trainer.state(), request.round - 1)
+        try:
+            # Labelled with the round the model comes from, so it never collides with round updates.
+            await send_payload(self.transport, node_channel(request.requester), job_id=request.job_id,
+                               round=request.round - 1, sender=self.node_id, seq=CATCH_UP_SEQ, payload=payload, key=self.key)
+        except Exception as exc:
+            log.warning("node %s could not send its model to %s: %s", self.node_id, request.requester, exc)
 
     async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
         """Until every neighbour's weights arrived or were rejected, or the deadline is near."""

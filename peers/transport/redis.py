@@ -4,15 +4,27 @@ For normal channel names (no ``!``) channels_redis stores each channel as a sort
 at key ``prefix + channel``; members are 12 random bytes + ``msgpack.packb(message)``,
 scored by send time. A peer using this class and the platform using channels_redis
 (same Redis, same prefix, msgpack serializer, no encryption) can message each other.
+
+Speed (see docs/benchmarks.md, ``python -m bench exchange``):
+
+- a send is one round trip: a small Lua script drops expired members, checks the capacity
+  and adds the message atomically (channels_redis needs two trips and can overshoot the
+  capacity under races); ``send_many`` adds a batch of messages in the same single trip,
+  as many as fit, in order;
+- scores strictly increase per transport, so a batch keeps its order in the sorted set;
+- ``receive`` pops up to ``prefetch`` waiting messages at once (ZPOPMIN with a count) and
+  only blocks (BZPOPMIN) when the channel is empty; popped messages wait in this object,
+  so a cancelled ``receive`` loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import msgpack
 import redis.asyncio as aioredis
@@ -24,6 +36,24 @@ log = logging.getLogger(__name__)
 
 RANDOM_PREFIX_LENGTH = 12  # channels_redis default random_prefix_length
 ASGI_CHANNEL_KEY = "__asgi_channel__"  # added by channels_redis group_send; stripped on receive
+PREFETCH = 16  # messages popped per round trip while a channel has a backlog
+PREFETCH_BYTES = 8 << 20  # ...while their total size stays under this (estimated from the last batch)
+
+# KEYS[1] channel key; ARGV: expired-before cutoff, capacity, expiry seconds, then
+# score1, member1, score2, member2, ... Adds as many members as fit, in order; returns that number.
+_ADD_SCRIPT = """
+local key = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', key, 0, ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', key)
+local n = math.max(0, math.min(room, (#ARGV - 3) / 2))
+for i = 1, n do
+  redis.call('ZADD', key, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+if n > 0 then
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return n
+"""
 
 
 class RedisChannelTransport:
@@ -34,16 +64,22 @@ class RedisChannelTransport:
         capacity: int = 100,
         expiry: int = 60,
         block_s: float = 5.0,
+        prefetch: int = PREFETCH,
     ):
         self.prefix = prefix
         self.capacity = capacity
         self.expiry = expiry
         self.block_s = block_s
+        self.prefetch = max(1, int(prefetch))
         # The socket must outlive a blocking BZPOPMIN, or every idle wait ends in a TimeoutError.
         self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10)
-        # One in-flight BZPOPMIN per channel, kept across cancellation so a message
-        # popped while the caller's receive() was cancelled is not lost.
+        self._add = self._redis.register_script(_ADD_SCRIPT)
+        self._last_score = 0.0
+        # One in-flight fetch per channel, kept across cancellation so messages popped while
+        # the caller's receive() was cancelled are not lost; what it popped waits in _buffers.
         self._pending: dict[str, asyncio.Task] = {}
+        self._buffers: defaultdict[str, deque] = defaultdict(deque)
+        self._batch: dict[str, int] = {}  # channel -> how many to pop next time
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _key(self, channel: str) -> str:
@@ -51,50 +87,93 @@ class RedisChannelTransport:
             raise ValueError(f"invalid channel name {channel!r} (process-local '!' names unsupported)")
         return self.prefix + channel
 
-    async def send(self, channel: str, message: dict) -> None:
+    def _score(self) -> float:
+        """Send time, strictly increasing within this transport (keeps batches in order)."""
+        now = time.time()
+        if now <= self._last_score:
+            now = math.nextafter(self._last_score, math.inf)
+        self._last_score = now
+        return now
+
+    @staticmethod
+    def _member(message: dict) -> bytes:
         if not isinstance(message, dict):
             raise TypeError("message must be a dict")
         if ASGI_CHANNEL_KEY in message:
             raise ValueError(f"{ASGI_CHANNEL_KEY} is reserved")
-        key = self._key(channel)
-        member = os.urandom(RANDOM_PREFIX_LENGTH) + msgpack.packb(message, use_bin_type=True)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - int(self.expiry))
-            pipe.zcount(key, "-inf", "+inf")
-            _, queued = await pipe.execute()
-        if queued >= self.capacity:
+        return os.urandom(RANDOM_PREFIX_LENGTH) + msgpack.packb(message, use_bin_type=True)
+
+    async def send(self, channel: str, message: dict) -> None:
+        if not await self.send_many(channel, [message]):
             raise ChannelFull(channel)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {member: time.time()})
-            pipe.expire(key, int(self.expiry))
-            await pipe.execute()
+
+    async def send_many(self, channel: str, messages: list[dict]) -> int:
+        """Queue ``messages`` in order in one round trip; returns how many fit (a prefix of
+        the list; 0 when the channel is full). Never exceeds the capacity."""
+        key = self._key(channel)
+        members = [self._member(m) for m in messages]
+        if not members:
+            return 0
+        args: list = [int(time.time()) - int(self.expiry), int(self.capacity), int(self.expiry)]
+        for member in members:
+            args.append(repr(self._score()))
+            args.append(member)
+        if os.environ.get("XB_MODE") == "pipe":
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(key, min=0, max=args[0])
+                pipe.zcard(key)
+                _, queued = await pipe.execute()
+            n = max(0, min(len(members), self.capacity - queued))
+            if n:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(key, {args[4 + 2 * i]: float(args[3 + 2 * i]) for i in range(n)})
+                    pipe.expire(key, int(self.expiry))
+                    await pipe.execute()
+            return n
+        return int(await self._add(keys=[key], args=args))
+
+    async def _fetch(self, key: str, channel: str) -> None:
+        """Pop a batch (or block for one message) into the channel's buffer."""
+        count = self._batch.get(channel, self.prefetch)
+        popped = await self._redis.zpopmin(key, count) if count > 1 else []
+        if popped:
+            members = [m for m, _ in popped]
+            size = sum(len(m) for m in members) / len(members)
+            self._batch[channel] = max(1, min(self.prefetch, int(PREFETCH_BYTES // max(size, 1))))
+        else:
+            self._batch[channel] = self.prefetch
+            result = await self._redis.bzpopmin(key, timeout=self.block_s)
+            members = [] if result is None else [result[1]]
+        self._buffers[channel].extend(members)
 
     async def receive(self, channel: str) -> dict:
         key = self._key(channel)
+        buffer = self._buffers[channel]
         async with self._locks[channel]:
             while True:
+                while buffer:
+                    message = self._decode(buffer.popleft())
+                    if message is not None:
+                        return message
                 task = self._pending.get(channel)
                 if task is None or task.cancelled():
-                    task = asyncio.ensure_future(self._redis.bzpopmin(key, timeout=self.block_s))
+                    task = asyncio.ensure_future(self._fetch(key, channel))
                     self._pending[channel] = task
                 try:
-                    result = await asyncio.shield(task)
+                    await asyncio.shield(task)
                 except asyncio.CancelledError:
-                    raise  # the caller gave up: the task stays pending for the next receive()
+                    if task.done() and not task.cancelled():
+                        del self._pending[channel]  # it finished: its messages are in the buffer
+                    raise  # the caller gave up: a pending task stays for the next receive()
                 except Exception:
                     del self._pending[channel]
                     raise
                 del self._pending[channel]
-                if result is None:
-                    continue
-                message = self._decode(result[1])
-                if message is not None:
-                    return message
 
     @staticmethod
     def _decode(member: bytes) -> dict | None:
         try:
-            message = msgpack.unpackb(member[RANDOM_PREFIX_LENGTH:], raw=False)
+            message = msgpack.unpackb(memoryview(member)[RANDOM_PREFIX_LENGTH:], raw=False)
         except Exception as exc:
             log.warning("dropping undecodable message: %s", exc)
             return None
@@ -109,4 +188,5 @@ class RedisChannelTransport:
             task.cancel()
         await asyncio.gather(*self._pending.values(), return_exceptions=True)
         self._pending.clear()
+        self._buffers.clear()
         await self._redis.aclose()

@@ -1,0 +1,298 @@
+"""Weights exchange over real Redis: the project's path vs raw redis-py SET + GET.
+
+    python -m bench exchange [--quick] [--device cpu|cuda] [--repeats N] [--url REDIS_URL]
+
+One model (a state dict of float32 tensors: 1M, 25M and 100M parameters; ``--quick``: 1M
+and 25M) moves from peer A (this process) to peer B (a separate, freshly spawned receiver
+process) through the project's own code:
+
+    pack_state -> send_payload over RedisChannelTransport -> Reassembler -> unpack_state
+    (validation on: names, shapes, dtypes, finiteness; signature and sha256 checked)
+
+The clock starts in the sender before ``pack_state`` and stops in the receiver after
+``unpack_state`` returned (both read CLOCK_MONOTONIC, which is system-wide on Linux), so
+the time includes serialisation, hashing, signing, chunking, Redis, reassembly and
+validation; sender and receiver run concurrently.
+
+Baseline: raw redis-py (sync) ``SET`` of the same payload bytes by the sender plus ``GET``
+by the receiver process, timed separately and added. It is **bytes only**: no pack_state,
+no unpack_state, no hashing, no flow control. ``value``/``baseline`` are MB/s (1 MB = 1e6 B
+of safetensors payload) for the largest size; the target is ratio >= 0.8 at every size.
+
+Memory: the receiver resets its peak RSS (``/proc/self/clear_refs``) before each transfer
+and reports VmHWM minus VmRSS at the start; target <= 3x the payload size.
+
+Timings: one warm-up then ``--repeats`` interleaved (baseline, ours) repeats; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import statistics
+import time
+import uuid
+
+import torch
+
+SIZES_FULL = (1_000_000, 25_000_000, 100_000_000)
+SIZES_QUICK = (1_000_000, 25_000_000)
+JOB, ROUND, SENDER, RECEIVER = 1, 1, 1, 2
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM of this process in bytes (Linux)."""
+    try:
+        text = open("/proc/self/status").read()
+    except OSError:
+        return {"VmRSS": 0, "VmHWM": 0}
+    out = {}
+    for key in ("VmRSS", "VmHWM"):
+        m = re.search(key + r":\s+(\d+)\s+kB", text)
+        out[key] = int(m.group(1)) * 1024 if m else 0
+    return out
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def make_state(params: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A layer-shaped float32 state dict with exactly ``params`` parameters."""
+    cols = 1024
+    rows1 = (params // 2) // cols
+    rows2 = (params // 4) // cols
+    shapes = {"layer1.weight": (rows1, cols), "layer1.bias": (rows1,),
+              "layer2.weight": (rows2, cols), "layer2.bias": (rows2,)}
+    used = sum(torch.Size(s).numel() for s in shapes.values())
+    shapes["head.weight"] = (params - used,)
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
+    return [round(float(v.reshape(-1)[:4096].double().sum()), 6) for _, v in sorted(state.items())]
+
+
+# -- receiver process -------------------------------------------------------------------------
+
+def _receiver_main(conn, url: str, prefix: str, channel: str, public_key: str, spec: dict,
+                   max_bytes: int) -> None:
+    asyncio.run(_receiver(conn, url, prefix, channel, public_key, spec, max_bytes))
+
+
+async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> None:
+    import redis
+
+    from peers.exchange import Completed, Reassembler, Rejected
+    from peers.transport.redis import RedisChannelTransport
+    from peers.wire import unpack_state
+
+    transport = RedisChannelTransport(url, prefix=prefix, block_s=5)
+    raw = redis.Redis.from_url(url)
+    reassembler = Reassembler({SENDER: public_key}, job_id=JOB, max_bytes=max_bytes)
+    try:
+        while True:
+            cmd = await asyncio.to_thread(conn.recv)
+            if cmd[0] == "stop":
+                return
+            reset = _reset_peak()
+            rss0 = _proc_status()["VmRSS"]
+            if cmd[0] == "get":  # baseline: bytes only
+                t0 = time.perf_counter()
+                data = raw.get(cmd[1])
+                t_get = time.perf_counter() - t0
+                peak = _proc_status()["VmHWM"] - rss0 if reset else 0
+                ok = data is not None and len(data) == cmd[2]
+                del data
+                conn.send(("done", t_get, peak, ok, ""))
+                continue
+            # ours
+            seq = cmd[1]
+            conn.send(("ready",))
+            t_complete = None
+            while True:
+                result = reassembler.feed(await transport.receive(channel))
+                if isinstance(result, Rejected):
+                    conn.send(("done", 0.0, 0, False, f"rejected: {result.reason}"))
+                    break
+                if isinstance(result, Completed) and result.seq == seq:
+                    t_complete = time.perf_counter()
+                    if os.environ.get("BENCH_DEBUG"):
+                        print("complete: peak", (_proc_status()["VmHWM"] - rss0) / 1e6, "rss", (_proc_status()["VmRSS"] - rss0) / 1e6, flush=True)
+                    state = unpack_state(result.payload, spec, max_bytes)
+                    t_end = time.perf_counter()
+                    del result
+                    peak = _proc_status()["VmHWM"] - rss0 if reset else 0
+                    fp = fingerprint(state)
+                    del state
+                    conn.send(("done", (t_complete, t_end), peak, True, fp))
+                    break
+    finally:
+        raw.close()
+        await transport.close()
+
+
+# -- sender side ------------------------------------------------------------------------------
+
+async def _ours_once(transport, conn, channel: str, state: dict, key, seq: int, chunk_bytes):
+    from peers.exchange import send_payload
+    from peers.wire import pack_state
+
+    conn.send(("ours", seq))
+    assert conn.recv()[0] == "ready"
+    t0 = time.perf_counter()
+    payload = pack_state(state)
+    t_packed = time.perf_counter()
+    kw = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    await send_payload(transport, channel, job_id=JOB, round=ROUND, sender=SENDER, seq=seq,
+                       payload=payload, key=key, **kw)
+    t_sent = time.perf_counter()
+    size = len(payload)
+    del payload
+    _, (t_complete, t_end), peak, ok, fp = await asyncio.to_thread(conn.recv)
+    if not ok:
+        raise RuntimeError(f"transfer failed: {fp}")
+    return {"total": t_end - t0, "pack": t_packed - t0, "send": t_sent - t_packed,
+            "complete": t_complete - t0, "unpack": t_end - t_complete, "peak": peak,
+            "fingerprint": fp, "size": size}
+
+
+def _baseline_once(raw, conn, key: str, payload: bytes):
+    t0 = time.perf_counter()
+    raw.set(key, payload)
+    t_set = time.perf_counter() - t0
+    conn.send(("get", key, len(payload)))
+    _, t_get, peak, ok, _ = conn.recv()
+    raw.delete(key)
+    if not ok:
+        raise RuntimeError("baseline GET returned the wrong bytes")
+    return {"total": t_set + t_get, "set": t_set, "get": t_get, "peak": peak}
+
+
+async def run_size(params: int, args, url: str) -> dict:
+    import redis
+
+    from peers.protocol import node_channel
+    from peers.signing import NodeKey
+    from peers.transport.redis import RedisChannelTransport
+    from peers.wire import describe, pack_state
+
+    state = make_state(params)
+    expected_fp = fingerprint(state)
+    payload = pack_state(state)  # the baseline's bytes (same as ours)
+    size = len(payload)
+    key = NodeKey.generate()
+    prefix = f"bench-exchange-{uuid.uuid4().hex[:8]}:"
+    channel = node_channel(RECEIVER)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_receiver_main, daemon=True,
+                       args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)))
+    proc.start()
+    transport = RedisChannelTransport(url, prefix=prefix)
+    raw = redis.Redis.from_url(url)
+    ours, base, first_peak = [], [], 0
+    try:
+        for rep in range(args.repeats + 1):  # rep 0 is the warm-up
+            b = _baseline_once(raw, parent, prefix + "baseline", payload)
+            o = await _ours_once(transport, parent, channel, state, key, seq=rep, chunk_bytes=args.chunk_bytes)
+            if o["fingerprint"] != expected_fp or o["size"] != size:
+                raise RuntimeError("received state differs from the sent one")
+            if rep:
+                ours.append(o)
+                base.append(b)
+            else:
+                first_peak = o["peak"]
+        parent.send(("stop",))
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        await transport.close()
+        leftovers = list(raw.scan_iter(match=prefix + "*"))
+        if leftovers:
+            raw.delete(*leftovers)
+        raw.close()
+    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    mb = size / 1e6
+    row = {
+        "params": params, "bytes": size,
+        "ours_mb_s": mb / med(ours, "total"), "baseline_mb_s": mb / med(base, "total"),
+        "ours_s": med(ours, "total"), "baseline_s": med(base, "total"),
+        "pack_s": med(ours, "pack"), "send_s": med(ours, "send"),
+        "complete_s": med(ours, "complete"), "unpack_s": med(ours, "unpack"),
+        "set_s": med(base, "set"), "get_s": med(base, "get"),
+        "peak_rss_bytes": max([first_peak] + [r["peak"] for r in ours]),
+        "baseline_peak_rss_bytes": max(r["peak"] for r in base),
+    }
+    row["ratio"] = row["ours_mb_s"] / row["baseline_mb_s"]
+    row["peak_x_model"] = row["peak_rss_bytes"] / size
+    # transport alone: bytes in, verified bytes out (no pack/unpack), vs the same baseline
+    row["transport_s"] = row["complete_s"] - row["pack_s"]
+    row["transport_ratio"] = row["baseline_s"] / row["transport_s"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench exchange", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1M and 25M parameters only, 3 repeats")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="recorded only: pack_state/unpack_state work on CPU tensors")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 5, quick 3)")
+    ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
+    args = ap.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.repeats < 3:
+        ap.error("--repeats must be >= 3")
+    args.chunk_bytes = args.chunk_kib * 1024 if args.chunk_kib else None
+    sizes = SIZES_QUICK if args.quick else SIZES_FULL
+
+    rows = [asyncio.run(run_size(p, args, args.url)) for p in sizes]
+
+    print(f"exchange: one state dict A -> B over real Redis ({args.url.rsplit('@', 1)[-1]}), "
+          f"receiver in its own process; median of {args.repeats} repeats after 1 warm-up")
+    print("ours = pack_state + send_payload/RedisChannelTransport + Reassembler + unpack_state (validated);")
+    print("baseline = redis-py SET + GET of the same payload bytes (bytes only, no (un)packing)")
+    print()
+    hdr = (f"{'params':>11} {'MB':>7} {'ours MB/s':>10} {'base MB/s':>10} {'ratio':>6} | {'pack':>6} "
+           f"{'xfer':>6} {'unpack':>6} {'SET':>6} {'GET':>6} | {'xfer ratio':>10} | {'peak RSS':>9} {'x model':>7}")
+    print(hdr)
+    for r in rows:
+        print(f"{r['params']:>11,} {r['bytes'] / 1e6:>7.1f} {r['ours_mb_s']:>10.1f} {r['baseline_mb_s']:>10.1f} "
+              f"{r['ratio']:>6.2f} | {r['pack_s']:>6.3f} {r['transport_s']:>6.3f} {r['unpack_s']:>6.3f} "
+              f"{r['set_s']:>6.3f} {r['get_s']:>6.3f} | {r['transport_ratio']:>10.2f} | "
+              f"{r['peak_rss_bytes'] / 1e6:>7.0f}MB {r['peak_x_model']:>7.2f}")
+    print()
+    print("times in s; xfer = first chunk sent .. payload reassembled and sha256-checked in the receiver;")
+    print("xfer ratio = baseline time / xfer time (transport alone vs SET+GET); peak RSS = receiver's")
+    print("VmHWM above its RSS before the transfer (target <= 3x model)")
+    last = rows[-1]
+    result = {
+        "bench": "exchange", "metric": "MB/s",
+        "value": round(last["ours_mb_s"], 2), "baseline": round(last["baseline_mb_s"], 2),
+        "ratio": round(last["ratio"], 4), "target": ">= 0.8 at every size; peak RSS <= 3x model",
+        "device": args.device, "quick": bool(args.quick), "repeats": args.repeats,
+        "min_ratio": round(min(r["ratio"] for r in rows), 4),
+        "max_peak_x_model": round(max(r["peak_x_model"] for r in rows), 3),
+        "chunk_bytes": args.chunk_bytes,
+        "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

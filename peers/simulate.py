@@ -1,0 +1,412 @@
+"""A whole federation in one process, without the platform: `python -m peers simulate`.
+
+Decentralized runs (every topology with a gossip rule) use the real :class:`peers.worker.Peer`
+over :class:`peers.transport.memory.MemoryTransport`: this module plays the platform's part,
+sending each peer a RoundPlan per round whose neighbour weights come from
+``peers.topology.build`` exactly as ``platform/jobs/orchestration.py`` builds them (position i
+is node i + 1), and collecting the peers' reports in memory.
+
+``--rule fedavg`` (with ``--topology star``) is centralized FedAvg, run as a separate, plain loop
+(:func:`run_fedavg`): the worker exchanges weights once per round, so it cannot express the
+star's two hops (leaves upload, the aggregator at position 0 averages sample-weighted, the
+average is sent back). Each peer trains the same number of local steps on the same shard with
+the same trainer as in the decentralized runs; the bytes counted are what the two hops would
+carry. Gossip over the star with Metropolis-Hastings weights (``--topology star --rule mean``)
+is a different, much slower thing, and also available.
+
+Accuracy is reported two ways per round: ``accuracy``, the mean over peers of each peer's model
+on its own eval split (what the peers report to the platform), and ``global_accuracy``, the
+mean over peers of each peer's model on the union of all peers' eval splits (the fair figure to
+compare with centralized training under a label-skewed partition).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from peers import topology
+from peers.data import LocalData, load_local_data
+from peers.models import build_model
+from peers.protocol import Neighbour, RoundPlan, node_channel, to_message
+from peers.signing import NodeKey
+from peers.training import LocalTrainer, mix, select_device
+from peers.transport.memory import MemoryTransport
+from peers.wire import pack_state
+
+JOB_ID = 1
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+FEDAVG = "fedavg"
+MISSED = "no weights before the deadline"  # the worker's reason for a neighbour that never sent
+
+
+@dataclass
+class SimConfig:
+    peers: int = 16
+    topology: str = "ring"
+    rounds: int = 30
+    partition: str = "dirichlet:0.5"
+    local_steps: int = 20
+    lr: float = 0.1
+    model: str = "mlp"
+    hidden: int = 64
+    batch_size: int = 32
+    rule: str = "mean"  # any of peers.rules (mean, median, trimmed_mean, krum, ...) or "fedavg"
+    rule_params: dict = field(default_factory=dict)  # e.g. {"f": 1} for krum
+    seed: int = 0
+    device: str = "auto"
+    degree: int | None = None  # random_regular / dynamic
+    every_k: int = 5  # dynamic: redraw every k rounds
+    dynamic_base: str = "random_regular"
+    round_timeout_s: float = 120.0
+
+    def job_config(self, data: LocalData) -> dict:
+        """What the platform's Job.config() would send (plus the rule)."""
+        return {"dataset": "digits", "model": self.model, "hidden": self.hidden, "lr": self.lr,
+                "local_steps": self.local_steps, "batch_size": self.batch_size, "seed": self.seed,
+                "num_features": data.num_features, "num_classes": data.num_classes, "rule": self.rule,
+                "rule_params": dict(self.rule_params)}
+
+    def topology_params(self, round: int, cut_links=frozenset()) -> dict:
+        if self.topology in ("random_regular", "expander"):
+            return {"d": self.degree, "seed": self.seed}
+        if self.topology == "dynamic":
+            return {"base": self.dynamic_base, "round": round, "every_k": self.every_k,
+                    "seed": self.seed, "cut_links": cut_links, "d": self.degree}
+        return {}
+
+
+@dataclass
+class RoundStats:
+    round: int
+    accuracy: float  # mean over peers, own eval split
+    min_accuracy: float
+    max_accuracy: float
+    global_accuracy: float  # mean over peers, union of eval splits
+    train_loss: float
+    bytes_sent: int
+    seconds: float
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    device: str
+    spectral_gap: float
+    rounds: list[RoundStats] = field(default_factory=list)
+    seconds: float = 0.0
+    final_states: list[dict] = field(default_factory=list, repr=False)  # each peer's last model
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.rounds[-1].accuracy if self.rounds else float("nan")
+
+    @property
+    def final_global_accuracy(self) -> float:
+        return self.rounds[-1].global_accuracy if self.rounds else float("nan")
+
+    def summary(self) -> dict:
+        cfg = self.config
+        return {
+            "peers": cfg.peers, "topology": cfg.topology, "rule": cfg.rule, "partition": cfg.partition,
+            "model": cfg.model, "local_steps": cfg.local_steps, "lr": cfg.lr, "seed": cfg.seed,
+            "rounds": len(self.rounds),
+            "accuracy": [round(s.accuracy, 4) for s in self.rounds],
+            "global_accuracy": [round(s.global_accuracy, 4) for s in self.rounds],
+            "final_accuracy": round(self.final_accuracy, 4),
+            "final_global_accuracy": round(self.final_global_accuracy, 4),
+            "spectral_gap": round(self.spectral_gap, 6),
+            "bytes_sent": sum(s.bytes_sent for s in self.rounds),
+            "seconds": round(self.seconds, 3), "device": self.device,
+        }
+
+
+# -- data and evaluation ------------------------------------------------------------------------
+def load_shards(cfg: SimConfig) -> list[LocalData]:
+    """Peer i's data is exactly what `python -m peers join --data digits:i/N:PARTITION` loads."""
+    return [load_local_data(f"digits:{i}/{cfg.peers}:{cfg.partition}", seed=cfg.seed) for i in range(cfg.peers)]
+
+
+def union_eval(datas: list[LocalData]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([d.X_eval for d in datas]), np.concatenate([d.y_eval for d in datas])
+
+
+def union_train(datas: list[LocalData]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([d.X_train for d in datas]), np.concatenate([d.y_train for d in datas])
+
+
+class Evaluator:
+    """Accuracy of a model on a fixed eval set held on the device."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, device):
+        self.X = torch.as_tensor(X, dtype=torch.float32, device=device)
+        self.y = torch.as_tensor(y, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def accuracy(self, model: torch.nn.Module) -> float:
+        was_training = model.training
+        model.eval()
+        correct = (model(self.X).float().argmax(dim=1) == self.y).sum().item()
+        model.train(was_training)
+        return correct / max(1, len(self.y))
+
+
+def _stats(r: int, accs, globals_, losses, sent: int, seconds: float) -> RoundStats:
+    return RoundStats(r, float(np.mean(accs)), float(np.min(accs)), float(np.max(accs)),
+                      float(np.mean(globals_)), float(np.nanmean(losses)) if losses else float("nan"),
+                      int(sent), seconds)
+
+
+def _check(cfg: SimConfig, data: LocalData) -> None:
+    """Refuse up front what would make a peer drop out of the job (it would never report)."""
+    if cfg.rule == FEDAVG:
+        if cfg.topology != "star":
+            raise ValueError("rule 'fedavg' is centralized FedAvg: use it with --topology star")
+        if cfg.rule_params:
+            raise ValueError("rule 'fedavg' takes no rule parameters")
+    else:
+        from peers.rules import get_rule
+
+        get_rule(cfg.rule)
+    build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
+                input_shape=data.input_shape)
+
+
+# -- decentralized: real peers over the in-memory transport --------------------------------------
+class _Reports:
+    """The platform's report endpoint, in memory; also scores each peer's freshly mixed model on
+    the union eval set (the peer still holds the job's state while it reports)."""
+
+    def __init__(self, evaluator: Evaluator, total_rounds: int):
+        self.evaluator = evaluator
+        self.total_rounds = total_rounds
+        self.peers: dict = {}
+        self.by_round: dict[int, list[dict]] = {}
+        self.global_acc: dict[int, list[float]] = {}
+        self.final_states: dict[int, dict] = {}
+        self.changed = asyncio.Event()
+
+    async def report(self, message: dict) -> None:
+        r = message["round"]
+        self.by_round.setdefault(r, []).append(message)
+        state = self.peers[message["node_id"]].jobs.get(message["job_id"])
+        if state is not None:
+            self.global_acc.setdefault(r, []).append(self.evaluator.accuracy(state.trainer.model))
+            if r == self.total_rounds:
+                self.final_states[message["node_id"]] = state.trainer.state()
+        self.changed.set()
+
+
+def _plans(cfg: SimConfig, r: int, rows, keys, job_config: dict) -> list[RoundPlan]:
+    """One RoundPlan per position, built as platform/jobs/orchestration.py build_plans does."""
+    deadline = time.time() + cfg.round_timeout_s
+    plans = []
+    for index, row in enumerate(rows):
+        node = index + 1
+        plans.append(RoundPlan(
+            job_id=JOB_ID, round=r, total_rounds=cfg.rounds, node_id=node, deadline=deadline,
+            config=job_config, self_weight=row[index], max_payload_bytes=MAX_PAYLOAD_BYTES,
+            neighbours=[Neighbour(node_id=j + 1, channel=node_channel(j + 1), weight=row[j],
+                                  public_key=keys[j + 1].public_key_hex)
+                        for j in range(len(rows)) if j != index and j in row],
+        ))
+    return plans
+
+
+async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
+                      on_round: Callable[[RoundStats], None] | None) -> tuple[list[RoundStats], float, list[dict]]:
+    from peers.spectral import spectral_gap
+    from peers.worker import Peer
+
+    n = cfg.peers
+    transport = MemoryTransport(capacity=max(100, 4 * n))
+    reports = _Reports(evaluator, cfg.rounds)
+    keys = {i + 1: NodeKey.generate() for i in range(n)}
+    peers = [Peer(i + 1, keys[i + 1], datas[i], transport, reports, device=device) for i in range(n)]
+    reports.peers = {p.node_id: p for p in peers}
+    job_config = cfg.job_config(datas[0])
+    tasks = [asyncio.create_task(p.run(max_jobs=1)) for p in peers]
+    cut: set[tuple[int, int]] = set()
+    stats, gap = [], None
+    try:
+        for r in range(1, cfg.rounds + 1):
+            started = time.perf_counter()
+            rows = topology.build(cfg.topology, n, **cfg.topology_params(r, frozenset(cut)))
+            if gap is None:
+                gap = spectral_gap(rows)
+            for plan in _plans(cfg, r, rows, keys, job_config):
+                await transport.send(node_channel(plan.node_id), to_message(plan))
+            give_up = time.monotonic() + cfg.round_timeout_s + 30
+            while len(reports.by_round.get(r, [])) < n:
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"round {r}: only {len(reports.by_round.get(r, []))} of {n} peers reported")
+                reported = {rep["node_id"] for rep in reports.by_round.get(r, [])}
+                for peer, t in zip(peers, tasks):
+                    if t.done() and peer.node_id not in reported:
+                        t.result()  # re-raise what stopped the peer
+                        raise RuntimeError(f"node {peer.node_id} stopped before reporting round {r}")
+                reports.changed.clear()
+                try:
+                    await asyncio.wait_for(reports.changed.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+            got = reports.by_round[r]
+            # A neighbour whose weights never came is a slow/failed link: the dynamic topology
+            # rewires around it from the next round on.
+            for rep in got:
+                for item in rep["rejected"]:
+                    if item["reason"] == MISSED:
+                        cut.add(tuple(sorted((rep["node_id"] - 1, item["sender"] - 1))))
+            stat = _stats(r, [rep["accuracy"] for rep in got], reports.global_acc.get(r, [float("nan")]),
+                          [rep["train_loss"] for rep in got], sum(rep["bytes_sent"] for rep in got),
+                          time.perf_counter() - started)
+            stats.append(stat)
+            if on_round:
+                on_round(stat)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await transport.close()
+    finals = [reports.final_states[node] for node in sorted(reports.final_states)]
+    return stats, float(gap if gap is not None else float("nan")), finals
+
+
+# -- centralized FedAvg over the star -----------------------------------------------------------
+def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
+               on_round: Callable[[RoundStats], None] | None = None) -> tuple[list[RoundStats], list[dict]]:
+    """FedAvg: every round each peer starts from the global model, trains `local_steps` SGD steps
+    on its shard, uploads to the aggregator (position 0, itself a peer with data), which averages
+    the models weighted by training samples and sends the average back to every leaf."""
+    trainers = []
+    for i, data in enumerate(datas):
+        model = build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
+                            input_shape=data.input_shape)
+        trainers.append(LocalTrainer(model, data, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
+                                     seed=cfg.seed + i + 1))  # as the worker seeds node i + 1
+    global_state = trainers[0].state()
+    payload = len(pack_state(global_state))
+    leaves = len(trainers) - 1
+    stats = []
+    for r in range(1, cfg.rounds + 1):
+        started = time.perf_counter()
+        uploads, losses = [], []
+        for t in trainers:
+            t.load_state(global_state)
+            losses.append(t.train(cfg.local_steps).loss)
+            uploads.append((float(t.data.samples), t.state()))
+        global_state = mix(uploads)  # at the aggregator: sample-weighted mean
+        accs = []
+        for t in trainers:
+            t.load_state(global_state)
+            accs.append(t.evaluate().accuracy)
+        glob = evaluator.accuracy(trainers[0].model)  # every peer now holds the same model
+        stat = _stats(r, accs, [glob], losses, 2 * leaves * payload, time.perf_counter() - started)
+        stats.append(stat)
+        if on_round:
+            on_round(stat)
+    return stats, [global_state] * len(trainers)
+
+
+# -- entry points -------------------------------------------------------------------------------
+def prepare(cfg: SimConfig, datas: list[LocalData] | None = None) -> list[LocalData]:
+    """Check `cfg` (ValueError on anything a peer would refuse) and load the peers' shards."""
+    if cfg.peers < 1 or cfg.rounds < 1 or cfg.local_steps < 1:
+        raise ValueError("need peers >= 1, rounds >= 1 and local_steps >= 1")
+    if not isinstance(cfg.rule_params, dict):
+        raise ValueError(f"rule parameters must be a JSON object, got {cfg.rule_params!r}")
+    topology.graph(cfg.topology, cfg.peers, **cfg.topology_params(1))  # fail early on a bad topology
+    select_device(cfg.device)
+    datas = datas if datas is not None else load_shards(cfg)
+    if len(datas) != cfg.peers:
+        raise ValueError(f"{len(datas)} shards for {cfg.peers} peers")
+    _check(cfg, datas[0])
+    return datas
+
+
+def run_simulation(cfg: SimConfig, on_round: Callable[[RoundStats], None] | None = None,
+                   datas: list[LocalData] | None = None) -> SimResult:
+    """Run the federation described by `cfg`; `on_round` is called after every round."""
+    datas = prepare(cfg, datas)
+    device = select_device(cfg.device)
+    evaluator = Evaluator(*union_eval(datas), device)
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # Peers train concurrently in threads; tiny models run best one thread each.
+        torch.set_num_threads(1)
+    try:
+        if cfg.rule == FEDAVG:
+            (stats, finals), gap = run_fedavg(cfg, datas, evaluator, device, on_round), 1.0  # W = 1 p^T
+        else:
+            stats, gap, finals = asyncio.run(_run_gossip(cfg, datas, evaluator, device, on_round))
+    finally:
+        torch.set_num_threads(threads)
+    return SimResult(cfg, str(device), gap, stats, time.perf_counter() - started, finals)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def simulate_cli(cfg: SimConfig, *, as_json: bool = False) -> int:
+    """Run with a rich progress bar and summary table; with `as_json` the display goes to stderr
+    and stdout gets exactly one JSON summary line."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console(stderr=as_json)
+    datas = prepare(cfg)
+    title = (f"{cfg.peers} peers, {cfg.topology}, {cfg.rule}, {cfg.partition}, "
+             f"{cfg.local_steps} local steps, lr {cfg.lr}")
+    progress = Progress(
+        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
+        TextColumn("acc {task.fields[acc]} (min {task.fields[lo]}, max {task.fields[hi]}) "
+                   "global {task.fields[glob]}  {task.fields[sent]}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    )
+    total_sent = 0
+
+    with progress:
+        task = progress.add_task(title, total=cfg.rounds, acc="-", lo="-", hi="-", glob="-", sent="-")
+
+        def on_round(s: RoundStats) -> None:
+            nonlocal total_sent
+            total_sent += s.bytes_sent
+            progress.update(task, advance=1, acc=f"{s.accuracy:.3f}", lo=f"{s.min_accuracy:.3f}",
+                            hi=f"{s.max_accuracy:.3f}", glob=f"{s.global_accuracy:.3f}",
+                            sent=_fmt_bytes(total_sent))
+
+        result = run_simulation(cfg, on_round, datas)
+
+    table = Table(title=title)
+    for col in ("round", "acc (own split)", "min", "max", "acc (all eval)", "train loss", "sent", "s"):
+        table.add_column(col, justify="right")
+    step = max(1, len(result.rounds) // 15)
+    for s in result.rounds:
+        if s.round == 1 or s.round % step == 0 or s.round == len(result.rounds):
+            table.add_row(str(s.round), f"{s.accuracy:.4f}", f"{s.min_accuracy:.4f}", f"{s.max_accuracy:.4f}",
+                          f"{s.global_accuracy:.4f}", f"{s.train_loss:.4f}", _fmt_bytes(s.bytes_sent),
+                          f"{s.seconds:.2f}")
+    console.print(table)
+    console.print(f"final accuracy {result.final_accuracy:.4f} (own split), "
+                  f"{result.final_global_accuracy:.4f} (all eval); spectral gap {result.spectral_gap:.4f}; "
+                  f"{result.seconds:.1f} s on {result.device}")
+    if as_json:
+        print(json.dumps(result.summary()), flush=True)
+    return 0
+
+
+__all__ = ["SimConfig", "SimResult", "RoundStats", "run_simulation", "run_fedavg", "simulate_cli",
+           "load_shards", "union_eval", "union_train", "Evaluator"]
