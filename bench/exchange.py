@@ -129,8 +129,6 @@ async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> 
                     break
                 if isinstance(result, Completed) and result.seq == seq:
                     t_complete = time.perf_counter()
-                    if os.environ.get("BENCH_DEBUG"):
-                        print("complete: peak", (_proc_status()["VmHWM"] - rss0) / 1e6, "rss", (_proc_status()["VmRSS"] - rss0) / 1e6, flush=True)
                     state = unpack_state(result.payload, spec, max_bytes)
                     t_end = time.perf_counter()
                     del result

@@ -7,10 +7,10 @@ scored by send time. A peer using this class and the platform using channels_red
 
 Speed (see docs/benchmarks.md, ``python -m bench exchange``):
 
-- a send is one round trip: a small Lua script drops expired members, checks the capacity
-  and adds the message atomically (channels_redis needs two trips and can overshoot the
-  capacity under races); ``send_many`` adds a batch of messages in the same single trip,
-  as many as fit, in order;
+- a send is one round trip: one MULTI/EXEC drops expired members, adds the message(s) and
+  (small Lua script, no payload bytes in Lua) takes back whatever does not fit, so the
+  channel is never seen over capacity (channels_redis needs two trips and can overshoot under
+  races); ``send_many`` adds a batch of messages in that single trip, as many as fit, in order;
 - scores strictly increase per transport, so a batch keeps its order in the sorted set;
 - ``receive`` pops up to ``prefetch`` waiting messages at once (ZPOPMIN with a count) and
   only blocks (BZPOPMIN) when the channel is empty; popped messages wait in this object,
@@ -39,20 +39,29 @@ ASGI_CHANNEL_KEY = "__asgi_channel__"  # added by channels_redis group_send; str
 PREFETCH = 16  # messages popped per round trip while a channel has a backlog
 PREFETCH_BYTES = 8 << 20  # ...while their total size stays under this (estimated from the last batch)
 
-# KEYS[1] channel key; ARGV: expired-before cutoff, capacity, expiry seconds, then
-# score1, member1, score2, member2, ... Adds as many members as fit, in order; returns that number.
-_ADD_SCRIPT = """
+# Runs inside the same MULTI/EXEC as the ZADD of a batch, so nobody sees the channel over
+# capacity: if it is, this removes the batch's newest members until it fits (or none of them
+# is left) and returns how many of the batch stay. KEYS[1] channel key; ARGV: capacity, then
+# score1, prefix1, score2, prefix2, ... (each member's random prefix; members are not passed:
+# turning megabytes of ARGV into Lua strings doubles Redis' CPU per byte).
+_TRIM_SCRIPT = """
 local key = KEYS[1]
-redis.call('ZREMRANGEBYSCORE', key, 0, ARGV[1])
-local room = tonumber(ARGV[2]) - redis.call('ZCARD', key)
-local n = math.max(0, math.min(room, (#ARGV - 3) / 2))
-for i = 1, n do
-  redis.call('ZADD', key, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+local excess = redis.call('ZCARD', key) - tonumber(ARGV[1])
+local kept = (#ARGV - 1) / 2
+local i = kept
+while excess > 0 and i >= 1 do
+  local score, prefix = ARGV[2 * i], ARGV[2 * i + 1]
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, score, score)) do
+    if string.sub(member, 1, #prefix) == prefix then
+      redis.call('ZREM', key, member)
+      excess = excess - 1
+      kept = kept - 1
+      break
+    end
+  end
+  i = i - 1
 end
-if n > 0 then
-  redis.call('EXPIRE', key, ARGV[3])
-end
-return n
+return kept
 """
 
 
@@ -73,7 +82,7 @@ class RedisChannelTransport:
         self.prefetch = max(1, int(prefetch))
         # The socket must outlive a blocking BZPOPMIN, or every idle wait ends in a TimeoutError.
         self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10)
-        self._add = self._redis.register_script(_ADD_SCRIPT)
+        self._trim = self._redis.register_script(_TRIM_SCRIPT)
         self._last_score = 0.0
         # One in-flight fetch per channel, kept across cancellation so messages popped while
         # the caller's receive() was cancelled are not lost; what it popped waits in _buffers.
@@ -109,28 +118,22 @@ class RedisChannelTransport:
 
     async def send_many(self, channel: str, messages: list[dict]) -> int:
         """Queue ``messages`` in order in one round trip; returns how many fit (a prefix of
-        the list; 0 when the channel is full). Never exceeds the capacity."""
+        the list; 0 when the channel is full). Never leaves the channel over capacity."""
         key = self._key(channel)
         members = [self._member(m) for m in messages]
         if not members:
             return 0
-        args: list = [int(time.time()) - int(self.expiry), int(self.capacity), int(self.expiry)]
-        for member in members:
-            args.append(repr(self._score()))
-            args.append(member)
-        if os.environ.get("XB_MODE") == "pipe":
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(key, min=0, max=args[0])
-                pipe.zcard(key)
-                _, queued = await pipe.execute()
-            n = max(0, min(len(members), self.capacity - queued))
-            if n:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.zadd(key, {args[4 + 2 * i]: float(args[3 + 2 * i]) for i in range(n)})
-                    pipe.expire(key, int(self.expiry))
-                    await pipe.execute()
-            return n
-        return int(await self._add(keys=[key], args=args))
+        scored = [(member, self._score()) for member in members]
+        trim_args: list = [int(self.capacity)]
+        for member, score in scored:
+            trim_args += [repr(score), member[:RANDOM_PREFIX_LENGTH]]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - int(self.expiry))
+            pipe.zadd(key, dict(scored))
+            pipe.expire(key, int(self.expiry))
+            await self._trim(keys=[key], args=trim_args, client=pipe)
+            results = await pipe.execute()
+        return int(results[-1])
 
     async def _fetch(self, key: str, channel: str) -> None:
         """Pop a batch (or block for one message) into the channel's buffer."""

@@ -1,13 +1,16 @@
 from django import forms
 
-from .models import Job
+from peers import topology
+
+from .models import RULE_CHOICES, Job
 
 
 class JobForm(forms.ModelForm):
     class Meta:
         model = Job
         fields = [
-            "name", "description", "is_public", "dataset", "model", "hidden", "topology",
+            "name", "description", "is_public", "dataset", "model", "hidden", "topology", "degree",
+            "redraw_every", "rule", "byzantine_f", "clip_norm", "compression",
             "num_peers", "rounds", "local_steps", "lr", "batch_size", "round_timeout_s",
             "min_vram_gb", "require_cuda", "reward_per_round",
         ]
@@ -16,16 +19,33 @@ class JobForm(forms.ModelForm):
             "lr": "Learning rate", "round_timeout_s": "Round deadline (seconds)",
             "min_vram_gb": "Minimum GPU memory (GB)", "require_cuda": "Requires CUDA",
             "reward_per_round": "Reward per round (tokens)", "hidden": "Hidden units (MLP)",
+            "rule": "Aggregation rule", "byzantine_f": "Faulty neighbours tolerated (f)",
+            "clip_norm": "Clipping norm", "redraw_every": "Redraw every (rounds)",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+    # Advanced options fall back to the model's defaults when a client leaves them out.
+    OPTIONAL = ("degree", "redraw_every", "rule", "byzantine_f", "clip_norm", "compression")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.OPTIONAL:
+            self.fields[name].required = False
+
+    def _post_clean_defaults(self, data) -> None:
+        for name in self.OPTIONAL:
+            if data.get(name) in (None, ""):
+                data[name] = Job._meta.get_field(name).get_default()
 
     LIMITS = {
         "num_peers": (1, 256), "rounds": (1, 1000), "local_steps": (1, 10_000), "hidden": (1, 4096),
         "batch_size": (1, 4096), "round_timeout_s": (10, 86_400), "reward_per_round": (0, 10**9),
+        "degree": (1, 64), "redraw_every": (1, 1000), "byzantine_f": (0, 64),
     }
 
     def clean(self):
         data = super().clean()
+        self._post_clean_defaults(data)
         for name, (low, high) in self.LIMITS.items():
             value = data.get(name)
             if value is not None and not low <= value <= high:
@@ -35,7 +55,27 @@ class JobForm(forms.ModelForm):
             self.add_error("lr", "Must be greater than 0 and at most 10.")
         if (data.get("min_vram_gb") or 0) < 0:
             self.add_error("min_vram_gb", "Must not be negative.")
+        if data.get("rule") == "norm_clip" and not (data.get("clip_norm") or 0) > 0:
+            self.add_error("clip_norm", "Must be greater than 0.")
+        if not self.errors:
+            self._check_graph(data)
         return data
+
+    def _check_graph(self, data) -> None:
+        """The topology must exist for this many peers, and a robust rule needs enough inputs
+        in every neighbourhood (a peer aggregates itself and its neighbours)."""
+        n, f, rule = data["num_peers"], data["byzantine_f"], data["rule"]
+        job = Job(topology=data["topology"], degree=data["degree"], redraw_every=data["redraw_every"], seed=0)
+        try:
+            graph = topology.graph(job.topology, n, **job.topology_params(1, {i: i for i in range(n)}))
+        except ValueError as exc:
+            self.add_error("topology", f"Not possible with {n} peers: {exc}")
+            return
+        smallest = min(len(nbrs) for nbrs in graph) + 1
+        needs = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
+        if smallest < needs:
+            self.add_error("rule", f"{dict(RULE_CHOICES)[rule]} with f={f} needs {needs} inputs per "
+                                   f"neighbourhood; this topology gives some peers only {smallest}.")
 
 
 class ConsentForm(forms.Form):

@@ -6,10 +6,33 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression")]
-TOPOLOGY_CHOICES = [("ring", "Ring (each peer averages with two neighbours)")]
-DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)")]
-DATASET_SHAPES = {"digits": (64, 10)}  # task -> (features, classes)
+# The peer side implements these names (peers.models, peers.topology, peers.rules,
+# peers.compression); tests/test_job_options.py keeps both sides in step.
+MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression"), ("cnn", "Small CNN")]
+TOPOLOGY_CHOICES = [
+    ("ring", "Ring (two neighbours each)"),
+    ("torus", "2-D torus (four neighbours)"),
+    ("expander", "Random regular expander"),
+    ("complete", "Complete graph (everyone averages with everyone)"),
+    ("star", "Star (centralized baseline: one aggregator peer)"),
+    ("dynamic", "Dynamic expander (redrawn every k rounds, slow links cut)"),
+]
+RULE_CHOICES = [
+    ("mean", "Weighted mean (Metropolis-Hastings mixing)"),
+    ("median", "Coordinate-wise median"),
+    ("trimmed_mean", "Trimmed mean (20% per side)"),
+    ("krum", "Krum"),
+    ("multi_krum", "Multi-Krum"),
+    ("bulyan", "Bulyan"),
+    ("norm_clip", "Norm clipping, then mean"),
+]
+COMPRESSION_CHOICES = [
+    ("none", "None (float32)"), ("fp16", "float16"), ("bf16", "bfloat16"), ("int8", "int8 quantization"),
+    ("topk:0.1", "Top-10% sparsification with error feedback"),
+    ("topk:0.01", "Top-1% sparsification with error feedback"),
+]
+DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)"), ("synthetic", "FedProx Synthetic (60 features, 10 classes)")]
+DATASET_SHAPES = {"digits": (64, 10), "synthetic": (60, 10)}  # task -> (features, classes)
 
 
 def new_seed() -> int:
@@ -38,6 +61,12 @@ class Job(models.Model):
     lr = models.FloatField(default=0.1)
     batch_size = models.PositiveIntegerField(default=32)
     topology = models.CharField(max_length=32, choices=TOPOLOGY_CHOICES, default="ring")
+    degree = models.PositiveIntegerField(default=4, help_text="Neighbours per peer (expander and dynamic).")
+    redraw_every = models.PositiveIntegerField(default=5, help_text="Rounds between redraws (dynamic).")
+    rule = models.CharField(max_length=32, choices=RULE_CHOICES, default="mean")
+    byzantine_f = models.PositiveIntegerField(default=0, help_text="Faulty neighbours to tolerate (Krum, Bulyan).")
+    clip_norm = models.FloatField(default=10.0, help_text="L2 bound (norm clipping).")
+    compression = models.CharField(max_length=16, choices=COMPRESSION_CHOICES, default="none")
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
     # Who may join.
@@ -47,6 +76,8 @@ class Job(models.Model):
     reward_per_round = models.PositiveIntegerField(default=100)
     seed = models.BigIntegerField(default=new_seed)
 
+    # Links (pairs of node ids) whose weights missed a deadline; dynamic topologies avoid them.
+    cut_links = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     current_round = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -71,7 +102,37 @@ class Job(models.Model):
             "dataset": self.dataset, "model": self.model, "hidden": self.hidden,
             "lr": self.lr, "local_steps": self.local_steps, "batch_size": self.batch_size,
             "seed": self.seed, "num_features": features, "num_classes": classes,
+            "rule": self.rule, "rule_params": self.rule_params(), "compression": self.compression,
         }
+
+    def spectral_gap(self) -> float | None:
+        """1 - |lambda_2| of the job's first-round mixing matrix: how fast peers reach consensus."""
+        from peers import spectral, topology
+
+        try:
+            positions = {i: i for i in range(self.num_peers)}
+            return spectral.spectral_gap(topology.build(self.topology, self.num_peers, **self.topology_params(1, positions)))
+        except ValueError:
+            return None
+
+    def rule_params(self) -> dict:
+        if self.rule in ("krum", "multi_krum", "bulyan"):
+            return {"f": self.byzantine_f}
+        if self.rule == "trimmed_mean":
+            return {"trim": 0.2}
+        if self.rule == "norm_clip":
+            return {"max_norm": self.clip_norm}
+        return {}
+
+    def topology_params(self, round_number: int, positions: dict[int, int]) -> dict:
+        """Parameters of peers.topology.build for this job's graph in a given round."""
+        if self.topology == "expander":
+            return {"d": self.degree, "seed": self.seed}
+        if self.topology == "dynamic":
+            cut = [(positions[a], positions[b]) for a, b in self.cut_links if a in positions and b in positions]
+            return {"base": "random_regular", "d": self.degree, "seed": self.seed, "round": round_number,
+                    "every_k": self.redraw_every, "cut_links": cut}
+        return {}
 
     @classmethod
     def visible_to(cls, user):

@@ -81,10 +81,22 @@ def active_members(job: Job) -> list[CohortMember]:
     return [m for m in job.cohort.select_related("node") if Consent.current(job, m.node)]
 
 
+def mixing_rows(job: Job, round_number: int, positions: dict[int, int]) -> list[dict[int, float]]:
+    params = job.topology_params(round_number, positions)
+    try:
+        return topology.build(job.topology, len(positions), **params)
+    except ValueError as exc:
+        if not params.get("cut_links"):
+            raise
+        log.warning("job %s: cut links make no connected graph (%s); using all links again", job.id, exc)
+        return topology.build(job.topology, len(positions), **{**params, "cut_links": []})
+
+
 def build_plans(rnd: Round) -> list[tuple[str, dict]]:
     job = rnd.job
     members = active_members(job)
-    weights = topology.build(job.topology, len(members)) if members else []
+    positions = {m.node_id: i for i, m in enumerate(members)}
+    weights = mixing_rows(job, rnd.number, positions) if members else []
     plans = []
     for index, member in enumerate(members):
         row = weights[index]
@@ -187,6 +199,8 @@ def close_round(round_id: int) -> None:
             rnd.mean_accuracy = sum(w * r.accuracy for w, r in zip(weights, reports)) / total
             rnd.mean_loss = sum(w * r.eval_loss for w, r in zip(weights, reports)) / total
         rnd.save()
+        if job.topology == "dynamic":
+            note_slow_links(job, reports)
         following = None
         if not reports:
             job.status = Job.Status.FAILED
@@ -206,6 +220,19 @@ def close_round(round_id: int) -> None:
         job_update(job.id, "status", {"status": job.status, "current_round": job.current_round})
         if job.status == Job.Status.FINISHED:
             settle_job.delay(job.id)
+
+
+SLOW_LINK = "no weights before the deadline"
+
+
+def note_slow_links(job: Job, reports) -> None:
+    """Remember links whose weights missed the deadline, so the next graph avoids them."""
+    cut = {tuple(sorted(link)) for link in job.cut_links}
+    for report in reports:
+        for item in report.rejected:
+            if item.get("reason") == SLOW_LINK:
+                cut.add(tuple(sorted((report.node_id, int(item["sender"])))))
+    job.cut_links = [list(link) for link in sorted(cut)]
 
 
 def enforce_deadlines() -> int:

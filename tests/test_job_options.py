@@ -1,0 +1,83 @@
+"""The job form offers exactly what the peers implement, rejects impossible combinations, and
+the dynamic topology routes around links that missed a deadline."""
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from jobs import models as job_models
+from jobs.forms import JobForm
+from jobs.models import CohortMember, Consent, Job, PeerReport, Round
+from jobs.orchestration import build_plans, close_round
+from nodes.models import Node
+from peers import topology
+from peers.compression import get_compressor
+from peers.models import MODEL_CHOICES
+from peers.rules import RULES
+
+FORM = {"name": "j", "description": "", "is_public": "on", "dataset": "digits", "model": "mlp", "hidden": 32,
+        "topology": "ring", "degree": 4, "redraw_every": 5, "rule": "mean", "byzantine_f": 0, "clip_norm": 10,
+        "compression": "none", "num_peers": 8, "rounds": 5, "local_steps": 10, "lr": 0.1, "batch_size": 32,
+        "round_timeout_s": 60, "min_vram_gb": 0, "reward_per_round": 10}
+
+
+def test_platform_choices_exist_on_the_peer_side():
+    assert {k for k, _ in job_models.MODEL_CHOICES} <= set(MODEL_CHOICES)
+    assert {k for k, _ in job_models.TOPOLOGY_CHOICES} <= set(topology.TOPOLOGIES)
+    assert {k for k, _ in job_models.RULE_CHOICES} == set(RULES)
+    for spec, _ in job_models.COMPRESSION_CHOICES:
+        get_compressor(spec)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"rule": "krum", "byzantine_f": 1}, "rule"),        # ring: 3 inputs, Krum f=1 needs 5
+    ({"rule": "bulyan", "byzantine_f": 1, "topology": "torus"}, "rule"),  # 5 inputs, needs 7
+    ({"topology": "expander", "degree": 9}, "topology"),  # degree >= number of peers
+    ({"rule": "norm_clip", "clip_norm": 0}, "clip_norm"),
+])
+def test_impossible_combinations_are_refused(changes, field):
+    form = JobForm({**FORM, **changes})
+    assert not form.is_valid() and field in form.errors
+
+
+@pytest.mark.parametrize("changes", [
+    {"rule": "krum", "byzantine_f": 1, "topology": "complete"},
+    {"rule": "bulyan", "byzantine_f": 1, "topology": "complete"},
+    {"topology": "dynamic", "degree": 3, "compression": "topk:0.1", "rule": "median"},
+    {"topology": "star", "dataset": "synthetic", "model": "logreg"},
+])
+def test_possible_combinations_are_accepted(changes):
+    form = JobForm({**FORM, **changes})
+    assert form.is_valid(), form.errors
+
+
+@pytest.mark.django_db
+def test_dynamic_topology_cuts_links_that_missed_the_deadline():
+    owner = User.objects.create_user("o")
+    job = Job.objects.create(owner=owner, name="d", topology="dynamic", degree=3, num_peers=8, rounds=3)
+    nodes = []
+    for i in range(8):
+        node = Node(owner=owner, name=f"n{i}", public_key=f"{i:064x}")
+        node.issue_token()
+        node.save()
+        nodes.append(node)
+        CohortMember.objects.create(job=job, node=node, position=i)
+        Consent.objects.create(job=job, node=node, granted=True, by=owner)
+    job.status = Job.Status.RUNNING
+    job.save()
+    first = Round.objects.create(job=job, number=1, deadline=timezone.now() + timedelta(minutes=5))
+    plan = dict(build_plans(first))[nodes[0].channel]
+    slow = plan["neighbours"][0]["node_id"]
+    for node in nodes:
+        PeerReport.objects.create(
+            round=first, node=node, train_loss=1, eval_loss=1, accuracy=0.5, samples=10, eval_samples=5,
+            model_hash="ab" * 32, rejected=[{"sender": slow, "reason": "no weights before the deadline"}] if node == nodes[0] else [])
+    close_round(first.id)
+    job.refresh_from_db()
+    assert sorted([nodes[0].id, slow]) in job.cut_links
+    second = Round.objects.get(job=job, number=2)
+    plans = dict(build_plans(second))
+    assert slow not in {n["node_id"] for n in plans[nodes[0].channel]["neighbours"]}
+    assert len(plans[nodes[0].channel]["neighbours"]) == 3  # still 3-regular: reconnected elsewhere
+    assert job.spectral_gap() > 0
