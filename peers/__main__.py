@@ -121,14 +121,14 @@ def main(argv=None) -> int:
     sim.add_argument("--topology", default="ring",
                      help="ring, torus, random_regular (expander), complete, star or dynamic")
     sim.add_argument("--rounds", type=int, default=30)
-    sim.add_argument("--partition", default="dirichlet:0.5", help="iid or dirichlet:ALPHA")
+    sim.add_argument("--partition", default="dirichlet:0.5", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA")
     sim.add_argument("--local-steps", type=int, default=20)
     sim.add_argument("--lr", type=float, default=0.1)
     sim.add_argument("--batch-size", type=int, default=32)
     sim.add_argument("--model", default="mlp", help="mlp, logreg, cnn or resnet")
     sim.add_argument("--hidden", type=int, default=64)
     sim.add_argument("--rule", default="mean",
-                     help="aggregation rule of peers.rules (mean, median, krum, ...), or fedavg with --topology star")
+                     help="aggregation rule of peers.rules (mean, median, krum, ...), or fedavg, fedprox, fedadam with --topology star")
     sim.add_argument("--rule-params", type=json.loads, default={}, help='JSON object, e.g. \'{"f": 1}\' for krum')
     sim.add_argument("--degree", type=int, default=None, help="random_regular/dynamic degree (default 4)")
     sim.add_argument("--every-k", type=int, default=5, help="dynamic: redraw the graph every k rounds")

@@ -22,6 +22,7 @@ compare with centralized training under a label-skewed partition).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from peers.protocol import Neighbour, RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
 from peers.training import LocalTrainer, mix, select_device
 from peers.transport.memory import MemoryTransport
+from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.wire import pack_state
 
 JOB_ID = 1
@@ -164,11 +166,12 @@ def _stats(r: int, accs, globals_, losses, sent: int, seconds: float) -> RoundSt
 
 def _check(cfg: SimConfig, data: LocalData) -> None:
     """Refuse up front what would make a peer drop out of the job (it would never report)."""
-    if cfg.rule == FEDAVG:
+    if cfg.rule in SERVER_RULES:
         if cfg.topology != "star":
-            raise ValueError("rule 'fedavg' is centralized FedAvg: use it with --topology star")
-        if cfg.rule_params:
-            raise ValueError("rule 'fedavg' takes no rule parameters")
+            raise ValueError(f"rule {cfg.rule!r} is centralized: use it with --topology star")
+        allowed = {"fedavg": set(), "fedprox": {"mu"}, "fedadam": {"server_lr"}}[cfg.rule]
+        if set(cfg.rule_params) - allowed:
+            raise ValueError(f"rule {cfg.rule!r} takes only {sorted(allowed) or 'no'} parameters")
     else:
         from peers.rules import get_rule
 
@@ -283,7 +286,11 @@ def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
                on_round: Callable[[RoundStats], None] | None = None) -> tuple[list[RoundStats], list[dict]]:
     """FedAvg: every round each peer starts from the global model, trains `local_steps` SGD steps
     on its shard, uploads to the aggregator (position 0, itself a peer with data), which averages
-    the models weighted by training samples and sends the average back to every leaf."""
+    the models weighted by training samples and sends the average back to every leaf.
+    `fedprox` adds the proximal term (rule_params mu, default 0.01) to local training;
+    `fedadam` steps the global model with server-side Adam (server_lr, default 0.01)."""
+    mu = float(cfg.rule_params.get("mu", 0.01)) if cfg.rule == "fedprox" else 0.0
+    server = FedAdam(lr=float(cfg.rule_params.get("server_lr", 0.01))) if cfg.rule == "fedadam" else None
     trainers = []
     for i, data in enumerate(datas):
         model = build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
@@ -299,9 +306,11 @@ def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
         uploads, losses = [], []
         for t in trainers:
             t.load_state(global_state)
-            losses.append(t.train(cfg.local_steps).loss)
+            with proximal(t.model, global_state, mu) if mu else contextlib.nullcontext():
+                losses.append(t.train(cfg.local_steps).loss)
             uploads.append((float(t.data.samples), t.state()))
-        global_state = mix(uploads)  # at the aggregator: sample-weighted mean
+        average = mix(uploads)  # at the aggregator: sample-weighted mean
+        global_state = server.step(global_state, average) if server else average
         accs = []
         for t in trainers:
             t.load_state(global_state)
@@ -342,7 +351,7 @@ def run_simulation(cfg: SimConfig, on_round: Callable[[RoundStats], None] | None
         # Peers train concurrently in threads; tiny models run best one thread each.
         torch.set_num_threads(1)
     try:
-        if cfg.rule == FEDAVG:
+        if cfg.rule in SERVER_RULES:
             (stats, finals), gap = run_fedavg(cfg, datas, evaluator, device, on_round), 1.0  # W = 1 p^T
         else:
             stats, gap, finals = asyncio.run(_run_gossip(cfg, datas, evaluator, device, on_round))
