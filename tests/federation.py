@@ -24,11 +24,12 @@ class CollectedReports:
         self.reports.append(message)
 
 
-def make_plans(n: int, round_number: int, keys, rounds: int, config: dict, graph: str = "ring") -> list[RoundPlan]:
+def make_plans(n: int, round_number: int, keys, rounds: int, config: dict, graph: str = "ring",
+               deadline_s: float = 20) -> list[RoundPlan]:
     rows = topology.build(graph, n)
     return [
         RoundPlan(
-            job_id=1, round=round_number, total_rounds=rounds, node_id=i + 1, deadline=time.time() + 20,
+            job_id=1, round=round_number, total_rounds=rounds, node_id=i + 1, deadline=time.time() + deadline_s,
             config=config, self_weight=rows[i][i], max_payload_bytes=50_000_000,
             neighbours=[Neighbour(node_id=j + 1, channel=node_channel(j + 1), weight=w, public_key=keys[j + 1].public_key_hex)
                         for j, w in rows[i].items() if j != i],
@@ -37,7 +38,7 @@ def make_plans(n: int, round_number: int, keys, rounds: int, config: dict, graph
     ]
 
 
-async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, **config):
+async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, **config):
     """Run `rounds` rounds; `attacks` maps node -> attack mode; `late` maps node -> first round
     it takes part in (its peer starts then). Returns (reports, peers, transport)."""
     attacks, late = attacks or {}, late or {}
@@ -52,7 +53,7 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
         for i, peer in peers.items():
             if i not in tasks and late.get(i, 1) <= r:
                 tasks[i] = asyncio.create_task(peer.run(max_jobs=1))
-        for plan in make_plans(n, r, keys, rounds, cfg, graph):
+        for plan in make_plans(n, r, keys, rounds, cfg, graph, deadline_s):
             if late.get(plan.node_id, 1) <= r:
                 await transport.send(node_channel(plan.node_id), to_message(plan))
         expected = sum(1 for i in peers if late.get(i, 1) <= r)

@@ -1,6 +1,7 @@
 """Rewards on a real chain: split exactness, exactly-once payouts on anvil, and eth-tester."""
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -79,7 +80,7 @@ def test_pay_rewards_on_anvil(chain_settings):
     assert [p.node_id for p in payouts] == [n.id for n in nodes]
     for payout, (_, address, amount) in zip(payouts, items):
         assert payout.status == Payout.Status.CONFIRMED
-        assert int(payout.amount_wei) == amount and payout.amount_tokens == payout.amount_wei / WEI
+        assert payout.amount_wei == amount and payout.amount_tokens == Decimal(amount) / WEI
         assert chain.balance_of(address) == amount
         receipt = chain.receipt(payout.tx_hash)
         assert receipt["status"] == 1

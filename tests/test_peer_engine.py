@@ -40,7 +40,8 @@ def test_median_in_the_neighbourhood_resists_a_scaling_attacker():
 
 def test_late_joiner_pulls_the_current_model_from_a_neighbour(caplog):
     caplog.set_level(logging.INFO, logger="peers.worker")
-    reports, _, _ = asyncio.run(run_federation(4, 4, late={3: 4}))
+    # Short deadlines: until node 3 starts, its neighbours wait that long for its weights.
+    reports, _, _ = asyncio.run(run_federation(4, 4, late={3: 4}, deadline_s=4))
     assert "node 3 caught up on job 1" in caplog.text
     joiner_first = next(r for r in reports if r["node_id"] == 3)
     assert joiner_first["round"] == 4

@@ -3,6 +3,8 @@ from decimal import Decimal
 
 from django.db import models
 
+from .fields import WeiField
+
 WEI_PER_TOKEN = 10**18
 
 
@@ -37,7 +39,7 @@ class Payout(models.Model):
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="payouts")
     node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="payouts")
     address = models.CharField(max_length=42, blank=True)
-    amount_wei = models.DecimalField(max_digits=78, decimal_places=0)
+    amount_wei = WeiField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     tx_hash = models.CharField(max_length=66, blank=True)
     block_number = models.BigIntegerField(null=True, blank=True)

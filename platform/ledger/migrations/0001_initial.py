@@ -3,6 +3,8 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+import ledger.fields
+
 
 class Migration(migrations.Migration):
 
@@ -35,7 +37,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('address', models.CharField(blank=True, max_length=42)),
-                ('amount_wei', models.DecimalField(decimal_places=0, max_digits=78)),
+                ('amount_wei', ledger.fields.WeiField()),
                 ('status', models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('confirmed', 'Confirmed'), ('failed', 'Failed')], default='pending', max_length=16)),
                 ('tx_hash', models.CharField(blank=True, max_length=66)),
                 ('block_number', models.BigIntegerField(blank=True, null=True)),
