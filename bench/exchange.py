@@ -144,12 +144,23 @@ async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> 
 
 # -- sender side ------------------------------------------------------------------------------
 
-async def _ours_once(transport, conn, channel: str, state: dict, key, seq: int, chunk_bytes):
+def _reply(conn, proc, timeout: float = 300.0):
+    """The receiver's next message; raises if it died or went silent."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.05):
+        if not proc.is_alive():
+            raise RuntimeError(f"receiver process exited with code {proc.exitcode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("receiver did not answer in time")
+    return conn.recv()
+
+
+async def _ours_once(transport, conn, proc, channel: str, state: dict, key, seq: int, chunk_bytes):
     from peers.exchange import send_payload
     from peers.wire import pack_state
 
     conn.send(("ours", seq))
-    assert conn.recv()[0] == "ready"
+    assert _reply(conn, proc)[0] == "ready"
     t0 = time.perf_counter()
     payload = pack_state(state)
     t_packed = time.perf_counter()
@@ -159,20 +170,21 @@ async def _ours_once(transport, conn, channel: str, state: dict, key, seq: int, 
     t_sent = time.perf_counter()
     size = len(payload)
     del payload
-    _, (t_complete, t_end), peak, ok, fp = await asyncio.to_thread(conn.recv)
+    _, times, peak, ok, fp = await asyncio.to_thread(_reply, conn, proc)
     if not ok:
         raise RuntimeError(f"transfer failed: {fp}")
+    t_complete, t_end = times
     return {"total": t_end - t0, "pack": t_packed - t0, "send": t_sent - t_packed,
             "complete": t_complete - t0, "unpack": t_end - t_complete, "peak": peak,
             "fingerprint": fp, "size": size}
 
 
-def _baseline_once(raw, conn, key: str, payload: bytes):
+def _baseline_once(raw, conn, proc, key: str, payload: bytes):
     t0 = time.perf_counter()
     raw.set(key, payload)
     t_set = time.perf_counter() - t0
     conn.send(("get", key, len(payload)))
-    _, t_get, peak, ok, _ = conn.recv()
+    _, t_get, peak, ok, _ = _reply(conn, proc)
     raw.delete(key)
     if not ok:
         raise RuntimeError("baseline GET returned the wrong bytes")
@@ -204,8 +216,8 @@ async def run_size(params: int, args, url: str) -> dict:
     ours, base, first_peak = [], [], 0
     try:
         for rep in range(args.repeats + 1):  # rep 0 is the warm-up
-            b = _baseline_once(raw, parent, prefix + "baseline", payload)
-            o = await _ours_once(transport, parent, channel, state, key, seq=rep, chunk_bytes=args.chunk_bytes)
+            b = _baseline_once(raw, parent, proc, prefix + "baseline", payload)
+            o = await _ours_once(transport, parent, proc, channel, state, key, seq=rep, chunk_bytes=args.chunk_bytes)
             if o["fingerprint"] != expected_fp or o["size"] != size:
                 raise RuntimeError("received state differs from the sent one")
             if rep:

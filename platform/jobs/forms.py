@@ -24,6 +24,18 @@ class JobForm(forms.ModelForm):
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
+    FIELDSETS = [
+        ("Job", ["name", "description", "is_public"]),
+        ("Data and model", ["dataset", "model", "hidden"]),
+        ("Training", ["rounds", "local_steps", "lr", "batch_size", "round_timeout_s"]),
+        ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
+        ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
+        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round"]),
+    ]
+
+    def fieldsets(self):
+        return [(title, [self[name] for name in names]) for title, names in self.FIELDSETS]
+
     # Advanced options fall back to the model's defaults when a client leaves them out.
     OPTIONAL = ("degree", "redraw_every", "rule", "byzantine_f", "clip_norm", "compression")
 
