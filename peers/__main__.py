@@ -90,6 +90,8 @@ def cmd_simulate(args) -> int:
 
 
 def main(argv=None) -> int:
+    # Idle OpenMP threads must not spin: a peer shares its cores with its own transport.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from peers.attacks import ATTACK_MODES
 
     parser = argparse.ArgumentParser(prog="python -m peers", description="Decentralized federated learning peer.")

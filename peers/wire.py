@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 
 import torch
 from safetensors.torch import load as _st_load, save as _st_save
@@ -22,10 +24,41 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
 def pack_state(state: dict[str, torch.Tensor]) -> bytes:
-    """Serialize a state dict to safetensors bytes (copies to contiguous CPU tensors)."""
-    # clone() also breaks storage sharing (tied/view tensors), which safetensors refuses.
-    return _st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
+    """Serialize a state dict to safetensors bytes.
+
+    For the usual single-dtype state the file is written directly (header + one join of the
+    tensors' bytes, byte-identical to safetensors.torch.save, one copy instead of three);
+    anything else goes through safetensors."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    dtypes = {v.dtype for v in tensors.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _ST_DTYPES or any(v.numel() == 0 for v in tensors.values()):
+        # clone() also breaks storage sharing (tied/view tensors), which safetensors refuses.
+        return _st_save({k: v.clone() for k, v in tensors.items()})
+    kind = _ST_DTYPES[next(iter(dtypes))]
+    header, buffers, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        buffers.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        offset += size
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    head += b" " * (-len(head) % 8)
+    return b"".join([struct.pack("<Q", len(head)), head, *buffers])
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """A finite sum proves every value finite (NaN or inf make it non-finite); only a sum that
+    overflows from finite values needs the exact, ~10x slower, elementwise check."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def sha256_hex(data: bytes) -> str:
@@ -66,6 +99,6 @@ def check_state(state: dict[str, torch.Tensor], expected: Spec) -> None:
             raise WeightsRejected(f"wrong dtype for {name}: {_dtype_name(t.dtype)} != {dtype}")
         if tuple(t.shape) != tuple(shape):
             raise WeightsRejected(f"wrong shape for {name}: {tuple(t.shape)} != {tuple(shape)}")
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise WeightsRejected(f"non-finite values in {name}")
 

@@ -132,3 +132,28 @@ def test_tamper_payload_changes_hash_but_still_parses():
     bad = tamper_payload(data)
     assert len(bad) == len(data) and bad != data and sha256_hex(bad) != sha256_hex(data)
     unpack_state(bad, describe(_state()), MAX)  # only the hash check can catch it
+
+
+@pytest.mark.parametrize("state", [
+    {"a": torch.randn(3, 4), "b.weight": torch.randn(7), "0.bias": torch.randn(2, 2, 2)},
+    {"layer1.weight": torch.randn(10, 3).t(), "z": torch.zeros(1)},  # a non-contiguous view
+    {"i": torch.arange(5), "f": torch.randn(3)},  # mixed dtypes take the safetensors path
+    {"h": torch.randn(4, dtype=torch.bfloat16)},
+])
+def test_pack_state_writes_exactly_what_safetensors_writes(state):
+    from safetensors.torch import save
+
+    assert pack_state(state) == save({k: v.contiguous() for k, v in state.items()})
+
+
+def test_finite_check_handles_overflowing_sums():
+    from peers.wire import all_finite
+
+    assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every value is finite
+    t = torch.randn(10)
+    t[3] = float("nan")
+    assert not all_finite(t)
+    t[3] = float("inf")
+    assert not all_finite(t)
+    t[4] = float("-inf")
+    assert not all_finite(t)

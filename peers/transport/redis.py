@@ -7,14 +7,16 @@ scored by send time. A peer using this class and the platform using channels_red
 
 Speed (see docs/benchmarks.md, ``python -m bench exchange``):
 
-- a send is one round trip: one MULTI/EXEC drops expired members, adds the message(s) and
-  (small Lua script, no payload bytes in Lua) takes back whatever does not fit, so the
-  channel is never seen over capacity (channels_redis needs two trips and can overshoot under
-  races); ``send_many`` adds a batch of messages in that single trip, as many as fit, in order;
+- a send is one round trip and exact about the capacity (channels_redis needs two trips and
+  can overshoot it under races): small messages go through one Lua EVAL that drops expired
+  members and adds what fits; big batches through one MULTI/EXEC that adds them and then (Lua,
+  no payload bytes in Lua: turning megabytes of ARGV into Lua strings doubles Redis' CPU per
+  byte) takes back the newest ones that do not fit, so nobody sees the channel over capacity;
+  ``send_many`` adds a batch of messages in that single trip, as many as fit, in order;
 - scores strictly increase per transport, so a batch keeps its order in the sorted set;
-- ``receive`` pops up to ``prefetch`` waiting messages at once (ZPOPMIN with a count) and
-  only blocks (BZPOPMIN) when the channel is empty; popped messages wait in this object,
-  so a cancelled ``receive`` loses nothing.
+- ``receive`` pops up to ``prefetch`` waiting messages per round trip (BZMPOP, Redis >= 7:
+  blocks only while the channel is empty); popped messages wait in this object, so a
+  cancelled ``receive`` loses nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections import defaultdict, deque
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from peers.protocol import NAME_RE
 from peers.transport.base import ChannelFull
@@ -37,9 +40,27 @@ log = logging.getLogger(__name__)
 RANDOM_PREFIX_LENGTH = 12  # channels_redis default random_prefix_length
 ASGI_CHANNEL_KEY = "__asgi_channel__"  # added by channels_redis group_send; stripped on receive
 PREFETCH = 16  # messages popped per round trip while a channel has a backlog
-PREFETCH_BYTES = 8 << 20  # ...while their total size stays under this (estimated from the last batch)
+PREFETCH_BYTES = 4 << 20  # ...while their total size stays under this (estimated from the last batch)
 
-# Runs inside the same MULTI/EXEC as the ZADD of a batch, so nobody sees the channel over
+# Small batches (round plans, reports, small chunks): one EVAL drops expired members, adds as
+# many messages as fit, in order, and returns that number. KEYS[1] channel key; ARGV: cutoff,
+# capacity, expiry, then score1, member1, score2, member2, ...
+_ADD_SCRIPT = """
+local key = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', key, 0, ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', key)
+local n = math.max(0, math.min(room, (#ARGV - 3) / 2))
+for i = 1, n do
+  redis.call('ZADD', key, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+if n > 0 then
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return n
+"""
+SMALL_BATCH_BYTES = 64 * 1024  # up to this, members go through Lua; above, MULTI/EXEC + trim
+
+# Big batches: runs inside the same MULTI/EXEC as the ZADD of a batch, so nobody sees the channel over
 # capacity: if it is, this removes the batch's newest members until it fits (or none of them
 # is left) and returns how many of the batch stay. KEYS[1] channel key; ARGV: capacity, then
 # score1, prefix1, score2, prefix2, ... (each member's random prefix; members are not passed:
@@ -80,10 +101,10 @@ class RedisChannelTransport:
         self.expiry = expiry
         self.block_s = block_s
         self.prefetch = max(1, int(prefetch))
-        # The socket must outlive a blocking BZPOPMIN, or every idle wait ends in a TimeoutError.
+        # The socket must outlive a blocking pop (BZMPOP), or every idle wait ends in a TimeoutError.
         self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10)
-        self._trim = self._redis.register_script(_TRIM_SCRIPT)
         self._last_score = 0.0
+        self._has_bzmpop = True
         # One in-flight fetch per channel, kept across cancellation so messages popped while
         # the caller's receive() was cancelled are not lost; what it popped waits in _buffers.
         self._pending: dict[str, asyncio.Task] = {}
@@ -124,29 +145,48 @@ class RedisChannelTransport:
         if not members:
             return 0
         scored = [(member, self._score()) for member in members]
+        cutoff = int(time.time()) - int(self.expiry)
+        if sum(len(m) for m in members) <= SMALL_BATCH_BYTES:
+            args: list = [cutoff, int(self.capacity), int(self.expiry)]
+            for member, score in scored:
+                args += [repr(score), member]
+            return int(await self._redis.eval(_ADD_SCRIPT, 1, key, *args))
         trim_args: list = [int(self.capacity)]
         for member, score in scored:
             trim_args += [repr(score), member[:RANDOM_PREFIX_LENGTH]]
+        # EVAL, not a registered Script: redis-py checks SCRIPT EXISTS before every pipeline
+        # that holds one (an extra round trip), and an EVALSHA failing inside EXEC would leave
+        # the batch untrimmed.
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - int(self.expiry))
+            pipe.zremrangebyscore(key, min=0, max=cutoff)
             pipe.zadd(key, dict(scored))
             pipe.expire(key, int(self.expiry))
-            await self._trim(keys=[key], args=trim_args, client=pipe)
+            pipe.eval(_TRIM_SCRIPT, 1, key, *trim_args)
             results = await pipe.execute()
         return int(results[-1])
 
     async def _fetch(self, key: str, channel: str) -> None:
-        """Pop a batch (or block for one message) into the channel's buffer."""
+        """Pop up to a batch of messages into the channel's buffer, blocking while it is empty
+        (BZMPOP: one command, one round trip, Redis >= 7)."""
         count = self._batch.get(channel, self.prefetch)
-        popped = await self._redis.zpopmin(key, count) if count > 1 else []
-        if popped:
-            members = [m for m, _ in popped]
-            size = sum(len(m) for m in members) / len(members)
-            self._batch[channel] = max(1, min(self.prefetch, int(PREFETCH_BYTES // max(size, 1))))
+        if self._has_bzmpop:
+            try:
+                result = await self._redis.bzmpop(self.block_s, 1, [key], min=True, count=count)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._has_bzmpop = False  # Redis < 7: one message per round trip
+                return
+            if not result:
+                return
+            members = [m for m, _ in result[1]]
         else:
-            self._batch[channel] = self.prefetch
             result = await self._redis.bzpopmin(key, timeout=self.block_s)
-            members = [] if result is None else [result[1]]
+            if result is None:
+                return
+            members = [result[1]]
+        size = sum(len(m) for m in members) / len(members)
+        self._batch[channel] = max(1, min(self.prefetch, int(PREFETCH_BYTES // max(size, 1))))
         self._buffers[channel].extend(members)
 
     async def receive(self, channel: str) -> dict:
