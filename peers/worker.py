@@ -180,7 +180,9 @@ class Peer:
         state.reassembler.expire(plan.round - 1)
         cfg = plan.config
 
-        trained = await asyncio.to_thread(state.trainer.train, int(cfg["local_steps"]))
+        steps = int(cfg["local_steps"])
+        # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
+        trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         local = state.trainer.state()
         bytes_sent = await self._send_to_neighbours(plan, local)
 
