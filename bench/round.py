@@ -29,7 +29,8 @@ import torch
 
 from peers import topology
 from peers.data import load_local_data
-from peers.protocol import Neighbour, RoundPlan, node_channel, to_message
+from peers.plans import round_plans
+from peers.protocol import RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
 from peers.transport.memory import MemoryTransport
 from peers.worker import Peer
@@ -56,16 +57,10 @@ class Reports:
 
 
 def make_plans(round_number: int, total: int, keys: dict[int, NodeKey]) -> list[RoundPlan]:
-    weights = topology.build("ring", N)
-    deadline = time.time() + 60
-    return [
-        RoundPlan(job_id=1, round=round_number, total_rounds=total, node_id=i + 1, deadline=deadline,
-                  config=CONFIG, self_weight=weights[i][i], max_payload_bytes=10_000_000,
-                  neighbours=[Neighbour(node_id=j + 1, channel=node_channel(j + 1), weight=w,
-                                        public_key=keys[j + 1].public_key_hex)
-                              for j, w in weights[i].items() if j != i])
-        for i in range(N)
-    ]
+    return round_plans(job_id=1, round=round_number, total_rounds=total,
+                       members=[(i, keys[i].public_key_hex) for i in range(1, N + 1)],
+                       rows=topology.build("ring", N), config=CONFIG, deadline=time.time() + 60,
+                       max_payload_bytes=10_000_000)
 
 
 async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:

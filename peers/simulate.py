@@ -34,7 +34,8 @@ import torch
 from peers import topology
 from peers.data import LocalData, load_local_data
 from peers.models import build_model
-from peers.protocol import Neighbour, RoundPlan, node_channel, to_message
+from peers.plans import round_plans
+from peers.protocol import RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
 from peers.training import LocalTrainer, mix, select_device
 from peers.transport.memory import MemoryTransport
@@ -206,19 +207,11 @@ class _Reports:
 
 
 def _plans(cfg: SimConfig, r: int, rows, keys, job_config: dict) -> list[RoundPlan]:
-    """One RoundPlan per position, built as platform/jobs/orchestration.py build_plans does."""
-    deadline = time.time() + cfg.round_timeout_s
-    plans = []
-    for index, row in enumerate(rows):
-        node = index + 1
-        plans.append(RoundPlan(
-            job_id=JOB_ID, round=r, total_rounds=cfg.rounds, node_id=node, deadline=deadline,
-            config=job_config, self_weight=row[index], max_payload_bytes=MAX_PAYLOAD_BYTES,
-            neighbours=[Neighbour(node_id=j + 1, channel=node_channel(j + 1), weight=row[j],
-                                  public_key=keys[j + 1].public_key_hex)
-                        for j in range(len(rows)) if j != index and j in row],
-        ))
-    return plans
+    """One RoundPlan per position (node i + 1), built as the platform builds them."""
+    return round_plans(job_id=JOB_ID, round=r, total_rounds=cfg.rounds,
+                       members=[(i + 1, keys[i + 1].public_key_hex) for i in range(len(rows))], rows=rows,
+                       config=job_config, deadline=time.time() + cfg.round_timeout_s,
+                       max_payload_bytes=MAX_PAYLOAD_BYTES)
 
 
 async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,

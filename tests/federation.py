@@ -5,7 +5,8 @@ import time
 
 from peers import topology
 from peers.data import load_local_data
-from peers.protocol import Neighbour, RoundPlan, node_channel, to_message
+from peers.plans import round_plans
+from peers.protocol import RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
 from peers.transport.memory import MemoryTransport
 from peers.worker import Peer
@@ -26,16 +27,10 @@ class CollectedReports:
 
 def make_plans(n: int, round_number: int, keys, rounds: int, config: dict, graph: str = "ring",
                deadline_s: float = 20) -> list[RoundPlan]:
-    rows = topology.build(graph, n)
-    return [
-        RoundPlan(
-            job_id=1, round=round_number, total_rounds=rounds, node_id=i + 1, deadline=time.time() + deadline_s,
-            config=config, self_weight=rows[i][i], max_payload_bytes=50_000_000,
-            neighbours=[Neighbour(node_id=j + 1, channel=node_channel(j + 1), weight=w, public_key=keys[j + 1].public_key_hex)
-                        for j, w in rows[i].items() if j != i],
-        )
-        for i in range(n)
-    ]
+    return round_plans(job_id=1, round=round_number, total_rounds=rounds,
+                       members=[(i, keys[i].public_key_hex) for i in range(1, n + 1)],
+                       rows=topology.build(graph, n), config=config, deadline=time.time() + deadline_s,
+                       max_payload_bytes=50_000_000)
 
 
 async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, **config):

@@ -1,7 +1,6 @@
 """The whole path of a job on the production stack: browser forms over daphne, a Celery worker
 on Redis, four `python -m peers join` processes exchanging weights through Redis, PostgreSQL,
 and payouts read back from a real anvil."""
-import json
 import re
 import secrets
 import subprocess

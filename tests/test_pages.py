@@ -258,7 +258,7 @@ def test_node_token_is_shown_once_and_never_listed():
     assert Node.authenticate(token) == node
     assert (node.owner, node.gpu_name, node.vram_gb, node.cuda_capability) == (user, "Test GPU", 24.0, "8.6")
     secret = token.split("_", 2)[2]
-    for page in ("/nodes/", f"/nodes/{node.id}/", "/", f"/nodes/register/"):
+    for page in ("/nodes/", f"/nodes/{node.id}/", "/", "/nodes/register/"):
         text = client.get(page).content.decode()
         assert secret not in text, page
     listing = client.get("/nodes/").content.decode()

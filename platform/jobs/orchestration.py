@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from live.broadcast import job_update
 from peers import topology
-from peers.protocol import Neighbour, PeerReport as ReportMessage, RoundPlan, to_message
+from peers.plans import round_plans
+from peers.protocol import PeerReport as ReportMessage, node_channel, to_message
 
 from .models import CohortMember, Consent, Job, PeerReport, Round
 from .snapshot import round_summary
@@ -96,21 +97,13 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
     job = rnd.job
     members = active_members(job)
     positions = {m.node_id: i for i, m in enumerate(members)}
-    weights = mixing_rows(job, rnd.number, positions) if members else []
-    plans = []
-    for index, member in enumerate(members):
-        row = weights[index]
-        neighbours = [
-            Neighbour(node_id=m.node.id, channel=m.node.channel, weight=row[i], public_key=m.node.public_key)
-            for i, m in enumerate(members) if i != index and i in row
-        ]
-        plan = RoundPlan(
-            job_id=job.id, round=rnd.number, total_rounds=job.rounds, node_id=member.node.id,
-            deadline=rnd.deadline.timestamp(), config=job.config(), neighbours=neighbours,
-            self_weight=row[index], max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
-        )
-        plans.append((member.node.channel, to_message(plan)))
-    return plans
+    plans = round_plans(
+        job_id=job.id, round=rnd.number, total_rounds=job.rounds,
+        members=[(m.node.id, m.node.public_key) for m in members],
+        rows=mixing_rows(job, rnd.number, positions) if members else [], config=job.config(),
+        deadline=rnd.deadline.timestamp(), max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
+    )
+    return [(node_channel(plan.node_id), to_message(plan)) for plan in plans]
 
 
 def dispatch_plans(rnd: Round) -> None:
