@@ -1,4 +1,4 @@
-"""Chunked, signed weight transfer over the in-memory transport."""
+"""Chunked, signed weight transfer, over the in-memory transport and over real Redis."""
 
 import asyncio
 import os
@@ -18,6 +18,21 @@ JOB, CHUNK = 7, 512 * 1024
 ALICE, BOB, MALLORY = 1, 2, 3
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def transport(request):
+    """Each transfer test runs over both transports: the in-memory one and real Redis."""
+    if request.param == "memory":
+        yield MemoryTransport()
+        return
+    from django.conf import settings
+
+    from peers.transport.redis import RedisChannelTransport
+
+    t = RedisChannelTransport(settings.REDIS_URL, prefix=f"test-exchange-{os.urandom(4).hex()}:")
+    yield t
+    await t.close()
+
+
 @pytest.fixture(scope="module")
 def keys():
     return {n: NodeKey.generate() for n in (ALICE, BOB, MALLORY)}
@@ -35,9 +50,15 @@ async def _send(transport, keys, payload, *, sender=ALICE, seq=0, round=1, job=J
 
 async def _drain(transport, channel="dfl.node.9"):
     out = []
-    while transport.pending(channel):
-        out.append(await transport.receive(channel))
-    return out
+    if hasattr(transport, "pending"):
+        while transport.pending(channel):
+            out.append(await transport.receive(channel))
+        return out
+    while True:  # Redis: read until nothing arrives for a moment (a cancelled receive loses nothing)
+        try:
+            out.append(await asyncio.wait_for(transport.receive(channel), 0.5))
+        except asyncio.TimeoutError:
+            return out
 
 
 def _feed_all(reassembler, messages):
@@ -45,8 +66,8 @@ def _feed_all(reassembler, messages):
 
 
 @pytest.mark.asyncio
-async def test_multi_chunk_payload_reassembles_exactly(keys):
-    t = MemoryTransport(capacity=100)
+async def test_multi_chunk_payload_reassembles_exactly(keys, transport):
+    t = transport
     payload = os.urandom(3 * 1024 * 1024 + 123)
     assert await _send(t, keys, payload) == len(payload)
     messages = await _drain(t)
@@ -59,8 +80,8 @@ async def test_multi_chunk_payload_reassembles_exactly(keys):
 
 
 @pytest.mark.asyncio
-async def test_out_of_order_and_interleaved_senders(keys):
-    t = MemoryTransport()
+async def test_out_of_order_and_interleaved_senders(keys, transport):
+    t = transport
     a, b = os.urandom(CHUNK * 2 + 5), os.urandom(CHUNK + 1)
     await _send(t, keys, a, sender=ALICE)
     await _send(t, keys, b, sender=BOB)
@@ -80,8 +101,8 @@ async def test_small_and_empty_payloads(keys):
 
 
 @pytest.mark.asyncio
-async def test_forged_signature_is_rejected_once_and_does_not_block_real_sender(keys):
-    t = MemoryTransport()
+async def test_forged_signature_is_rejected_once_and_does_not_block_real_sender(keys, transport):
+    t = transport
     payload = os.urandom(CHUNK * 2)
     await _send(t, keys, payload, key=keys[MALLORY])  # mallory pretends to be alice
     forged = await _drain(t)
@@ -102,8 +123,8 @@ async def test_unsigned_header_change_breaks_signature(keys):
 
 
 @pytest.mark.asyncio
-async def test_tampered_data_sha_mismatch(keys):
-    t = MemoryTransport()
+async def test_tampered_data_sha_mismatch(keys, transport):
+    t = transport
     honest = os.urandom(CHUNK * 2 + 10)
     # the bad-hash attack: hash/sign the honest bytes, send tampered ones
     await _send(t, keys, tamper_payload(honest), sha256=sha256_hex(honest))
@@ -117,8 +138,8 @@ async def test_tampered_data_sha_mismatch(keys):
 
 
 @pytest.mark.asyncio
-async def test_replay(keys):
-    t = MemoryTransport()
+async def test_replay(keys, transport):
+    t = transport
     payload = os.urandom(CHUNK + 1)
     await _send(t, keys, payload, seq=5)
     first = await _drain(t)
@@ -136,8 +157,8 @@ async def test_replay(keys):
 
 
 @pytest.mark.asyncio
-async def test_wrong_job_and_unknown_sender(keys):
-    t = MemoryTransport()
+async def test_wrong_job_and_unknown_sender(keys, transport):
+    t = transport
     await _send(t, keys, os.urandom(CHUNK + 1), job=JOB + 1)
     await _send(t, keys, os.urandom(CHUNK + 1), sender=MALLORY)
     results = _feed_all(_reassembler(keys), await _drain(t))
@@ -145,8 +166,8 @@ async def test_wrong_job_and_unknown_sender(keys):
 
 
 @pytest.mark.asyncio
-async def test_truncated_stream_never_completes(keys):
-    t = MemoryTransport()
+async def test_truncated_stream_never_completes(keys, transport):
+    t = transport
     await _send(t, keys, os.urandom(CHUNK * 3))
     msgs = await _drain(t)
     r = _reassembler(keys)
@@ -158,8 +179,8 @@ async def test_truncated_stream_never_completes(keys):
 
 
 @pytest.mark.asyncio
-async def test_too_large_and_bad_index(keys):
-    t = MemoryTransport()
+async def test_too_large_and_bad_index(keys, transport):
+    t = transport
     await _send(t, keys, os.urandom(CHUNK * 2))
     r = _reassembler(keys, max_bytes=CHUNK)
     assert _feed_all(r, await _drain(t)) == [Rejected(ALICE, 1, f"payload too large: {CHUNK * 2} > {CHUNK} bytes")]
