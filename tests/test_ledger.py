@@ -172,3 +172,42 @@ def test_payouts_page_shows_only_what_the_user_may_see(client):
     staff = get_user_model().objects.create_user("staff", password="pw-unused-123", is_staff=True)
     client.force_login(staff)
     assert client.get("/payouts/").context["payouts"].count() == 2
+
+
+def _signed_but_never_broadcast(job, node, address, amount):
+    """What a settlement leaves behind when it dies between storing and broadcasting."""
+    chain = Chain.from_settings()
+    tx_hash, raw = chain.sign_transfer(address, amount)
+    return Payout.objects.create(job=job, node=node, address=address, amount_wei=amount,
+                                 status=Payout.Status.SENT, tx_hash=tx_hash, raw_tx=raw)
+
+
+def test_crash_before_broadcast_rebroadcasts_the_same_transaction(chain_settings):
+    address = new_address()
+    node = make_node("crash", address)
+    job = make_job(reward_per_round=5)
+    add_round(job, 1, {node: 10})
+    stored = _signed_but_never_broadcast(job, node, address, 5 * WEI)
+    chain = Chain.from_settings()
+    assert chain.receipt(stored.tx_hash) is None and chain.balance_of(address) == 0
+
+    [payout] = settle(job)
+    assert payout.status == Payout.Status.CONFIRMED and payout.tx_hash == stored.tx_hash
+    assert chain.balance_of(address) == 5 * WEI
+    settle(job)  # and again: nothing more
+    assert chain.balance_of(address) == 5 * WEI
+
+
+def test_stored_transaction_whose_nonce_was_taken_is_signed_anew_once(chain_settings):
+    address = new_address()
+    node = make_node("replaced", address)
+    job = make_job(reward_per_round=7)
+    add_round(job, 1, {node: 10})
+    stored = _signed_but_never_broadcast(job, node, address, 7 * WEI)
+    chain = Chain.from_settings()
+    chain.wait(chain.transfer(new_address(), 1))  # takes the stored transaction's nonce
+
+    [payout] = settle(job)
+    assert payout.status == Payout.Status.CONFIRMED and payout.tx_hash != stored.tx_hash
+    assert chain.receipt(stored.tx_hash) is None  # the stored one can never be mined
+    assert chain.balance_of(address) == 7 * WEI

@@ -132,6 +132,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "start-ready-jobs": {"task": "jobs.tasks.start_ready_jobs", "schedule": 10.0},
     "enforce-round-deadlines": {"task": "jobs.tasks.enforce_deadlines", "schedule": 5.0},
+    "settle-finished-jobs": {"task": "ledger.tasks.settle_finished_jobs", "schedule": 60.0},
 }
 
 # Chain: eth-tester in process for the demo, anvil (JSON-RPC) otherwise.

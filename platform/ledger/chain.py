@@ -114,8 +114,42 @@ class Chain:
 
     def transfer(self, to: str, amount_wei: int) -> str:
         """Send `amount_wei` reward-token wei from the operator to `to`; returns the tx hash."""
+        tx_hash, raw = self.sign_transfer(to, amount_wei)
+        self.broadcast(raw)
+        return tx_hash
+
+    def sign_transfer(self, to: str, amount_wei: int) -> tuple[str, str]:
+        """(tx hash, raw signed transaction hex) of a transfer, not yet broadcast."""
         token = self.token()
-        return self._send(token.functions.transfer(Web3.to_checksum_address(to), int(amount_wei)))
+        call = token.functions.transfer(Web3.to_checksum_address(to), int(amount_wei))
+        with self._send_lock:
+            nonce = self.w3.eth.get_transaction_count(self.operator_address, "pending")
+            tx = call.build_transaction({"from": self.operator_address, "nonce": nonce, "chainId": self.chain_id})
+            signed = self._account.sign_transaction(tx)
+        return signed.hash.to_0x_hex(), signed.raw_transaction.to_0x_hex()
+
+    def broadcast(self, raw_tx: str) -> None:
+        """Send a signed transaction; sending one the node already has is harmless."""
+        try:
+            self.w3.eth.send_raw_transaction(raw_tx)
+        except Exception as exc:
+            if "known" not in str(exc).lower():  # "already known": a re-broadcast
+                raise
+
+    def nonce_spent(self, raw_tx: str) -> bool:
+        """Whether the operator's nonce of this transaction was used by a mined transaction."""
+        return self.w3.eth.get_transaction_count(self.operator_address, "latest") > self._raw_nonce(raw_tx)
+
+    @staticmethod
+    def _raw_nonce(raw_tx: str) -> int:
+        import rlp
+        from eth_account.typed_transactions import TypedTransaction
+        from hexbytes import HexBytes
+
+        data = HexBytes(raw_tx)
+        if data[0] < 0x80:  # typed (EIP-2718) transaction
+            return TypedTransaction.from_bytes(data).as_dict()["nonce"]
+        return int.from_bytes(rlp.decode(bytes(data))[0], "big")
 
     def wait(self, tx_hash: str, timeout: float = RECEIPT_TIMEOUT_S):
         """The receipt once mined; raises TransactionFailed if it reverted."""

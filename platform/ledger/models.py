@@ -27,8 +27,10 @@ class ContractDeployment(models.Model):
 
 
 class Payout(models.Model):
-    """A reward transfer. The (job, node) constraint makes paying twice impossible at the row level;
-    tx_hash is stored before the receipt is awaited so a retry checks the chain instead of resending."""
+    """A reward transfer. The (job, node) constraint makes paying twice impossible at the row level.
+    The transfer is signed and stored (raw_tx, tx_hash) before it is broadcast, so a retry after a
+    crash re-broadcasts the very same transaction (same nonce: it can be mined once at most)
+    instead of creating a second one."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -42,6 +44,7 @@ class Payout(models.Model):
     amount_wei = WeiField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     tx_hash = models.CharField(max_length=66, blank=True)
+    raw_tx = models.TextField(blank=True, help_text="The signed transaction, kept until it is mined.")
     block_number = models.BigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

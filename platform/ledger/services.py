@@ -78,27 +78,49 @@ def pay_rewards(job, items: list[tuple]) -> list[Payout]:
 
 
 def _send(chain: Chain, payout_id: int) -> Payout:
-    """Transfer a pending payout; the row lock keeps concurrent settlements from sending twice."""
+    """Sign a pending payout's transfer and store it before broadcasting: a crash anywhere leaves
+    either nothing sent or a stored transaction that a retry re-broadcasts (never a second one).
+    The row lock keeps concurrent settlements from signing twice."""
     with transaction.atomic():
         payout = Payout.objects.select_for_update().get(pk=payout_id)
-        if payout.status != Payout.Status.PENDING or payout.tx_hash:
+        if payout.status != Payout.Status.PENDING:
             return payout
         try:
-            payout.tx_hash = chain.transfer(payout.address, int(payout.amount_wei))
-        except Exception as exc:  # not sent: stays pending, retried by the next settlement
+            payout.tx_hash, payout.raw_tx = chain.sign_transfer(payout.address, int(payout.amount_wei))
+        except Exception as exc:  # nothing signed: stays pending, retried by the next settlement
             payout.error = f"transfer failed: {exc}"[:2000]
             payout.save(update_fields=["error"])
             return payout
         payout.status, payout.error = Payout.Status.SENT, ""
-        payout.save(update_fields=["tx_hash", "status", "error"])
+        payout.save(update_fields=["tx_hash", "raw_tx", "status", "error"])
+    _broadcast(chain, payout)
     return payout
 
 
-def _confirm(chain: Chain, payout: Payout) -> None:
-    """Wait for a sent payout's receipt and record it."""
+def _broadcast(chain: Chain, payout: Payout) -> None:
+    try:
+        chain.broadcast(payout.raw_tx)
+    except Exception as exc:  # stays sent: _confirm re-broadcasts the same transaction
+        payout.error = f"broadcast failed: {exc}"[:2000]
+        payout.save(update_fields=["error"])
+
+
+def _confirm(chain: Chain, payout: Payout, resign: bool = True) -> None:
+    """Wait for a sent payout's receipt and record it. A transaction that can never be mined (its
+    nonce went to another one) is signed anew, once per call."""
     if payout.status != Payout.Status.SENT or not payout.tx_hash:
         return
     try:
+        if payout.raw_tx and chain.receipt(payout.tx_hash) is None:
+            # Nonce first, receipt second: if ours was mined in between, the receipt shows it.
+            if chain.nonce_spent(payout.raw_tx) and chain.receipt(payout.tx_hash) is None:
+                payout.status, payout.tx_hash, payout.raw_tx = Payout.Status.PENDING, "", ""
+                payout.error = "transaction replaced before it was mined; signing it again"
+                payout.save(update_fields=["status", "tx_hash", "raw_tx", "error"])
+                if resign:
+                    _confirm(chain, _send(chain, payout.pk), resign=False)
+                return
+            _broadcast(chain, payout)
         receipt = chain.receipt(payout.tx_hash) or chain.wait(payout.tx_hash)
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {payout.tx_hash} reverted")
