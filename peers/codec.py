@@ -23,10 +23,6 @@ from peers.wire import Spec, WeightsRejected, check_state
 KEYFRAME_EVERY = 10
 
 
-def _delta_codec(spec: str) -> bool:
-    return isinstance(get_compressor(spec), TopK)
-
-
 class WeightsEncoder:
     """The sending side of one job."""
 

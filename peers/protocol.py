@@ -16,6 +16,10 @@ import msgpack
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,99}$")
 
+# The reason a report gives for a neighbour whose weights never arrived; the platform cuts such
+# links from dynamic topologies.
+NO_WEIGHTS_BEFORE_DEADLINE = "no weights before the deadline"
+
 
 class ProtocolError(ValueError):
     """A message that does not match the protocol."""

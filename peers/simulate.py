@@ -35,7 +35,7 @@ from peers import topology
 from peers.data import LocalData, load_local_data
 from peers.models import build_model
 from peers.plans import round_plans
-from peers.protocol import RoundPlan, node_channel, to_message
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
 from peers.training import LocalTrainer, mix, select_device
 from peers.transport.memory import MemoryTransport
@@ -45,7 +45,6 @@ from peers.wire import pack_state
 JOB_ID = 1
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 FEDAVG = "fedavg"
-MISSED = "no weights before the deadline"  # the worker's reason for a neighbour that never sent
 
 
 @dataclass
@@ -256,7 +255,7 @@ async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
             # rewires around it from the next round on.
             for rep in got:
                 for item in rep["rejected"]:
-                    if item["reason"] == MISSED:
+                    if item["reason"] == NO_WEIGHTS_BEFORE_DEADLINE:
                         cut.add(tuple(sorted((rep["node_id"] - 1, item["sender"] - 1))))
             stat = _stats(r, [rep["accuracy"] for rep in got], reports.global_acc.get(r, [float("nan")]),
                           [rep["train_loss"] for rep in got], sum(rep["bytes_sent"] for rep in got),

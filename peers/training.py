@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 
@@ -148,34 +147,10 @@ class LocalTrainer:
 
 
 def mix(weighted_states: list[tuple[float, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Weighted average of states; weights are renormalised to sum to 1."""
+    """Weighted average of (weight, state) pairs, weights renormalised to sum to 1: the `mean`
+    aggregation rule in the pair form the simulator and benchmarks use."""
+    from peers.rules import mean
+
     if not weighted_states:
         raise ValueError("mix needs at least one (weight, state) pair")
-    weights = [float(w) for w, _ in weighted_states]
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"mix weights must be finite and >= 0, got {weights}")
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError(f"mix weights must have a positive total, got {total}")
-    ref = weighted_states[0][1]
-    names = set(ref)
-    for _, st in weighted_states[1:]:
-        if set(st) != names:
-            diff = sorted(names.symmetric_difference(st))
-            raise ValueError(f"mix: parameter names differ: {diff}")
-        for k in names:
-            if st[k].shape != ref[k].shape:
-                raise ValueError(f"mix: shape mismatch for {k!r}: {tuple(st[k].shape)} vs {tuple(ref[k].shape)}")
-    out = {}
-    scales = [w / total for w in weights]
-    for k, r in ref.items():
-        # Same operations and rounding as sum_i (w_i / total) * float64(x_i), with no zeros
-        # tensor and no temporary per term (about 3x faster on big models).
-        acc = None
-        for scale, (_, st) in zip(scales, weighted_states):
-            if not scale:
-                continue
-            term = st[k].detach().to(device="cpu", dtype=torch.float64, copy=True).mul_(scale)
-            acc = term if acc is None else acc.add_(term)
-        out[k] = acc.to(r.dtype if r.is_floating_point() else torch.float32)
-    return out
+    return mean.aggregate([state for _, state in weighted_states], [w for w, _ in weighted_states])

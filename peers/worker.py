@@ -19,12 +19,12 @@ from peers.data import LocalData
 from peers.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.models import build_model
 from peers.protocol import (
-    ModelRequest, PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel,
+    NO_WEIGHTS_BEFORE_DEADLINE, ModelRequest, PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel,
     request_bytes, to_message,
 )
 from peers.rules import get_rule
 from peers.signing import NodeKey, verify
-from peers.training import LocalTrainer, mix
+from peers.training import LocalTrainer
 from peers.wire import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
@@ -201,7 +201,7 @@ class Peer:
                 rejected[n.node_id] = exc.reason
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
-            rejected[sender] = "no weights before the deadline"
+            rejected[sender] = NO_WEIGHTS_BEFORE_DEADLINE
         mixed = self._aggregate(state, weighted)
         state.trainer.load_state(mixed)
         state.last_round = plan.round
@@ -229,10 +229,8 @@ class Peer:
 
     @staticmethod
     def _aggregate(state: JobState, weighted: list[tuple[float, dict]]) -> dict:
-        """x_i <- sum_j W_ij x_j over the neighbours that made it (weights renormalised), or the
-        job's robust rule over the same neighbourhood."""
-        if state.rule == "mean":
-            return mix(weighted)
+        """The job's rule over the neighbourhood that made it (itself + accepted neighbours). With
+        `mean` this is x_i <- sum_j W_ij x_j, the weights renormalised over the survivors."""
         weights = [w for w, _ in weighted]
         return get_rule(state.rule)([s for _, s in weighted], weights, **state.rule_params)
 

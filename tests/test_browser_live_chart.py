@@ -3,19 +3,18 @@ worker, Redis, PostgreSQL): a participant logs in through the login page, opens 
 and the chart follows the reports as they are accepted, without a reload."""
 import os
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from django.utils import timezone
 from playwright.sync_api import sync_playwright
 
-from jobs.models import CohortMember, Consent, Job, Round
+from jobs.models import Job, Round
 from jobs.orchestration import accept_report
 from nodes.models import Node
 from peers.protocol import PeerReport
+from tests.factories import make_running_job
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -34,23 +33,6 @@ CHART_STATE = """() => {
     live: document.getElementById('live-state').textContent,
   };
 }"""
-
-
-def make_job(owner: User) -> tuple[Job, list[Node]]:
-    job = Job.objects.create(owner=owner, name="Digits, live", description="Browser test job", num_peers=2,
-                             rounds=3, status=Job.Status.RUNNING, current_round=1, started_at=timezone.now())
-    nodes = []
-    for position, name in enumerate(("alpha", "beta")):
-        node = Node(owner=owner, name=name)
-        node.apply_hardware({"cpu": "Test CPU", "cores": 4, "ram_gb": 16})
-        node.issue_token()
-        node.public_key = "ab" * 32
-        node.save()
-        Consent.objects.create(job=job, node=node, granted=True, by=owner)
-        CohortMember.objects.create(job=job, node=node, position=position)
-        nodes.append(node)
-    Round.objects.create(job=job, number=1, deadline=timezone.now() + timedelta(minutes=10))
-    return job, nodes
 
 
 def report(job: Job, node: Node, accuracy: float, loss: float) -> PeerReport:
@@ -91,7 +73,8 @@ def test_chart_updates_live_in_a_real_browser(stack):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium (or set CHROMIUM_BIN)")
     owner = User.objects.create_user("watcher", password=PASSWORD)
-    job, (alpha, beta) = make_job(owner)
+    job, _, (alpha, beta) = make_running_job(owner, name="Digits, live", rounds=3, node_names=["alpha", "beta"],
+                                             description="Browser test job")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

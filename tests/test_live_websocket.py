@@ -1,7 +1,6 @@
 """/ws/jobs/<id>/ over the real ASGI application (origin check, session auth, routing) and the
 real Redis channel layer: viewers get a snapshot, then every accepted report and closed round
 live; people who may not see the job are refused."""
-from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -10,13 +9,11 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
-from django.utils import timezone
 
 from hub.asgi import application
-from jobs.models import CohortMember, Consent, Job, Round
 from jobs.orchestration import accept_report, close_round
-from nodes.models import Node
 from peers.protocol import PeerReport
+from tests.factories import make_running_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,24 +25,6 @@ def session_cookie(user: User) -> tuple[bytes, bytes]:
     client = Client()
     client.force_login(user)
     return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode())
-
-
-def make_running_job(owner: User, cohort_size: int = 2, is_public: bool = True, name: str = "live job"):
-    """A running job with `cohort_size` consenting members and round 1 open (rows only)."""
-    job = Job.objects.create(owner=owner, name=name, is_public=is_public, num_peers=cohort_size, rounds=2,
-                             status=Job.Status.RUNNING, current_round=1, started_at=timezone.now())
-    nodes = []
-    for position in range(cohort_size):
-        node = Node(owner=owner, name=f"{name}-node-{position}")
-        node.apply_hardware({"cpu": "c", "cores": 2, "ram_gb": 4})
-        node.issue_token()
-        node.public_key = "ab" * 32
-        node.save()
-        Consent.objects.create(job=job, node=node, granted=True, by=owner)
-        CohortMember.objects.create(job=job, node=node, position=position)
-        nodes.append(node)
-    rnd = Round.objects.create(job=job, number=1, deadline=timezone.now() + timedelta(minutes=5))
-    return job, rnd, nodes
 
 
 def report(job, node, accuracy: float, round_number: int = 1) -> PeerReport:

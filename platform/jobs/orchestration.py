@@ -16,7 +16,7 @@ from django.utils import timezone
 from live.broadcast import job_update
 from peers import topology
 from peers.plans import round_plans
-from peers.protocol import PeerReport as ReportMessage, node_channel, to_message
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, PeerReport as ReportMessage, node_channel, to_message
 
 from .models import CohortMember, Consent, Job, PeerReport, Round
 from .snapshot import round_summary
@@ -215,15 +215,12 @@ def close_round(round_id: int) -> None:
             settle_job.delay(job.id)
 
 
-SLOW_LINK = "no weights before the deadline"
-
-
 def note_slow_links(job: Job, reports) -> None:
     """Remember links whose weights missed the deadline, so the next graph avoids them."""
     cut = {tuple(sorted(link)) for link in job.cut_links}
     for report in reports:
         for item in report.rejected:
-            if item.get("reason") == SLOW_LINK:
+            if item.get("reason") == NO_WEIGHTS_BEFORE_DEADLINE:
                 cut.add(tuple(sorted((report.node_id, int(item["sender"])))))
     job.cut_links = [list(link) for link in sorted(cut)]
 
