@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Mapping
 
 import torch
-from safetensors.torch import load as _st_load, save as _st_save
 from torch import Tensor
+
+from peers.tensorbytes import dump, parse
 
 Payload = dict[str, Tensor]
 Meta = dict[str, str]
@@ -343,21 +343,15 @@ def decompress(payload: Mapping[str, Tensor], meta: Mapping[str, str]) -> dict[s
 
 def to_bytes(payload: Mapping[str, Tensor], meta: Mapping[str, str]) -> bytes:
     """safetensors bytes of the payload with ``meta`` as its string metadata (no pickle)."""
-    return _st_save({k: v.contiguous() for k, v in payload.items()}, metadata=dict(meta))
+    return dump(payload, meta)
 
 
 def from_bytes(data: bytes) -> tuple[Payload, Meta]:
     """Inverse of ``to_bytes``; raises ``ValueError`` on a malformed buffer."""
     try:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        meta = header.get("__metadata__") or {}
-        payload = _st_load(bytes(data))
-    except Exception:
-        raise ValueError("not a valid safetensors compression payload") from None
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ValueError("safetensors metadata must be str -> str")
-    return payload, meta
+        return parse(data)
+    except ValueError as exc:
+        raise ValueError(f"not a valid safetensors compression payload: {exc}") from None
 
 
 def wire_bytes(payload: Mapping[str, Tensor], meta: Mapping[str, str]) -> int:

@@ -99,7 +99,7 @@ class Completed:
     sender: int
     round: int
     seq: int
-    payload: bytes
+    payload: bytearray  # tensors parsed from it view this memory (peers.tensorbytes)
 
 
 @dataclass
@@ -111,12 +111,19 @@ class Rejected:
 
 @dataclass
 class _Partial:
+    """One transfer in progress. In-order chunks are copied into ``buffer`` (allocated once at
+    the signed size, which is at most ``max_bytes``: growing it instead costs a copy per
+    realloc) and hashed as they come; chunks that arrive early wait in ``early``."""
+
     header: bytes
     signature: bytes
-    parts: dict[int, bytes] = field(default_factory=dict)
-    received: int = 0
+    buffer: bytearray
+    early: dict[int, bytes] = field(default_factory=dict)
+    seen: set[int] = field(default_factory=set)
+    received: int = 0  # bytes of all distinct chunks so far
+    filled: int = 0  # buffer[:filled] holds chunks 0..next_index-1
+    next_index: int = 0
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
-    hashed: int = 0  # chunks 0..hashed-1 are in the hasher (hashing as in-order chunks arrive)
 
 
 class Reassembler:
@@ -183,24 +190,27 @@ class Reassembler:
             return self._reject(key, f"index out of range: {msg.index} not in [0, {msg.count})")
         if partial is None:
             partial = self._start(key, header, msg)
-        if msg.index in partial.parts:
+        if msg.index in partial.seen:
             return None  # duplicate chunk; keep the first copy
-        partial.parts[msg.index] = msg.data
+        partial.seen.add(msg.index)
         partial.received += len(msg.data)
         if partial.received > msg.size:
             return self._reject(key, f"chunk data exceeds declared size {msg.size}")
-        while partial.hashed in partial.parts:
-            partial.hasher.update(partial.parts[partial.hashed])
-            partial.hashed += 1
-        if len(partial.parts) < msg.count:
+        partial.early[msg.index] = msg.data
+        while partial.next_index in partial.early:
+            data = partial.early.pop(partial.next_index)
+            partial.buffer[partial.filled:partial.filled + len(data)] = data
+            partial.hasher.update(data)
+            partial.filled += len(data)
+            partial.next_index += 1
+        if len(partial.seen) < msg.count:
             return None
         del self._partials[key]
         if partial.received != msg.size:
             return self._reject(key, f"size mismatch: {partial.received} != {msg.size}")
         if partial.hasher.hexdigest() != msg.sha256:
             return self._reject(key, "sha256 mismatch")
-        payload = b"".join([partial.parts[i] for i in range(msg.count)])
-        partial.parts.clear()
+        payload = partial.buffer
         self._completed.add(key)
         self._last_seq[(msg.sender, msg.round)] = max(msg.seq, self._last_seq.get((msg.sender, msg.round), msg.seq))
         return Completed(sender=msg.sender, round=msg.round, seq=msg.seq, payload=payload)
@@ -209,7 +219,7 @@ class Reassembler:
         mine = sorted(k for k in self._partials if k[0] == msg.sender)
         for old in mine[: max(0, len(mine) - MAX_PARTIALS_PER_SENDER + 1)]:
             del self._partials[old]  # drop the oldest unfinished transfers
-        partial = self._partials[key] = _Partial(header=header, signature=msg.signature)
+        partial = self._partials[key] = _Partial(header=header, signature=msg.signature, buffer=bytearray(msg.size))
         return partial
 
     def pending(self) -> list[tuple[int, int, int]]:

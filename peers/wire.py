@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 
 import torch
-from safetensors.torch import load as _st_load, save as _st_save
+
+from peers.tensorbytes import dump, parse
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
 
@@ -24,33 +23,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
-
-
 def pack_state(state: dict[str, torch.Tensor]) -> bytes:
-    """Serialize a state dict to safetensors bytes.
-
-    For the usual single-dtype state the file is written directly (header + one join of the
-    tensors' bytes, byte-identical to safetensors.torch.save, one copy instead of three);
-    anything else goes through safetensors."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    dtypes = {v.dtype for v in tensors.values()}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in _ST_DTYPES or any(v.numel() == 0 for v in tensors.values()):
-        # clone() also breaks storage sharing (tied/view tensors), which safetensors refuses.
-        return _st_save({k: v.clone() for k, v in tensors.items()})
-    kind = _ST_DTYPES[next(iter(dtypes))]
-    header, buffers, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        buffers.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        offset += size
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    head += b" " * (-len(head) % 8)
-    return b"".join([struct.pack("<Q", len(head)), head, *buffers])
+    """Serialize a state dict to safetensors bytes (one copy of the tensors' memory)."""
+    return dump(state)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -71,15 +46,17 @@ def describe(state: dict[str, torch.Tensor]) -> Spec:
 
 
 def unpack_state(data: bytes, expected: Spec, max_bytes: int) -> dict[str, torch.Tensor]:
-    """Parse and validate a payload against ``expected``; raises ``WeightsRejected``."""
+    """Parse and validate a payload against ``expected``; raises ``WeightsRejected``.
+
+    The tensors of a ``bytearray`` payload (what the reassembler hands over) view its memory."""
     if not isinstance(data, (bytes, bytearray)):
         raise WeightsRejected(f"payload is {type(data).__name__}, not bytes")
     if len(data) > max_bytes:
         raise WeightsRejected(f"payload too large: {len(data)} > {max_bytes} bytes")
     try:
-        state = _st_load(bytes(data))
-    except Exception:
-        raise WeightsRejected("unparseable safetensors payload") from None
+        state, _ = parse(data)
+    except ValueError as exc:
+        raise WeightsRejected(f"unparseable safetensors payload: {exc}") from None
     check_state(state, expected)
     return state
 

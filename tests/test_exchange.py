@@ -88,7 +88,7 @@ async def test_out_of_order_and_interleaved_senders(keys, transport):
     msgs = await _drain(t)
     msgs = msgs[::-1]  # reversed: bob's chunks first, each stream backwards
     results = _feed_all(_reassembler(keys), msgs)
-    assert {(c.sender, c.payload) for c in results} == {(ALICE, a), (BOB, b)}
+    assert {(c.sender, bytes(c.payload)) for c in results} == {(ALICE, a), (BOB, b)}
 
 
 @pytest.mark.asyncio
