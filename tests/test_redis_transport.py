@@ -160,3 +160,27 @@ async def test_multi_chunk_payload_through_redis(prefix):
     finally:
         await sender_t.close()
         await receiver_t.close()
+
+
+@pytest.mark.asyncio
+async def test_big_members_arrive_as_views_small_replies_stay_bytes(prefix, transport, layer):
+    from peers.transport.lean_parser import LEAN_PARSER, VIEW_MIN_BYTES
+
+    # redis-py without hiredis is what the project installs: the lean parser must be the one in use
+    # (this fails loudly if a redis-py upgrade moves the private names it builds on).
+    assert LEAN_PARSER is not None
+    big = os.urandom(VIEW_MIN_BYTES * 3 + 7)
+    await transport.send("dfl.node.8", {"type": "blob", "data": big})
+    await transport.send("dfl.node.8", {"type": "small", "data": b"x" * 10})
+    assert (await transport.receive("dfl.node.8"))["data"] == big
+    assert (await transport.receive("dfl.node.8"))["data"] == b"x" * 10
+    connection = transport._redis.connection_pool._available_connections[0]
+    assert isinstance(connection._parser, LEAN_PARSER)
+    await transport._redis.set(prefix + "plain", b"ok")
+    assert await transport._redis.get(prefix + "plain") == b"ok"  # small replies: bytes, as before
+    await transport._redis.set(prefix + "big", big)
+    got = await transport._redis.get(prefix + "big")
+    assert isinstance(got, memoryview) and got == big
+    # and the platform's channels_redis reads what went through the lean path unchanged
+    await transport.send("dfl.node.9", {"type": "blob", "data": big})
+    assert (await layer.receive("dfl.node.9"))["data"] == big

@@ -16,7 +16,10 @@ Speed (see docs/benchmarks.md, ``python -m bench exchange``):
 - scores strictly increase per transport, so a batch keeps its order in the sorted set;
 - ``receive`` pops up to ``prefetch`` waiting messages per round trip (BZMPOP, Redis >= 7:
   blocks only while the channel is empty); popped messages wait in this object, so a
-  cancelled ``receive`` loses nothing.
+  cancelled ``receive`` loses nothing;
+- big members (weight chunks) reach us as views of what the socket read, not as the two
+  further copies redis-py's pure-Python parser makes of every bulk string
+  (``peers.transport.lean_parser``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from redis.exceptions import ResponseError
 
 from peers.protocol import NAME_RE
 from peers.transport.base import ChannelFull
+from peers.transport.lean_parser import parser_options
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,8 @@ class RedisChannelTransport:
         self.block_s = block_s
         self.prefetch = max(1, int(prefetch))
         # The socket must outlive a blocking pop (BZMPOP), or every idle wait ends in a TimeoutError.
-        self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10)
+        self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10,
+                                        **parser_options())
         self._last_score = 0.0
         self._has_bzmpop = True
         # One in-flight fetch per channel, kept across cancellation so messages popped while
