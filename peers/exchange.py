@@ -1,13 +1,17 @@
 """Streaming a weights payload to a neighbour as signed chunks, and reassembling it.
 
-The sender signs the header ``[job_id, round, sender, seq, count, size, sha256]`` once
-and attaches that signature to every chunk; the receiver verifies it against the
-sender's public key from the round plan and checks the sha256 after reassembly.
+Every chunk carries the header ``[job_id, round, sender, seq, count, size, sha256]`` and the
+sender's Ed25519 signature over it. The payload's sha256 travels in the *last* chunk only
+(the others carry ``""``), so a sender streams while it hashes instead of hashing the whole
+payload before its first byte leaves: the receiver checks the opening signature once per
+transfer (the header with ``""``), the closing one on the last chunk, and the sha256 of
+what it reassembled against the signed digest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -15,7 +19,6 @@ from dataclasses import dataclass, field
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
 from peers.signing import NodeKey, verify
 from peers.transport.base import ChannelFull, Transport, is_channel_full
-from peers.wire import sha256_hex
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
 MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
@@ -40,9 +43,11 @@ async def send_payload(
 
     ``chunk_bytes`` defaults to 512 KiB for payloads up to 8 MiB and 1 MiB above (see
     ``default_chunk_bytes``). A transport with ``send_many`` (the Redis one) gets up to
-    ``BATCH_BYTES`` of chunks per call, one round trip each. On a full channel, backs off
-    (5 ms doubling to 200 ms) and retries for up to ``full_retry_s`` without progress,
-    then re-raises. ``sha256`` overrides the digest (only the bad-hash attack uses it).
+    ``BATCH_BYTES`` of chunks per call, one round trip each, and the next batch is built
+    (and hashed) while the current one travels. On a full channel, backs off (5 ms doubling
+    to 200 ms) and retries for up to ``full_retry_s`` without progress, then re-raises.
+    ``sha256``: the payload's digest when the caller already has it (a peer sending one
+    payload to several neighbours hashes it once), or a false one (the bad-hash attack).
     """
     if chunk_bytes is None:
         chunk_bytes = default_chunk_bytes(len(payload))
@@ -51,39 +56,58 @@ async def send_payload(
     count = max(1, -(-len(payload) // chunk_bytes))
     chunk = WeightsChunk(
         job_id=job_id, round=round, sender=sender, seq=seq, index=0, count=count,
-        size=len(payload), sha256=sha256 or sha256_hex(payload), signature=b"", data=b"",
+        size=len(payload), sha256="", signature=b"", data=b"",
     )
-    chunk.signature = key.sign(header_bytes(chunk))
+    opening = key.sign(header_bytes(chunk))
+    hasher = None if sha256 else hashlib.sha256()
     view = memoryview(payload)
 
     def message(index: int) -> dict:
-        chunk.index = index
-        chunk.data = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])
-        return to_message(chunk)
+        data = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])
+        if hasher is not None:
+            hasher.update(data)
+        last = index == count - 1
+        closing = dataclasses.replace(chunk, sha256=sha256 or hasher.hexdigest()) if last else chunk
+        closing.index, closing.data = index, data
+        closing.signature = key.sign(header_bytes(closing)) if last else opening
+        return to_message(closing)
 
     send_many = getattr(transport, "send_many", None)
     per_call = max(1, BATCH_BYTES // chunk_bytes) if send_many is not None else 1
-    index = 0
-    batch: list[dict] = []
+    built = 0
+
+    def next_batch() -> list[dict]:
+        nonlocal built
+        batch = [message(i) for i in range(built, min(count, built + per_call))]
+        built += len(batch)
+        return batch
+
+    async def send(batch: list[dict]) -> int:
+        if send_many is None:
+            await transport.send(channel, batch[0])
+            return 1
+        sent = await send_many(channel, batch)
+        if not sent:
+            raise ChannelFull(channel)
+        return sent
+
+    batch, ahead = next_batch(), []
     delay, give_up = 0.005, time.monotonic() + full_retry_s
-    while index < count:
-        batch = batch or [message(i) for i in range(index, min(count, index + per_call))]
+    while batch:
+        in_flight = asyncio.ensure_future(send(batch))
+        if not ahead and built < count:
+            ahead = next_batch()  # serialise and hash the next batch while this one travels
         try:
-            if send_many is not None:
-                sent = await send_many(channel, batch)
-                if not sent:
-                    raise ChannelFull(channel)
-            else:
-                await transport.send(channel, batch[0])
-                sent = 1
+            sent = await in_flight
         except Exception as exc:
             if not is_channel_full(exc) or time.monotonic() >= give_up:
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
             continue
-        index += sent
         del batch[:sent]
+        if not batch:
+            batch, ahead = ahead, []
         delay, give_up = 0.005, time.monotonic() + full_retry_s
     return len(payload)
 
@@ -115,9 +139,10 @@ class _Partial:
     the signed size, which is at most ``max_bytes``: growing it instead costs a copy per
     realloc) and hashed as they come; chunks that arrive early wait in ``early``."""
 
-    header: bytes
-    signature: bytes
+    opening: bytes  # the signed header without the digest, as every chunk but the last carries it
     buffer: bytearray
+    signature: bytes = b""  # the opening signature, once a chunk carrying it checked out
+    sha256: str = ""  # the signed digest, once the last chunk checked out
     early: dict[int, bytes] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
     received: int = 0  # bytes of all distinct chunks so far
@@ -167,10 +192,12 @@ class Reassembler:
         public_key = self.public_keys.get(msg.sender)
         if public_key is None:
             return self._reject(key, "unknown sender", kill=False)
-        header = header_bytes(msg)
+        signed = header_bytes(msg)
+        closing = msg.sha256 != ""
+        opening = header_bytes(dataclasses.replace(msg, sha256="")) if closing else signed
         partial = self._partials.get(key)
-        same_header = partial is not None and partial.header == header and partial.signature == msg.signature
-        if not same_header and not verify(public_key, header, msg.signature):
+        checked = not closing and partial is not None and partial.opening == opening and partial.signature == msg.signature
+        if not checked and not verify(public_key, signed, msg.signature):
             return self._reject(key, "bad signature", kill=False)
         # From here on the header is authentic (signed by the sender).
         if msg.job_id != self.job_id:
@@ -184,12 +211,18 @@ class Reassembler:
             return self._reject(key, f"payload too large: {msg.size} > {self.max_bytes} bytes")
         if msg.size < 0 or not 1 <= msg.count <= max(1, msg.size):
             return self._reject(key, f"inconsistent chunk count: {msg.count} for {msg.size} bytes")
-        if partial is not None and not same_header:
+        if partial is not None and partial.opening != opening:
             return self._reject(key, "inconsistent chunk header")
         if not 0 <= msg.index < msg.count:
             return self._reject(key, f"index out of range: {msg.index} not in [0, {msg.count})")
+        if closing != (msg.index == msg.count - 1):
+            return self._reject(key, "the sha256 must come with the last chunk, and only with it")
         if partial is None:
-            partial = self._start(key, header, msg)
+            partial = self._start(key, opening, msg)
+        if closing:
+            partial.sha256 = msg.sha256
+        elif not partial.signature:
+            partial.signature = msg.signature
         if msg.index in partial.seen:
             return None  # duplicate chunk; keep the first copy
         partial.seen.add(msg.index)
@@ -208,18 +241,18 @@ class Reassembler:
         del self._partials[key]
         if partial.received != msg.size:
             return self._reject(key, f"size mismatch: {partial.received} != {msg.size}")
-        if partial.hasher.hexdigest() != msg.sha256:
+        if partial.hasher.hexdigest() != partial.sha256:
             return self._reject(key, "sha256 mismatch")
         payload = partial.buffer
         self._completed.add(key)
         self._last_seq[(msg.sender, msg.round)] = max(msg.seq, self._last_seq.get((msg.sender, msg.round), msg.seq))
         return Completed(sender=msg.sender, round=msg.round, seq=msg.seq, payload=payload)
 
-    def _start(self, key: tuple[int, int, int], header: bytes, msg: WeightsChunk) -> _Partial:
+    def _start(self, key: tuple[int, int, int], opening: bytes, msg: WeightsChunk) -> _Partial:
         mine = sorted(k for k in self._partials if k[0] == msg.sender)
         for old in mine[: max(0, len(mine) - MAX_PARTIALS_PER_SENDER + 1)]:
             del self._partials[old]  # drop the oldest unfinished transfers
-        partial = self._partials[key] = _Partial(header=header, signature=msg.signature, buffer=bytearray(msg.size))
+        partial = self._partials[key] = _Partial(opening=opening, buffer=bytearray(msg.size))
         return partial
 
     def pending(self) -> list[tuple[int, int, int]]:

@@ -59,8 +59,8 @@ class WeightsChunk:
     index: int
     count: int
     size: int  # total payload bytes
-    sha256: str  # hex digest of the whole payload
-    signature: bytes  # Ed25519 over header_bytes(chunk)
+    sha256: str  # hex digest of the whole payload, in the last chunk only ("" in the others)
+    signature: bytes  # Ed25519 over header_bytes(chunk) (so the last chunk signs the digest)
     data: bytes
 
 
@@ -242,7 +242,8 @@ def decode(b: bytes) -> Any:
 
 
 def header_bytes(chunk: WeightsChunk) -> bytes:
-    """Canonical signed header of a weights transfer (index and data are covered by sha256)."""
+    """Canonical signed header of a weights transfer (index and data are covered by the sha256,
+    which only the last chunk carries)."""
     return msgpack.packb(
         [chunk.job_id, chunk.round, chunk.sender, chunk.seq, chunk.count, chunk.size, chunk.sha256],
         use_bin_type=True,

@@ -8,7 +8,7 @@ import pytest
 
 from peers.attacks import tamper_payload
 from peers.exchange import Completed, Reassembler, Rejected, send_payload
-from peers.protocol import ProtocolError, WeightsChunk, from_message, header_bytes
+from peers.protocol import ProtocolError, WeightsChunk, from_message, header_bytes, to_message
 from peers.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.memory import MemoryTransport
@@ -196,8 +196,55 @@ async def test_too_large_and_bad_index(keys, transport):
     chunk.signature = key.sign(header_bytes(chunk))
     assert r.feed(chunk).reason.startswith("inconsistent chunk count")
     chunk.seq, chunk.count, chunk.size, chunk.data = 3, 2, 4, b"12345"  # more data than declared
+    chunk.sha256 = ""  # (not the last chunk: no digest)
     chunk.signature = key.sign(header_bytes(chunk))
     assert r.feed(chunk).reason.startswith("chunk data exceeds declared size")
+
+
+@pytest.mark.asyncio
+async def test_digest_travels_signed_in_the_last_chunk_only(keys, transport):
+    t = transport
+    payload = os.urandom(CHUNK * 3 + 5)
+    await _send(t, keys, payload)
+    msgs = await _drain(t)
+    assert [m["sha256"] for m in msgs] == ["", "", "", sha256_hex(payload)]
+    assert len({m["signature"] for m in msgs[:-1]}) == 1 and msgs[-1]["signature"] != msgs[0]["signature"]
+    # the last chunk may arrive first
+    r = _reassembler(keys)
+    assert _feed_all(r, [msgs[3], msgs[1], msgs[0], msgs[2]]) == [Completed(ALICE, 1, 0, payload)]
+
+    def signed(msg, key=keys[ALICE], **changes):
+        chunk = from_message({**msg, **changes})
+        chunk.signature = key.sign(header_bytes(chunk))
+        return to_message(chunk)
+
+    # a digest on any other chunk, or a last chunk without one, kills the transfer (both validly signed)
+    r = _reassembler(keys)
+    assert r.feed(signed(msgs[0], sha256=sha256_hex(payload))) == Rejected(
+        ALICE, 1, "the sha256 must come with the last chunk, and only with it")
+    assert r.feed(msgs[1]) is None and r.pending() == []
+    r = _reassembler(keys)
+    assert _feed_all(r, msgs[:3] + [signed(msgs[3], sha256="")]) == [
+        Rejected(ALICE, 1, "the sha256 must come with the last chunk, and only with it")]
+    # a closing digest signed by someone else is a forgery: dropped, and the real one still completes
+    r = _reassembler(keys)
+    forged = signed(msgs[3], key=keys[MALLORY], sha256="ab" * 32)
+    assert _feed_all(r, msgs[:3] + [forged]) == [Rejected(ALICE, 1, "bad signature")]
+    assert _feed_all(r, msgs[3:]) == [Completed(ALICE, 1, 0, payload)]
+
+
+@pytest.mark.asyncio
+async def test_spliced_transfers_fail_the_digest(keys, transport):
+    """Two sends under the same signed opening header (a resend of seq 0 with other content):
+    chunks of one with the last chunk of the other never pass as either."""
+    t = transport
+    first, second = os.urandom(CHUNK * 2 + 1), os.urandom(CHUNK * 2 + 1)
+    await _send(t, keys, first)
+    a = await _drain(t)
+    await _send(t, keys, second)
+    b = await _drain(t)
+    assert a[0]["signature"] == b[0]["signature"]  # same opening header, same (deterministic) signature
+    assert _feed_all(_reassembler(keys), a[:2] + b[2:]) == [Rejected(ALICE, 1, "sha256 mismatch")]
 
 
 def test_feed_rejects_malformed_dicts(keys):
