@@ -30,10 +30,10 @@ import torch
 from peers.data import LocalData
 from peers.models import build_model
 from peers.simulate import Evaluator, SimConfig, load_shards, run_simulation, union_eval, union_train
-from peers.training import LocalTrainer, mix, select_device
+from peers.training import LocalTrainer, mix, scheduled_lr, select_device
 
-FULL = {"rounds": 300, "local_steps": 5, "lr": 1.0}
-QUICK = {"rounds": 60, "local_steps": 5, "lr": 1.0}
+FULL = {"rounds": 300, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
+QUICK = {"rounds": 60, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
 BASELINE_LRS = (0.1, 0.3, 0.5, 1.0)  # the centralized baseline is also shown at its best lr
 
 
@@ -49,7 +49,11 @@ def centralized(cfg: SimConfig, datas: list[LocalData], steps: int, device) -> t
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # as the peers train (see peers.simulate)
-        trainer.train(steps)
+        # the same schedule as the peers', per round-sized slice of the steps
+        per_round = max(1, round(steps / cfg.rounds))
+        for r, start in enumerate(range(0, steps, per_round), start=1):
+            trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule, r, cfg.rounds))
+            trainer.train(min(per_round, steps - start))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return trainer.evaluate().accuracy, time.perf_counter() - started
@@ -105,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--local-steps", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", help="comma-separated seeds, figures are their mean (full: 0,1,2; quick: 0)")
     parser.add_argument("--skip-others", action="store_true", help="only ring and centralized (for sweeps)")
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     plan = PLAN[:1] if args.skip_others else PLAN
     print(f"accuracy: {args.peers} peers, digits {args.partition}, MLP, {hp['rounds']} rounds x "
-          f"{hp['local_steps']} local steps, lr {hp['lr']}, batch {args.batch_size}; seeds {seeds}; device {card}",
+          f"{hp['local_steps']} local steps, lr {hp['lr']} ({hp['lr_schedule']}), batch {args.batch_size}; seeds {seeds}; device {card}",
           flush=True)
 
     started = time.perf_counter()
@@ -172,7 +177,7 @@ def main(argv=None) -> int:
         "baseline_per_seed": [round(rows["central"]["accuracy"], 4) for rows in per_seed],
         "spectral_gap_ring": round(mean("ring", "gap"), 4),
         "device": card, "quick": args.quick, "rounds": hp["rounds"], "local_steps": hp["local_steps"],
-        "lr": hp["lr"], "batch_size": args.batch_size, "peers": args.peers, "partition": args.partition,
+        "lr": hp["lr"], "lr_schedule": hp["lr_schedule"], "batch_size": args.batch_size, "peers": args.peers, "partition": args.partition,
         "epochs": round(epochs, 1), "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))

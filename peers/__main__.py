@@ -78,7 +78,8 @@ def cmd_simulate(args) -> int:
     if "LOG_LEVEL" not in os.environ:  # the progress display replaces the peers' per-round lines
         logging.getLogger("peers").setLevel(logging.WARNING)
     cfg = SimConfig(peers=args.peers, topology=args.topology, rounds=args.rounds, partition=args.partition,
-                    local_steps=args.local_steps, lr=args.lr, model=args.model, hidden=args.hidden,
+                    local_steps=args.local_steps, lr=args.lr, lr_schedule=args.lr_schedule,
+                    model=args.model, hidden=args.hidden,
                     batch_size=args.batch_size, rule=args.rule, rule_params=args.rule_params,
                     seed=args.seed, device=args.device,
                     degree=args.degree, every_k=args.every_k, dynamic_base=args.dynamic_base)
@@ -126,6 +127,8 @@ def main(argv=None) -> int:
     sim.add_argument("--partition", default="dirichlet:0.5", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA")
     sim.add_argument("--local-steps", type=int, default=20)
     sim.add_argument("--lr", type=float, default=0.1)
+    sim.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                     help="cosine: decay from --lr to lr/rounds over the rounds")
     sim.add_argument("--batch-size", type=int, default=32)
     sim.add_argument("--model", default="mlp", help="mlp, logreg, cnn or resnet")
     sim.add_argument("--hidden", type=int, default=64)

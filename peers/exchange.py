@@ -58,7 +58,7 @@ async def send_payload(
         job_id=job_id, round=round, sender=sender, seq=seq, index=0, count=count,
         size=len(payload), sha256="", signature=b"", data=b"",
     )
-    opening = key.sign(header_bytes(chunk))
+    opening = key.sign(header_bytes(chunk)) if count > 1 else b""  # a single chunk only closes
     hasher = None if sha256 else hashlib.sha256()
     view = memoryview(payload)
 

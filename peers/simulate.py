@@ -37,7 +37,7 @@ from peers.models import build_model
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
-from peers.training import LocalTrainer, mix, select_device
+from peers.training import LocalTrainer, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.wire import pack_state
@@ -55,6 +55,7 @@ class SimConfig:
     partition: str = "dirichlet:0.5"
     local_steps: int = 20
     lr: float = 0.1
+    lr_schedule: str = "constant"  # or "cosine" (peers.training.scheduled_lr)
     model: str = "mlp"
     hidden: int = 64
     batch_size: int = 32
@@ -70,7 +71,7 @@ class SimConfig:
     def job_config(self, data: LocalData) -> dict:
         """What the platform's Job.config() would send (plus the rule)."""
         return {"dataset": "digits", "model": self.model, "hidden": self.hidden, "lr": self.lr,
-                "local_steps": self.local_steps, "batch_size": self.batch_size, "seed": self.seed,
+                "lr_schedule": self.lr_schedule, "local_steps": self.local_steps, "batch_size": self.batch_size, "seed": self.seed,
                 "num_features": data.num_features, "num_classes": data.num_classes, "rule": self.rule,
                 "rule_params": dict(self.rule_params)}
 
@@ -176,6 +177,7 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
         from peers.rules import get_rule
 
         get_rule(cfg.rule)
+    scheduled_lr(cfg.lr, cfg.lr_schedule, 1, cfg.rounds)
     build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
                 input_shape=data.input_shape)
 
@@ -296,7 +298,9 @@ def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
     for r in range(1, cfg.rounds + 1):
         started = time.perf_counter()
         uploads, losses = [], []
+        lr = scheduled_lr(cfg.lr, cfg.lr_schedule, r, cfg.rounds)
         for t in trainers:
+            t.set_lr(lr)
             t.load_state(global_state)
             with proximal(t.model, global_state, mu) if mu else contextlib.nullcontext():
                 losses.append(t.train(cfg.local_steps).loss)
@@ -370,7 +374,7 @@ def simulate_cli(cfg: SimConfig, *, as_json: bool = False) -> int:
     console = Console(stderr=as_json)
     datas = prepare(cfg)
     title = (f"{cfg.peers} peers, {cfg.topology}, {cfg.rule}, {cfg.partition}, "
-             f"{cfg.local_steps} local steps, lr {cfg.lr}")
+             f"{cfg.local_steps} local steps, lr {cfg.lr}" + (f" ({cfg.lr_schedule})" if cfg.lr_schedule != "constant" else ""))
     progress = Progress(
         TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
         TextColumn("acc {task.fields[acc]} (min {task.fields[lo]}, max {task.fields[hi]}) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,24 @@ def select_device(spec: str = "auto") -> torch.device:
             raise RuntimeError(f"device {spec!r} requested but only {torch.cuda.device_count()} GPU(s) present")
         return dev
     raise ValueError(f"unknown device {spec!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, round: int, total_rounds: int) -> float:
+    """The learning rate for ``round`` (1-based) of ``total_rounds``.
+
+    ``constant``: ``lr`` throughout. ``cosine``: from ``lr`` in round 1 down to ``lr /
+    total_rounds`` in the last round along half a cosine. In decentralized SGD the peers'
+    models drift apart by an amount that grows with the step size; decaying it lets the
+    gossip pull them together by the end (Koloskova et al. 2020)."""
+    if schedule == "constant" or total_rounds <= 1:
+        return lr
+    if schedule == "cosine":
+        progress = min(max(round - 1, 0), total_rounds - 1) / (total_rounds - 1)
+        return lr / total_rounds + (lr - lr / total_rounds) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,12 @@ class LocalTrainer:
         self.generator.manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long, device=self.device)
         self._cursor = 0
+
+    def set_lr(self, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"need lr > 0, got {lr}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _autocast(self):
         if self.device.type == "cuda":

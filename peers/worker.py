@@ -24,7 +24,7 @@ from peers.protocol import (
 )
 from peers.rules import get_rule
 from peers.signing import NodeKey, verify
-from peers.training import LocalTrainer
+from peers.training import LocalTrainer, scheduled_lr
 from peers.wire import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
@@ -152,7 +152,8 @@ class Peer:
             if cfg.get("num_features") not in (None, self.data.num_features):
                 raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg['num_features']}")
             classes = int(cfg.get("num_classes", self.data.num_classes))
-            get_rule(cfg.get("rule", "mean"))  # unknown rules fail here, before any training
+            get_rule(cfg.get("rule", "mean"))  # unknown rules and schedules fail here, before any training
+            scheduled_lr(1.0, cfg.get("lr_schedule", "constant"), 1, 2)
             model = build_model(cfg["model"], self.data.num_features, classes, hidden=int(cfg.get("hidden", 64)),
                                 seed=int(cfg["seed"]), input_shape=self.data.input_shape)
             trainer = LocalTrainer(model, self.data, lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]),
@@ -181,6 +182,8 @@ class Peer:
         cfg = plan.config
 
         steps = int(cfg["local_steps"])
+        state.trainer.set_lr(scheduled_lr(float(cfg["lr"]), cfg.get("lr_schedule", "constant"),
+                                          plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         local = state.trainer.state()

@@ -15,6 +15,7 @@ from peers import topology
 from peers.compression import get_compressor
 from peers.models import MODEL_CHOICES
 from peers.rules import RULES
+from peers.training import LR_SCHEDULES
 
 FORM = {"name": "j", "description": "", "is_public": "on", "dataset": "digits", "model": "mlp", "hidden": 32,
         "topology": "ring", "degree": 4, "redraw_every": 5, "rule": "mean", "byzantine_f": 0, "clip_norm": 10,
@@ -26,6 +27,7 @@ def test_platform_choices_exist_on_the_peer_side():
     assert {k for k, _ in job_models.MODEL_CHOICES} <= set(MODEL_CHOICES)
     assert {k for k, _ in job_models.TOPOLOGY_CHOICES} <= set(topology.TOPOLOGIES)
     assert {k for k, _ in job_models.RULE_CHOICES} == set(RULES)
+    assert {k for k, _ in job_models.LR_SCHEDULE_CHOICES} == set(LR_SCHEDULES)
     for spec, _ in job_models.COMPRESSION_CHOICES:
         get_compressor(spec)
 
@@ -81,3 +83,14 @@ def test_dynamic_topology_cuts_links_that_missed_the_deadline():
     assert slow not in {n["node_id"] for n in plans[nodes[0].channel]["neighbours"]}
     assert len(plans[nodes[0].channel]["neighbours"]) == 3  # still 3-regular: reconnected elsewhere
     assert job.spectral_gap() > 0
+
+
+def test_learning_rate_schedule_defaults_to_cosine_and_reaches_the_plan():
+    form = JobForm(FORM)  # a client that leaves the schedule out
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["lr_schedule"] == "cosine"
+    form = JobForm({**FORM, "lr_schedule": "constant"})
+    assert form.is_valid() and form.cleaned_data["lr_schedule"] == "constant"
+    assert Job(lr_schedule="constant").config()["lr_schedule"] == "constant"
+    form = JobForm({**FORM, "lr_schedule": "step"})
+    assert not form.is_valid() and "lr_schedule" in form.errors

@@ -11,12 +11,12 @@ class JobForm(forms.ModelForm):
         fields = [
             "name", "description", "is_public", "dataset", "model", "hidden", "topology", "degree",
             "redraw_every", "rule", "byzantine_f", "clip_norm", "compression",
-            "num_peers", "rounds", "local_steps", "lr", "batch_size", "round_timeout_s",
+            "num_peers", "rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s",
             "min_vram_gb", "require_cuda", "reward_per_round",
         ]
         labels = {
             "num_peers": "Number of peers", "local_steps": "Local steps per round (tau)",
-            "lr": "Learning rate", "round_timeout_s": "Round deadline (seconds)",
+            "lr": "Learning rate", "lr_schedule": "Learning-rate schedule", "round_timeout_s": "Round deadline (seconds)",
             "min_vram_gb": "Minimum GPU memory (GB)", "require_cuda": "Requires CUDA",
             "reward_per_round": "Reward per round (tokens)", "hidden": "Hidden units (MLP)",
             "rule": "Aggregation rule", "byzantine_f": "Faulty neighbours tolerated (f)",
@@ -27,7 +27,7 @@ class JobForm(forms.ModelForm):
     FIELDSETS = [
         ("Job", ["name", "description", "is_public"]),
         ("Data and model", ["dataset", "model", "hidden"]),
-        ("Training", ["rounds", "local_steps", "lr", "batch_size", "round_timeout_s"]),
+        ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
         ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round"]),
@@ -37,7 +37,7 @@ class JobForm(forms.ModelForm):
         return [(title, [self[name] for name in names]) for title, names in self.FIELDSETS]
 
     # Advanced options fall back to the model's defaults when a client leaves them out.
-    OPTIONAL = ("degree", "redraw_every", "rule", "byzantine_f", "clip_norm", "compression")
+    OPTIONAL = ("degree", "redraw_every", "rule", "byzantine_f", "clip_norm", "compression", "lr_schedule")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 # The peer side implements these names (peers.models, peers.topology, peers.rules,
-# peers.compression); tests/test_job_options.py keeps both sides in step.
+# peers.compression, peers.training.LR_SCHEDULES); tests/test_job_options.py keeps both sides in step.
 MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression"), ("cnn", "Small CNN")]
 TOPOLOGY_CHOICES = [
     ("ring", "Ring (two neighbours each)"),
@@ -31,6 +31,7 @@ COMPRESSION_CHOICES = [
     ("topk:0.1", "Top-10% sparsification with error feedback"),
     ("topk:0.01", "Top-1% sparsification with error feedback"),
 ]
+LR_SCHEDULE_CHOICES = [("cosine", "Cosine decay (to lr / rounds in the last round)"), ("constant", "Constant")]
 DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)"), ("synthetic", "FedProx Synthetic (60 features, 10 classes)")]
 DATASET_SHAPES = {"digits": (64, 10), "synthetic": (60, 10)}  # task -> (features, classes)
 
@@ -59,6 +60,7 @@ class Job(models.Model):
     rounds = models.PositiveIntegerField(default=5)
     local_steps = models.PositiveIntegerField(default=20)
     lr = models.FloatField(default=0.1)
+    lr_schedule = models.CharField(max_length=16, choices=LR_SCHEDULE_CHOICES, default="cosine")
     batch_size = models.PositiveIntegerField(default=32)
     topology = models.CharField(max_length=32, choices=TOPOLOGY_CHOICES, default="ring")
     degree = models.PositiveIntegerField(default=4, help_text="Neighbours per peer (expander and dynamic).")
@@ -100,7 +102,7 @@ class Job(models.Model):
         features, classes = self.shape
         return {
             "dataset": self.dataset, "model": self.model, "hidden": self.hidden,
-            "lr": self.lr, "local_steps": self.local_steps, "batch_size": self.batch_size,
+            "lr": self.lr, "lr_schedule": self.lr_schedule, "local_steps": self.local_steps, "batch_size": self.batch_size,
             "seed": self.seed, "num_features": features, "num_classes": classes,
             "rule": self.rule, "rule_params": self.rule_params(), "compression": self.compression,
         }
