@@ -96,7 +96,11 @@ async def send_payload(
     while batch:
         in_flight = asyncio.ensure_future(send(batch))
         if not ahead and built < count:
-            ahead = next_batch()  # serialise and hash the next batch while this one travels
+            try:
+                ahead = next_batch()  # serialise and hash the next batch while this one travels
+            except BaseException:
+                in_flight.cancel()
+                raise
         try:
             sent = await in_flight
         except Exception as exc:
