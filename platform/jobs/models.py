@@ -31,7 +31,7 @@ COMPRESSION_CHOICES = [
     ("topk:0.1", "Top-10% sparsification with error feedback"),
     ("topk:0.01", "Top-1% sparsification with error feedback"),
 ]
-LR_SCHEDULE_CHOICES = [("cosine", "Cosine decay (to lr / rounds in the last round)"), ("constant", "Constant")]
+LR_SCHEDULE_CHOICES = [("cosine", "Cosine decay"), ("constant", "Constant")]
 DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)"), ("synthetic", "FedProx Synthetic (60 features, 10 classes)")]
 DATASET_SHAPES = {"digits": (64, 10), "synthetic": (60, 10)}  # task -> (features, classes)
 
@@ -60,7 +60,8 @@ class Job(models.Model):
     rounds = models.PositiveIntegerField(default=5)
     local_steps = models.PositiveIntegerField(default=20)
     lr = models.FloatField(default=0.1)
-    lr_schedule = models.CharField(max_length=16, choices=LR_SCHEDULE_CHOICES, default="cosine")
+    lr_schedule = models.CharField(max_length=16, choices=LR_SCHEDULE_CHOICES, default="cosine",
+                                   help_text="Cosine: from the learning rate down to 1/rounds of it in the last round.")
     batch_size = models.PositiveIntegerField(default=32)
     topology = models.CharField(max_length=32, choices=TOPOLOGY_CHOICES, default="ring")
     degree = models.PositiveIntegerField(default=4, help_text="Neighbours per peer (expander and dynamic).")

@@ -1,6 +1,7 @@
 from django.db import migrations, models
 
-CHOICES = [("cosine", "Cosine decay (to lr / rounds in the last round)"), ("constant", "Constant")]
+CHOICES = [("cosine", "Cosine decay"), ("constant", "Constant")]
+HELP = "Cosine: from the learning rate down to 1/rounds of it in the last round."
 
 
 class Migration(migrations.Migration):
@@ -14,11 +15,11 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="job",
             name="lr_schedule",
-            field=models.CharField(choices=CHOICES, default="constant", max_length=16),
+            field=models.CharField(choices=CHOICES, default="constant", help_text=HELP, max_length=16),
         ),
         migrations.AlterField(
             model_name="job",
             name="lr_schedule",
-            field=models.CharField(choices=CHOICES, default="cosine", max_length=16),
+            field=models.CharField(choices=CHOICES, default="cosine", help_text=HELP, max_length=16),
         ),
     ]
