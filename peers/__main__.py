@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     sim.add_argument("--partition", default="dirichlet:0.5", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA")
     sim.add_argument("--local-steps", type=int, default=20)
     sim.add_argument("--lr", type=float, default=0.1)
-    sim.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+    sim.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
                      help="cosine: decay from --lr to lr/rounds over the rounds")
     sim.add_argument("--batch-size", type=int, default=32)
     sim.add_argument("--model", default="mlp", help="mlp, logreg, cnn or resnet")

@@ -55,7 +55,7 @@ class SimConfig:
     partition: str = "dirichlet:0.5"
     local_steps: int = 20
     lr: float = 0.1
-    lr_schedule: str = "constant"  # or "cosine" (peers.training.scheduled_lr)
+    lr_schedule: str = "cosine"  # or "constant" (peers.training.scheduled_lr); cosine as new platform jobs
     model: str = "mlp"
     hidden: int = 64
     batch_size: int = 32
