@@ -30,7 +30,7 @@ import torch
 from peers.data import LocalData
 from peers.models import build_model
 from peers.simulate import Evaluator, SimConfig, load_shards, run_simulation, union_eval, union_train
-from peers.training import LocalTrainer, mix, scheduled_lr, select_device
+from peers.training import LR_SCHEDULES, LocalTrainer, mix, scheduled_lr, select_device
 
 FULL = {"rounds": 300, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
 QUICK = {"rounds": 60, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--local-steps", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", help="comma-separated seeds, figures are their mean (full: 0,1,2; quick: 0)")
     parser.add_argument("--skip-others", action="store_true", help="only ring and centralized (for sweeps)")

@@ -66,10 +66,10 @@ async def send_payload(
         data = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])
         if hasher is not None:
             hasher.update(data)
-        last = index == count - 1
-        closing = dataclasses.replace(chunk, sha256=sha256 or hasher.hexdigest()) if last else chunk
-        closing.index, closing.data = index, data
-        closing.signature = key.sign(header_bytes(closing)) if last else opening
+        if index < count - 1:
+            return to_message(dataclasses.replace(chunk, index=index, signature=opening, data=data))
+        closing = dataclasses.replace(chunk, index=index, sha256=sha256 or hasher.hexdigest(), data=data)
+        closing.signature = key.sign(header_bytes(closing))
         return to_message(closing)
 
     send_many = getattr(transport, "send_many", None)

@@ -37,7 +37,7 @@ from peers.models import build_model
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, node_channel, to_message
 from peers.signing import NodeKey
-from peers.training import LocalTrainer, mix, scheduled_lr, select_device
+from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.wire import pack_state
@@ -177,7 +177,7 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
         from peers.rules import get_rule
 
         get_rule(cfg.rule)
-    scheduled_lr(cfg.lr, cfg.lr_schedule, 1, cfg.rounds)
+    check_lr_schedule(cfg.lr_schedule)
     build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
                 input_shape=data.input_shape)
 

@@ -45,12 +45,17 @@ def scheduled_lr(lr: float, schedule: str, round: int, total_rounds: int) -> flo
     total_rounds`` in the last round along half a cosine. In decentralized SGD the peers'
     models drift apart by an amount that grows with the step size; decaying it lets the
     gossip pull them together by the end (Koloskova et al. 2020)."""
-    if schedule == "constant" or total_rounds <= 1:
+    if check_lr_schedule(schedule) == "constant" or total_rounds <= 1:
         return lr
-    if schedule == "cosine":
-        progress = min(max(round - 1, 0), total_rounds - 1) / (total_rounds - 1)
-        return lr / total_rounds + (lr - lr / total_rounds) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown lr schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
+    progress = min(max(round - 1, 0), total_rounds - 1) / (total_rounds - 1)
+    return lr / total_rounds + (lr - lr / total_rounds) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_lr_schedule(schedule: str) -> str:
+    """``schedule`` if it is one of ``LR_SCHEDULES``; raises ``ValueError`` otherwise."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
+    return schedule
 
 
 @dataclass(frozen=True)

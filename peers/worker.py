@@ -24,7 +24,7 @@ from peers.protocol import (
 )
 from peers.rules import get_rule
 from peers.signing import NodeKey, verify
-from peers.training import LocalTrainer, scheduled_lr
+from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.wire import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
@@ -153,7 +153,7 @@ class Peer:
                 raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg['num_features']}")
             classes = int(cfg.get("num_classes", self.data.num_classes))
             get_rule(cfg.get("rule", "mean"))  # unknown rules and schedules fail here, before any training
-            scheduled_lr(1.0, cfg.get("lr_schedule", "constant"), 1, 2)
+            check_lr_schedule(cfg.get("lr_schedule", "constant"))
             model = build_model(cfg["model"], self.data.num_features, classes, hidden=int(cfg.get("hidden", 64)),
                                 seed=int(cfg["seed"]), input_shape=self.data.input_shape)
             trainer = LocalTrainer(model, self.data, lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]),

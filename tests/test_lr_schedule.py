@@ -25,6 +25,8 @@ def test_cosine_starts_at_lr_ends_at_lr_over_rounds_and_only_decreases():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
         scheduled_lr(0.1, "step", 1, 10)
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
+        scheduled_lr(0.1, "step", 1, 1)  # even where every schedule gives lr
     assert set(LR_SCHEDULES) == {"constant", "cosine"}
 
 

@@ -32,8 +32,7 @@ def _lean_class():
     class LeanRESP3Parser(_AsyncRESP3Parser):
         async def _read(self, length: int):
             want = length + 2
-            end = self._pos + want
-            if length < VIEW_MIN_BYTES or len(self._buffer) >= end or self._pos < len(self._buffer):
+            if length < VIEW_MIN_BYTES or self._pos < len(self._buffer):
                 return await super()._read(length)  # small, or (re)parsing what was read before
             data = await self._stream.readexactly(want)
             self._chunks.append(data)  # as redis-py does: a cancelled reply is parsed again from these
