@@ -96,6 +96,7 @@ async def send_payload(
     while batch:
         in_flight = asyncio.ensure_future(send(batch))
         if not ahead and built < count:
+            await asyncio.sleep(0)  # let the send write its batch out before the loop is busy building
             try:
                 ahead = next_batch()  # serialise and hash the next batch while this one travels
             except BaseException:
