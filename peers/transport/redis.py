@@ -164,7 +164,9 @@ class RedisChannelTransport:
         # the batch untrimmed.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(key, min=0, max=cutoff)
-            pipe.zadd(key, dict(scored))
+            # ZADD as a flat command: redis-py's zadd() takes a dict, and building one hashes
+            # every (megabyte-sized) member in Python just to throw the hashes away.
+            pipe.execute_command("ZADD", key, *[x for member, score in scored for x in (repr(score), member)])
             pipe.expire(key, int(self.expiry))
             pipe.eval(_TRIM_SCRIPT, 1, key, *trim_args)
             results = await pipe.execute()
