@@ -212,16 +212,24 @@ async def run_size(params: int, args, url: str) -> dict:
     prefix = f"bench-exchange-{uuid.uuid4().hex[:8]}:"
     channel = node_channel(RECEIVER)
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_receiver_main, daemon=True,
-                       args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)))
-    proc.start()
+
+    def receiver():
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_receiver_main, daemon=True,
+                           args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)))
+        proc.start()
+        return parent, proc
+
+    # Each side gets its own receiver process, so neither's allocations decide how many fresh
+    # pages (page faults) the other's reads touch.
+    parent, proc = receiver()
+    base_parent, base_proc = receiver()
     transport = RedisChannelTransport(url, prefix=prefix)
     raw = redis.Redis.from_url(url)
     ours, base, first_peak = [], [], 0
     try:
         for rep in range(args.repeats + 1):  # rep 0 is the warm-up
-            b = _baseline_once(raw, parent, proc, prefix + "baseline", payload)
+            b = _baseline_once(raw, base_parent, base_proc, prefix + "baseline", payload)
             o = await _ours_once(transport, parent, proc, channel, state, key, seq=rep, chunk_bytes=args.chunk_bytes)
             if o["fingerprint"] != expected_fp or o["size"] != size:
                 raise RuntimeError("received state differs from the sent one")
@@ -230,11 +238,13 @@ async def run_size(params: int, args, url: str) -> dict:
                 base.append(b)
             else:
                 first_peak = o["peak"]
-        parent.send(("stop",))
-        proc.join(30)
+        for conn, p in ((parent, proc), (base_parent, base_proc)):
+            conn.send(("stop",))
+            p.join(30)
     finally:
-        if proc.is_alive():
-            proc.terminate()
+        for p in (proc, base_proc):
+            if p.is_alive():
+                p.terminate()
         await transport.close()
         leftovers = list(raw.scan_iter(match=prefix + "*"))
         if leftovers:
@@ -268,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 7, quick 3)")
     ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
+    ap.add_argument("--params", type=int, action="append", default=None,
+                    help="model size to run (repeatable; default 1M, 25M and 100M, quick: 1M and 25M)")
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     if args.repeats < 3:
         ap.error("--repeats must be >= 3")
     args.chunk_bytes = args.chunk_kib * 1024 if args.chunk_kib else None
-    sizes = SIZES_QUICK if args.quick else SIZES_FULL
+    sizes = args.params or (SIZES_QUICK if args.quick else SIZES_FULL)
 
     rows = [asyncio.run(run_size(p, args, args.url)) for p in sizes]
 

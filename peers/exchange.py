@@ -16,6 +16,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+from peers.buffers import BufferPool
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
 from peers.signing import NodeKey, verify
 from peers.transport.base import ChannelFull, Transport, is_channel_full
@@ -140,9 +141,10 @@ class Rejected:
 
 @dataclass
 class _Partial:
-    """One transfer in progress. In-order chunks are copied into ``buffer`` (allocated once at
-    the signed size, which is at most ``max_bytes``: growing it instead costs a copy per
-    realloc) and hashed as they come; chunks that arrive early wait in ``early``."""
+    """One transfer in progress. In-order chunks are copied into ``buffer`` (of the signed size,
+    which is at most ``max_bytes``, from the reassembler's pool: growing a buffer instead costs
+    a copy per realloc, a fresh one a page fault per page) and hashed as they come; chunks
+    that arrive early wait in ``early``."""
 
     opening: bytes  # the signed header without the digest, as every chunk but the last carries it
     buffer: bytearray
@@ -166,10 +168,11 @@ class Reassembler:
     forger cannot block the real sender's transfer.
     """
 
-    def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int):
+    def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int, pool: BufferPool | None = None):
         self.public_keys = dict(public_keys)
         self.job_id = job_id
         self.max_bytes = max_bytes
+        self.pool = pool if pool is not None else BufferPool()  # payload buffers, recycled round after round
         self.min_round = 0
         self._partials: dict[tuple[int, int, int], _Partial] = {}
         self._completed: set[tuple[int, int, int]] = set()
@@ -257,7 +260,7 @@ class Reassembler:
         mine = sorted(k for k in self._partials if k[0] == msg.sender)
         for old in mine[: max(0, len(mine) - MAX_PARTIALS_PER_SENDER + 1)]:
             del self._partials[old]  # drop the oldest unfinished transfers
-        partial = self._partials[key] = _Partial(opening=opening, buffer=bytearray(msg.size))
+        partial = self._partials[key] = _Partial(opening=opening, buffer=self.pool.take(msg.size))
         return partial
 
     def pending(self) -> list[tuple[int, int, int]]:
