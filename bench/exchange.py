@@ -1,6 +1,7 @@
 """Weights exchange over real Redis: the project's path vs raw redis-py SET + GET.
 
     python -m bench exchange [--quick] [--device cpu|cuda] [--repeats N] [--url REDIS_URL]
+                             [--params N ...] [--chunk-kib K] [--shared-receiver]
 
 One model (a state dict of float32 tensors: 1M, 25M and 100M parameters; ``--quick``: 1M
 and 25M) moves from peer A (this process) to peer B (a separate, freshly spawned receiver
@@ -15,8 +16,11 @@ the time includes serialisation, hashing, signing, chunking, Redis, reassembly a
 validation; sender and receiver run concurrently.
 
 Baseline: raw redis-py (sync) ``SET`` of the same payload bytes by the sender plus ``GET``
-by the receiver process, timed separately and added. It is **bytes only**: no pack_state,
-no unpack_state, no hashing, no flow control. ``value``/``baseline`` are MB/s (1 MB = 1e6 B
+by a second receiver process (started and warmed like ours), timed separately and added. It
+is **bytes only**: no pack_state, no unpack_state, no hashing, no flow control. The GET has
+a process of its own because a read's cost depends on how much freed memory the process has
+to reuse (fresh pages cost a page fault each): sharing one process, each side's speed
+depended on the other's allocations (``--shared-receiver`` measures that way). ``value``/``baseline`` are MB/s (1 MB = 1e6 B
 of safetensors payload) for the largest size; the target is ratio >= 0.8 at every size.
 
 Memory: the receiver (torch initialised, as in a running peer) resets its peak RSS
@@ -221,9 +225,9 @@ async def run_size(params: int, args, url: str) -> dict:
         return parent, proc
 
     # Each side gets its own receiver process, so neither's allocations decide how many fresh
-    # pages (page faults) the other's reads touch.
+    # pages (page faults) the other's reads touch (--shared-receiver: one process for both).
     parent, proc = receiver()
-    base_parent, base_proc = receiver()
+    base_parent, base_proc = (parent, proc) if args.shared_receiver else receiver()
     transport = RedisChannelTransport(url, prefix=prefix)
     raw = redis.Redis.from_url(url)
     ours, base, first_peak = [], [], 0
@@ -238,11 +242,11 @@ async def run_size(params: int, args, url: str) -> dict:
                 base.append(b)
             else:
                 first_peak = o["peak"]
-        for conn, p in ((parent, proc), (base_parent, base_proc)):
+        for conn, p in {proc: (parent, proc), base_proc: (base_parent, base_proc)}.values():
             conn.send(("stop",))
             p.join(30)
     finally:
-        for p in (proc, base_proc):
+        for p in {proc, base_proc}:
             if p.is_alive():
                 p.terminate()
         await transport.close()
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 7, quick 3)")
     ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
+    ap.add_argument("--shared-receiver", action="store_true",
+                    help="the baseline's GET runs in our receiver's process (the method before 2026-11-25)")
     ap.add_argument("--params", type=int, action="append", default=None,
                     help="model size to run (repeatable; default 1M, 25M and 100M, quick: 1M and 25M)")
     args = ap.parse_args(argv)
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "quick": bool(args.quick), "repeats": args.repeats,
         "min_ratio": round(min(r["ratio"] for r in rows), 4),
         "max_peak_x_model": round(max(r["peak_x_model"] for r in rows), 3),
-        "chunk_bytes": args.chunk_bytes,
+        "chunk_bytes": args.chunk_bytes, "shared_receiver": bool(args.shared_receiver),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
     print(json.dumps(result))
