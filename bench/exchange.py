@@ -20,8 +20,9 @@ by a second receiver process (started and warmed like ours), timed separately an
 is **bytes only**: no pack_state, no unpack_state, no hashing, no flow control. The GET has
 a process of its own because a read's cost depends on how much freed memory the process has
 to reuse (fresh pages cost a page fault each): sharing one process, each side's speed
-depended on the other's allocations (``--shared-receiver`` measures that way). ``value``/``baseline`` are MB/s (1 MB = 1e6 B
-of safetensors payload) for the largest size; the target is ratio >= 0.8 at every size.
+depended on the other's allocations (``--shared-receiver`` measures that way).
+``value``/``baseline`` are MB/s (1 MB = 1e6 B of safetensors payload) for the largest size;
+the target is ratio >= 0.8 at every size.
 
 Memory: the receiver (torch initialised, as in a running peer) resets its peak RSS
 (``/proc/self/clear_refs``) before each transfer and reports VmHWM minus VmRSS at the start;
@@ -228,6 +229,7 @@ async def run_size(params: int, args, url: str) -> dict:
     # pages (page faults) the other's reads touch (--shared-receiver: one process for both).
     parent, proc = receiver()
     base_parent, base_proc = (parent, proc) if args.shared_receiver else receiver()
+    receivers = [(parent, proc)] + ([] if args.shared_receiver else [(base_parent, base_proc)])
     transport = RedisChannelTransport(url, prefix=prefix)
     raw = redis.Redis.from_url(url)
     ours, base, first_peak = [], [], 0
@@ -242,11 +244,11 @@ async def run_size(params: int, args, url: str) -> dict:
                 base.append(b)
             else:
                 first_peak = o["peak"]
-        for conn, p in {proc: (parent, proc), base_proc: (base_parent, base_proc)}.values():
+        for conn, p in receivers:
             conn.send(("stop",))
             p.join(30)
     finally:
-        for p in {proc, base_proc}:
+        for _, p in receivers:
             if p.is_alive():
                 p.terminate()
         await transport.close()
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
     ap.add_argument("--shared-receiver", action="store_true",
-                    help="the baseline's GET runs in our receiver's process (the method before 2026-11-25)")
+                    help="the baseline's GET runs in our receiver's process (the earlier method)")
     ap.add_argument("--params", type=int, action="append", default=None,
                     help="model size to run (repeatable; default 1M, 25M and 100M, quick: 1M and 25M)")
     args = ap.parse_args(argv)
