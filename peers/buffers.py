@@ -65,7 +65,3 @@ class BufferPool:
     @property
     def pooled_bytes(self) -> int:
         return self._bytes
-
-    def clear(self) -> None:
-        self._buffers.clear()
-        self._bytes = 0

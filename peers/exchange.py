@@ -168,11 +168,11 @@ class Reassembler:
     forger cannot block the real sender's transfer.
     """
 
-    def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int, pool: BufferPool | None = None):
+    def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int):
         self.public_keys = dict(public_keys)
         self.job_id = job_id
         self.max_bytes = max_bytes
-        self.pool = pool if pool is not None else BufferPool()  # payload buffers, recycled round after round
+        self.pool = BufferPool()  # payload buffers, recycled round after round
         self.min_round = 0
         self._partials: dict[tuple[int, int, int], _Partial] = {}
         self._completed: set[tuple[int, int, int]] = set()
