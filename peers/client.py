@@ -7,7 +7,11 @@ import requests
 
 
 class PlatformError(RuntimeError):
-    pass
+    """A call the platform refused (``status`` is its HTTP status) or that never reached it (None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class PlatformClient:
@@ -27,7 +31,8 @@ class PlatformClient:
         except ValueError:
             data = {"error": response.text[:200]}
         if response.status_code >= 400:
-            raise PlatformError(f"{method} {path}: HTTP {response.status_code}: {data.get('error', data)}")
+            raise PlatformError(f"{method} {path}: HTTP {response.status_code}: {data.get('error', data)}",
+                                response.status_code)
         return data
 
     def hello(self, hardware: dict, public_key: str) -> dict:

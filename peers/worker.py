@@ -168,6 +168,11 @@ class Peer:
         return state
 
     async def run_round(self, plan: RoundPlan) -> None:
+        if plan.deadline <= time.time():
+            # A plan that waited in our inbox while we were down: the platform has closed it.
+            log.info("node %s: round %s of job %s closed while this peer was away; waiting for the next plan",
+                     self.node_id, plan.round, plan.job_id)
+            return
         started = time.perf_counter()
         try:
             state = self._job_state(plan)
@@ -222,7 +227,11 @@ class Peer:
         try:
             await self.reporter.report(to_message(report))
         except Exception as exc:
-            log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
+            if getattr(exc, "status", None) == 409:  # the round closed first (deadline, or we restarted)
+                log.info("node %s: round %s of job %s closed before this report arrived (%s)",
+                         self.node_id, plan.round, plan.job_id, exc)
+            else:
+                log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
         log.info("node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
                  self.node_id, plan.job_id, plan.round, plan.total_rounds, report.accuracy,
                  len(weighted) - 1, len(plan.neighbours))

@@ -1,7 +1,6 @@
 """Rewards on a real chain: split exactness, exactly-once payouts on anvil, and eth-tester."""
 import secrets
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -10,7 +9,7 @@ from django.utils import timezone
 from accounts.models import Profile
 from jobs.models import Job, PeerReport, Round
 from ledger.chain import Chain
-from ledger.models import ContractDeployment, Payout
+from ledger.models import ContractDeployment, Payout, tokens_text
 from ledger.services import NO_ADDRESS, pay_rewards, settle, split_rewards
 from nodes.models import Node
 
@@ -80,7 +79,7 @@ def test_pay_rewards_on_anvil(chain_settings):
     assert [p.node_id for p in payouts] == [n.id for n in nodes]
     for payout, (_, address, amount) in zip(payouts, items):
         assert payout.status == Payout.Status.CONFIRMED
-        assert payout.amount_wei == amount and payout.amount_tokens == Decimal(amount) / WEI
+        assert payout.amount_wei == amount and payout.amount_text == tokens_text(amount)
         assert chain.balance_of(address) == amount
         receipt = chain.receipt(payout.tx_hash)
         assert receipt["status"] == 1

@@ -81,7 +81,9 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
         assert frame["data"]["round"] == 1 and frame["data"]["status"] == "closed" and frame["data"]["reporters"] == 2
         assert frame["data"]["mean_accuracy"] == pytest.approx(0.60)
         frame = await viewer.receive_json_from(timeout=TIMEOUT)
-        assert frame == {"kind": "status", "data": {"status": "running", "current_round": 2}}
+        assert frame["kind"] == "status"
+        assert (frame["data"]["status"], frame["data"]["current_round"]) == ("running", 2)
+        assert [(m["node"], m["consent"]) for m in frame["data"]["cohort"]] == [(n.id, True) for n in nodes]
 
         # Frames of one job never reach viewers of another.
         assert await bystander.receive_nothing(timeout=0.5)

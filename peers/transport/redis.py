@@ -90,6 +90,18 @@ return kept
 """
 
 
+def connection_options(block_s: float) -> dict:
+    """redis-py options for a transport that blocks up to ``block_s`` on a pop. redis-py 8 gives
+    every connection socket_timeout=5 by default: the socket must outlive the blocking pop, or
+    every idle wait ends in a TimeoutError. Keepalive and health checks find dead connections."""
+    return {
+        "socket_timeout": block_s + 10,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }
+
+
 class RedisChannelTransport:
     def __init__(
         self,
@@ -105,9 +117,7 @@ class RedisChannelTransport:
         self.expiry = expiry
         self.block_s = block_s
         self.prefetch = max(1, int(prefetch))
-        # The socket must outlive a blocking pop (BZMPOP), or every idle wait ends in a TimeoutError.
-        self._redis = aioredis.from_url(url, socket_timeout=block_s + 10, socket_connect_timeout=10,
-                                        **parser_options())
+        self._redis = aioredis.from_url(url, **connection_options(block_s), **parser_options())
         self._last_score = 0.0
         self._has_bzmpop = True
         # One in-flight fetch per channel, kept across cancellation so messages popped while

@@ -108,6 +108,20 @@ PLOTLY_JS_DIR = Path(importlib.util.find_spec("plotly").origin).parent / "packag
 STATICFILES_DIRS = [ROOT_DIR / "static", ("vendor/plotly", PLOTLY_JS_DIR)]
 WHITENOISE_USE_FINDERS = True  # serve from the source tree too; collectstatic is optional
 
+# Every Redis connection the platform opens (channel layer, Celery broker) is built with these
+# options. redis-py 8 gives each connection socket_timeout=5 by default, and channels_redis 4.3
+# blocks on an idle channel for 5 s (BZPOPMIN): the read then times out, and daphne closes every
+# idle websocket with 1011. The socket timeout must stay above every blocking read; keepalive
+# and health checks find dead connections instead. tests/test_redis_timeouts.py holds the rule.
+REDIS_SOCKET_TIMEOUT_S = float(os.environ.get("REDIS_SOCKET_TIMEOUT_S", "60"))
+REDIS_CONNECTION_OPTIONS = {
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": 10,
+    "socket_keepalive": True,
+    "health_check_interval": 30,
+    "retry_on_timeout": True,
+}
+
 # Channel layer: Redis in production and tests, in-memory in the embedded demo.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 if EMBEDDED:
@@ -116,7 +130,7 @@ else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 500}]},
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 500, **REDIS_CONNECTION_OPTIONS}]},
         }
     }
 # Where peers on other machines reach the channel layer (told to them by the node API).
@@ -124,6 +138,8 @@ PEER_CHANNEL_URL = os.environ.get("PEER_CHANNEL_URL", REDIS_URL)
 
 # Celery: Redis broker in production and tests; eager in the embedded demo.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = dict(REDIS_CONNECTION_OPTIONS)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -132,6 +148,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "start-ready-jobs": {"task": "jobs.tasks.start_ready_jobs", "schedule": 10.0},
     "enforce-round-deadlines": {"task": "jobs.tasks.enforce_deadlines", "schedule": 5.0},
+    "mark-offline-nodes": {"task": "jobs.tasks.mark_offline_nodes", "schedule": 5.0},
     "settle-finished-jobs": {"task": "ledger.tasks.settle_finished_jobs", "schedule": 60.0},
 }
 

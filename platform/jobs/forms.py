@@ -18,9 +18,13 @@ class JobForm(forms.ModelForm):
             "num_peers": "Number of peers", "local_steps": "Local steps per round (tau)",
             "lr": "Learning rate", "lr_schedule": "Learning-rate schedule", "round_timeout_s": "Round deadline (seconds)",
             "min_vram_gb": "Minimum GPU memory (GB)", "require_cuda": "Requires CUDA",
-            "reward_per_round": "Reward per round (tokens)", "hidden": "Hidden units (MLP)",
+            "reward_per_round": "Reward pool per round (tokens)", "hidden": "Hidden units (MLP)",
             "rule": "Aggregation rule", "byzantine_f": "Faulty neighbours tolerated (f)",
             "clip_norm": "Clipping norm", "redraw_every": "Redraw every (rounds)",
+        }
+        help_texts = {
+            "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
+                                "in total, split between the peers that reported in it.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 

@@ -75,7 +75,7 @@ class Job(models.Model):
     # Who may join.
     min_vram_gb = models.FloatField(default=0)
     require_cuda = models.BooleanField(default=False)
-    # Rewards, in whole tokens per round, split by training samples.
+    # Rewards: one pool of whole tokens per completed round, split between the peers that reported in it.
     reward_per_round = models.PositiveIntegerField(default=100)
     seed = models.BigIntegerField(default=new_seed)
 

@@ -19,7 +19,7 @@ from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, PeerReport as ReportMessage, node_channel, to_message
 
 from .models import CohortMember, Consent, Job, PeerReport, Round
-from .snapshot import round_summary
+from .snapshot import round_summary, status_event
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def start_job_if_ready(job_id: int) -> bool:
         job.started_at = timezone.now()
         first = open_round(job, 1)
     log.info("job %s started with %d peers", job.id, job.num_peers)
-    job_update(job.id, "status", {"status": job.status, "current_round": 1})
-    dispatch_plans(first)
+    dispatch_plans(first)  # tells the viewers too
     return True
 
 
@@ -114,7 +113,7 @@ def dispatch_plans(rnd: Round) -> None:
             async_to_sync(layer.send)(channel, message)
         except Exception as exc:
             log.warning("round plan for %s not delivered: %s", channel, exc)
-    job_update(rnd.job_id, "status", {"status": "running", "current_round": rnd.number})
+    job_update(rnd.job_id, "status", status_event(rnd.job))
 
 
 def _check_report(msg: ReportMessage) -> None:
@@ -210,7 +209,7 @@ def close_round(round_id: int) -> None:
     if following is not None:
         dispatch_plans(following)
     else:
-        job_update(job.id, "status", {"status": job.status, "current_round": job.current_round})
+        job_update(job.id, "status", status_event(job))
         if job.status == Job.Status.FINISHED:
             settle_job.delay(job.id)
 

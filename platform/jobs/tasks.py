@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers so orchestration runs in a worker (or eagerly in the demo)."""
 from celery import shared_task
 
-from . import orchestration
+from . import liveness, orchestration
 from .models import Job
 
 
@@ -26,3 +26,8 @@ def close_round_task(round_id: int) -> None:
 @shared_task
 def enforce_deadlines() -> int:
     return orchestration.enforce_deadlines()
+
+
+@shared_task
+def mark_offline_nodes() -> int:
+    return len(liveness.mark_offline_nodes())

@@ -56,7 +56,7 @@ def job_detail(request, pk):
         "my_nodes": my_nodes,
         "snapshot": job_snapshot(job),
         "payout_address": Profile.for_user(request.user).payout_address,
-        "payouts": job.payouts.select_related("node") if job.status in ("finished", "settled") else [],
+        "payouts": job.payouts.select_related("node").order_by("node_id"),
     })
 
 

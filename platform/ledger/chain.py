@@ -11,10 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import TransactionNotFound
 
-from ledger.models import ContractDeployment
+from ledger.models import REWARD_TOKEN, ContractDeployment
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
-TOKEN_CONTRACT = "RewardToken"
+TOKEN_CONTRACT = REWARD_TOKEN
 TOKEN_NAME, TOKEN_SYMBOL = "DFL Reward", "DFLR"
 TREASURY_WEI = 10**9 * 10**18  # minted to the operator when the token is deployed
 ANVIL_CHAIN_ID = 31337

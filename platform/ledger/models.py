@@ -1,11 +1,26 @@
 """What the platform put on chain: the reward token deployment and one payout per (job, node)."""
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from django.db import models
 
 from .fields import WeiField
 
 WEI_PER_TOKEN = 10**18
+REWARD_TOKEN = "RewardToken"  # contract name of the ERC-20 that rewards are paid in
+TOKEN_PLACES = 6  # decimals shown to people; the chain and the database keep every wei
+
+
+def tokens_amount(wei: int) -> Decimal:
+    """Wei as tokens, rounded down to TOKEN_PLACES decimals (never more than was paid): the one
+    rounding of token amounts that pages, live frames and the demo's summary all use."""
+    return (Decimal(int(wei)) / WEI_PER_TOKEN).quantize(Decimal(1).scaleb(-TOKEN_PLACES), rounding=ROUND_DOWN)
+
+
+def tokens_text(wei: int) -> str:
+    """tokens_amount for people: trailing zeros dropped, thousands separated."""
+    whole, _, fraction = f"{tokens_amount(wei):,.{TOKEN_PLACES}f}".partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 class ContractDeployment(models.Model):
@@ -24,6 +39,11 @@ class ContractDeployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.chain_id}:{self.address}"
+
+    @classmethod
+    def reward_tokens(cls):
+        """Where the reward token lives, newest deployment first (one per chain)."""
+        return cls.objects.filter(name=REWARD_TOKEN).order_by("-deployed_at")
 
 
 class Payout(models.Model):
@@ -55,8 +75,15 @@ class Payout(models.Model):
         constraints = [models.UniqueConstraint(fields=["job", "node"], name="one_payout_per_job_node")]
 
     def __str__(self) -> str:
-        return f"payout {self.job_id}/{self.node_id}: {self.amount_tokens} ({self.status})"
+        return f"payout {self.job_id}/{self.node_id}: {self.amount_text} tokens ({self.status})"
 
     @property
-    def amount_tokens(self) -> Decimal:
-        return Decimal(self.amount_wei) / WEI_PER_TOKEN
+    def amount_text(self) -> str:
+        return tokens_text(self.amount_wei)
+
+    def as_event(self) -> dict:
+        """What the job page shows of a payout (live frames and the first snapshot)."""
+        return {
+            "node": self.node_id, "node_name": self.node.name, "amount": self.amount_text, "status": self.status,
+            "tx_hash": self.tx_hash, "block_number": self.block_number,
+        }

@@ -9,8 +9,10 @@ from django.utils import timezone
 
 from accounts.models import Profile
 from jobs.models import Job, Round
+from jobs.snapshot import status_event
 from ledger.chain import Chain, TransactionFailed
 from ledger.models import WEI_PER_TOKEN, Payout
+from live.broadcast import job_update
 from nodes.models import Node
 
 NO_ADDRESS = "no payout address"
@@ -153,4 +155,5 @@ def settle(job) -> list[Payout]:
                 locked.status = Job.Status.SETTLED
                 locked.save(update_fields=["status"])
         job.status = locked.status
+    job_update(job.pk, "status", status_event(job))  # the page shows payouts (and "settled") live
     return payouts

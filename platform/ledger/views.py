@@ -2,7 +2,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import render
 
-from ledger.models import Payout
+from ledger.models import ContractDeployment, Payout
 
 
 def payouts_visible_to(user):
@@ -15,4 +15,7 @@ def payouts_visible_to(user):
 
 @login_required
 def payouts(request):
-    return render(request, "ledger/payouts.html", {"payouts": payouts_visible_to(request.user)})
+    return render(request, "ledger/payouts.html", {
+        "payouts": payouts_visible_to(request.user),
+        "tokens": ContractDeployment.reward_tokens(),
+    })

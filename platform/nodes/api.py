@@ -35,7 +35,10 @@ def node_api(*methods):
                     return api_error(400, f"body must be JSON ({exc})")
                 if not isinstance(body, dict):
                     return api_error(400, "body must be a JSON object")
-            node.touch()
+            if node.touch():
+                from jobs.liveness import announce
+
+                announce(node.id, online=True)
             return view(request, node, body, *args, **kwargs)
 
         return wrapper
@@ -49,7 +52,7 @@ def node_info(node: Node) -> dict:
         "name": node.name,
         "channel": node.channel,
         "channel_layer": {"url": settings.PEER_CHANNEL_URL, "prefix": "asgi"},
-        "heartbeat_s": max(5, settings.NODE_ONLINE_SECONDS // 3),
+        "heartbeat_s": node.heartbeat_interval_s(),
     }
 
 

@@ -33,6 +33,8 @@ class Node(models.Model):
     # Ed25519 public key (hex) the peer signs its weights with.
     public_key = models.CharField(max_length=64, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
+    # Whether viewers were last told this node is online (jobs.liveness announces the changes).
+    online_announced = models.BooleanField(default=False, editable=False)
     token_id = models.CharField(max_length=16, unique=True, editable=False)
     token_hash = models.CharField(max_length=64, editable=False)
 
@@ -87,6 +89,19 @@ class Node(models.Model):
     def channel(self) -> str:
         return node_channel(self.id)
 
-    def touch(self) -> None:
+    @staticmethod
+    def online_cutoff():
+        """Nodes last seen before this are offline."""
+        return timezone.now() - timedelta(seconds=settings.NODE_ONLINE_SECONDS)
+
+    @staticmethod
+    def heartbeat_interval_s() -> float:
+        """How often peers beat: a node that misses two beats in a row is offline."""
+        return max(1.0, settings.NODE_ONLINE_SECONDS / 2)
+
+    def touch(self) -> bool:
+        """Record that the node was just heard from; True when that brings it back online (once:
+        the compare-and-set means only one request announces it)."""
         self.last_seen = timezone.now()
         Node.objects.filter(pk=self.pk).update(last_seen=self.last_seen)
+        return bool(Node.objects.filter(pk=self.pk, online_announced=False).update(online_announced=True))

@@ -45,6 +45,65 @@
     const badge = document.getElementById("job-status");
     badge.textContent = STATUS_LABELS[state.status] || state.status;
     badge.className = "badge " + state.status;
+    renderPeers();
+    renderPayouts();
+  }
+
+  function cell(row, text, className) {
+    const td = row.insertCell();
+    if (className) td.className = className;
+    td.textContent = text == null ? "" : String(text);
+    return td;
+  }
+
+  function badgeCell(row, text, className) {
+    const span = document.createElement("span");
+    span.className = "badge " + className;
+    span.textContent = text;
+    row.insertCell().appendChild(span);
+  }
+
+  // Who trains in the job, who is online, and which peers the open round still waits for.
+  function renderPeers() {
+    const cohort = (state.cohort || []).slice().sort((a, b) => a.position - b.position);
+    document.getElementById("peers-section").hidden = cohort.length === 0;
+    const reported = new Set(state.reports.filter(r => r.round === state.current_round).map(r => r.node));
+    const running = state.status === "running";
+    const body = document.getElementById("peers");
+    body.replaceChildren();
+    const missing = [];
+    for (const m of cohort) {
+      const row = body.insertRow();
+      row.dataset.node = m.node;
+      cell(row, m.position);
+      cell(row, m.name);
+      cell(row, m.operator);
+      badgeCell(row, m.online ? "online" : "offline", m.online ? "online" : "offline");
+      if (!running) cell(row, "–");
+      else if (!m.consent) cell(row, "consent revoked");
+      else if (reported.has(m.node)) badgeCell(row, "reported", "online");
+      else {
+        cell(row, "waiting");
+        missing.push(m.name + (m.online ? "" : " (offline)"));
+      }
+    }
+    document.getElementById("waiting-on").textContent = running && missing.length
+      ? "Round " + state.current_round + " is waiting for " + missing.join(", ") + "." : "";
+  }
+
+  function renderPayouts() {
+    const payouts = state.payouts || [];
+    document.getElementById("payouts-section").hidden = payouts.length === 0;
+    const body = document.getElementById("payouts");
+    body.replaceChildren();
+    for (const p of payouts) {
+      const row = body.insertRow();
+      cell(row, p.node_name);
+      cell(row, p.amount, "num");
+      badgeCell(row, p.status, p.status);
+      cell(row, p.tx_hash, "mono");
+      cell(row, p.block_number, "num");
+    }
   }
 
   function apply(msg) {
@@ -56,6 +115,10 @@
     } else if (msg.kind === "status") {
       state.status = msg.data.status;
       state.current_round = msg.data.current_round;
+      if (msg.data.cohort) state.cohort = msg.data.cohort;
+      if (msg.data.payouts) state.payouts = msg.data.payouts;
+    } else if (msg.kind === "node") {
+      for (const m of state.cohort || []) if (m.node === msg.data.node) m.online = msg.data.online;
     }
     render();
     chart.dataset.updates = String(Number(chart.dataset.updates || 0) + 1);

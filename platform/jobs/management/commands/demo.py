@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.models import Profile
 from jobs import orchestration
 from jobs.models import Consent, Job, Round
+from ledger.models import tokens_amount
 from nodes.models import Node
 
 DEMO_USER = "demo"
@@ -183,7 +184,7 @@ def _summary(job_id: int, seconds: float) -> dict:
         "peers": job.cohort.count(),
         "first_accuracy": closed[0].mean_accuracy if closed else None,
         "final_accuracy": closed[-1].mean_accuracy if closed else None,
-        "tokens_paid": sum(int(p.amount_wei) for p in payouts) / 10**18,
+        "tokens_paid": float(tokens_amount(sum(int(p.amount_wei) for p in payouts))),
         "chain_txs": [p.tx_hash for p in payouts],
         "seconds": round(seconds, 2),
     }
