@@ -30,3 +30,11 @@ class Browser:
             "username": username, "password1": password, "password2": password, "payout_address": payout_address,
         })
         assert "Log out" in response.text, response.text[:2000]
+
+    def log_in(self, username: str, password: str) -> None:
+        response = self.submit("/login/", {"username": username, "password": password})
+        assert "Log out" in response.text, response.text[:2000]
+
+    @property
+    def session_cookie(self) -> str:
+        return self.session.cookies["sessionid"]

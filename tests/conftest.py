@@ -18,3 +18,14 @@ def clean_redis():
     client.flushdb()
     yield
     client.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the production stack run last: its Celery beat acts on every row it sees, and
+    once started the stack runs until the session ends."""
+    from tests.stack_fixtures import STACK_FIXTURES
+
+    def uses_stack(item) -> bool:
+        return any(name in getattr(item, "fixturenames", ()) for name in STACK_FIXTURES)
+
+    items.sort(key=uses_stack)  # stable: the order within each group is kept

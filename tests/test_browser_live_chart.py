@@ -1,13 +1,10 @@
 """A real browser (Debian's chromium driven by playwright) on the real stack (daphne, a Celery
 worker, Redis, PostgreSQL): a participant logs in through the login page, opens a running job,
 and the chart follows the reports as they are accepted, without a reload."""
-import os
-import threading
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 from playwright.sync_api import sync_playwright
 
 from jobs.models import Job, Round
@@ -15,10 +12,8 @@ from jobs.orchestration import accept_report
 from nodes.models import Node
 from peers.protocol import PeerReport
 from tests.factories import make_running_job
+from tests.live_clients import in_thread, launch_chromium, log_in_page, watch_page_errors
 
-CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SCREENSHOT = Path("/tmp/job_page.png")
 PASSWORD = "a-long-password-1"
 WAIT_MS = 20_000
@@ -41,28 +36,6 @@ def report(job: Job, node: Node, accuracy: float, loss: float) -> PeerReport:
                       duration_s=0.5)
 
 
-def in_thread(fn, *args):
-    """Run ORM code outside the thread where the sync playwright API keeps its event loop
-    (Django refuses database calls in a thread with a running loop)."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn(*args)
-        except BaseException as exc:  # re-raised in the test
-            result["error"] = exc
-        finally:
-            connection.close()
-
-    worker = threading.Thread(target=target)
-    worker.start()
-    worker.join(60)
-    assert not worker.is_alive(), f"{fn.__name__} did not return"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def trace(state: dict, name: str) -> dict:
     matches = [t for t in state["traces"] if t["name"] == name]
     assert len(matches) == 1, (name, state["traces"])
@@ -70,30 +43,18 @@ def trace(state: dict, name: str) -> dict:
 
 
 def test_chart_updates_live_in_a_real_browser(stack):
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium (or set CHROMIUM_BIN)")
     owner = User.objects.create_user("watcher", password=PASSWORD)
     job, _, (alpha, beta) = make_running_job(owner, name="Digits, live", rounds=3, node_names=["alpha", "beta"],
                                              description="Browser test job")
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-            page.on("console", lambda msg: errors.append(f"console: {msg.text} {msg.location.get('url', '')}")
-                    if msg.type == "error" else None)
-            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+            errors = watch_page_errors(page)
 
             # Log in through the real login page; it sends us on to the job.
-            page.goto(f"{stack.url}/jobs/{job.id}/")
-            assert page.url.startswith(f"{stack.url}/login/"), page.url
-            page.fill("#id_username", "watcher")
-            page.fill("#id_password", PASSWORD)
-            with page.expect_navigation():
-                page.click("button[type=submit]")
-            assert page.url == f"{stack.url}/jobs/{job.id}/", page.url
+            log_in_page(page, stack.url, f"/jobs/{job.id}/", "watcher", PASSWORD)
             assert page.title().startswith("Digits, live")
 
             # The socket is open and the snapshot drawn: an empty chart (two mean traces, no points).
@@ -112,6 +73,8 @@ def test_chart_updates_live_in_a_real_browser(stack):
             assert trace(after_one, "alpha accuracy")["x"] == [1]
             assert trace(after_one, "alpha accuracy")["y"] == [0.55]
             assert trace(after_one, "mean accuracy")["x"] == []
+            # The page names the peer the round still waits for (never heard from: offline).
+            assert page.text_content("#waiting-on") == "Round 1 is waiting for beta (offline)."
 
             # The last report completes the round; the Celery worker closes it and opens round 2:
             # a report frame, a round frame and a status frame arrive, still without a reload.

@@ -102,11 +102,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = ROOT_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", ROOT_DIR / "staticfiles"))  # filled by `manage.py collectstatic`
 # plotly.js is served from the plotly package's bundled copy (no CDN, nothing committed twice).
 PLOTLY_JS_DIR = Path(importlib.util.find_spec("plotly").origin).parent / "package_data"
 STATICFILES_DIRS = [ROOT_DIR / "static", ("vendor/plotly", PLOTLY_JS_DIR)]
-WHITENOISE_USE_FINDERS = True  # serve from the source tree too; collectstatic is optional
+# Development and the embedded demo serve static files from the source tree; production serves
+# only what `collectstatic` put in STATIC_ROOT (the production-stack tests run it as deployers do).
+WHITENOISE_USE_FINDERS = DEBUG or EMBEDDED or "pytest" in sys.modules
 
 # Every Redis connection the platform opens (channel layer, Celery broker) is built with these
 # options. redis-py 8 gives each connection socket_timeout=5 by default, and channels_redis 4.3
