@@ -1,32 +1,52 @@
-"""The whole path of a job on the production stack: browser forms over daphne, a Celery worker
-on Redis, four `python -m peers join` processes exchanging weights through Redis, PostgreSQL,
-and payouts read back from a real anvil."""
+"""The whole path of a job on the production stack, deployed as README.md's Production section
+says (migrate, collectstatic, daphne, a Celery worker and beat, settings only from the
+environment): a job creator's forms, four `python -m peers join` processes from a clean
+environment exchanging weights through Redis, a real browser and an independent websocket client
+watching the job page from before it starts until it is settled, and the payouts read back from
+anvil."""
 import re
 import secrets
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
 
 from jobs.models import Job, Round
 from ledger.chain import Chain
-from ledger.models import Payout
+from ledger.models import ContractDeployment, Payout, tokens_text
 from tests.browser import Browser
+from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
+from tests.stack_fixtures import base_env
 
 PEERS = 4
 ROUNDS = 4
+SCREENSHOT = Path("/tmp/e2e_job_page.png")
+SETTLED_WITHIN_MS = 300_000
+
+PAGE_STATE = """() => ({
+  status: document.getElementById('job-status').textContent,
+  round: document.getElementById('job-round').textContent,
+  live: document.getElementById('live-state').textContent,
+  waiting: document.getElementById('waiting-on').textContent,
+  peers: Array.from(document.querySelectorAll('#peers tr')).map(r => Array.from(r.cells).map(c => c.textContent)),
+  payouts: Array.from(document.querySelectorAll('#payouts tr')).map(r => Array.from(r.cells).map(c => c.textContent)),
+  navigations: performance.getEntriesByType('navigation').length,
+})"""
 
 
-def hardware_report() -> str:
-    return subprocess.run([sys.executable, "-m", "peers", "hw"], check=True, capture_output=True, text=True).stdout
+def participant_command(tmp_path: Path, *args: str) -> str:
+    """A command a participant runs on their own machine (nothing of the platform's environment)."""
+    return subprocess.run([sys.executable, "-m", "peers", *args], check=True, capture_output=True, text=True,
+                          env=base_env(tmp_path), cwd=tmp_path).stdout
 
 
 def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     settings.CHAIN_RPC_URL = stack.chain_url
-    hw = hardware_report()
-    shards = subprocess.run([sys.executable, "-m", "peers", "shards", "--out", str(tmp_path), "--peers", str(PEERS)],
-                            check=True, capture_output=True, text=True).stdout.split()
+    hw = participant_command(tmp_path, "hw")
+    shards = participant_command(tmp_path, "shards", "--out", str(tmp_path), "--peers", str(PEERS)).split()
 
-    # A job creator signs up and creates a job in the browser.
+    # A job creator signs up and creates a job.
     creator = Browser(stack.url)
     creator.sign_up("creator", "a-long-password-1")
     page = creator.submit("/jobs/new/", {
@@ -39,27 +59,52 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
     assert "Waiting for peers" in page.text
 
-    # Participants sign up, register a node (hardware from the peer itself), consent, and start a peer.
-    addresses, peers = [], []
-    for i in range(PEERS):
-        address = "0x" + secrets.token_hex(20)
-        addresses.append(address)
-        person = Browser(stack.url)
-        person.sign_up(f"participant{i}", "a-long-password-1", address)
-        token_page = person.submit("/nodes/register/", {"name": f"node-{i}", "hardware_json": hw})
-        token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)
-        node_id = int(re.search(r"/nodes/(\d+)/", token_page.text).group(1))
-        consent = person.submit(f"/jobs/{job_id}/consent/", {"node": node_id, "grant": "yes"}, form_page=f"/jobs/{job_id}/")
-        assert "consents to train" in consent.text
-        peers.append(stack.peer(token, shards[i]))
+    # An independent websocket client watches from before the job starts...
+    watcher = JobWatcher(stack.url, job_id, creator.session_cookie)
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            # ...and so does the creator's browser, logged in with the same session.
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.add_cookies([{"name": "sessionid", "value": creator.session_cookie, "url": stack.url}])
+            view = context.new_page()
+            errors = watch_page_errors(view)
+            view.goto(f"{stack.url}/jobs/{job_id}/")
+            view.wait_for_function("() => document.getElementById('live-state').textContent.startsWith('Live')",
+                                   timeout=20_000)
 
-    # The Celery worker forms the cohort when the peers say hello, and the rounds run.
-    deadline = time.monotonic() + 240
+            # Participants sign up, register a node (hardware from the peer itself), consent, start a peer.
+            addresses = []
+            for i in range(PEERS):
+                address = "0x" + secrets.token_hex(20)
+                addresses.append(address)
+                person = Browser(stack.url)
+                person.sign_up(f"participant{i}", "a-long-password-1", address)
+                token_page = person.submit("/nodes/register/", {"name": f"node-{i}", "hardware_json": hw})
+                token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)
+                node_id = int(re.search(r"/nodes/(\d+)/", token_page.text).group(1))
+                consent = person.submit(f"/jobs/{job_id}/consent/", {"node": node_id, "grant": "yes"},
+                                        form_page=f"/jobs/{job_id}/")
+                assert "consents to train" in consent.text
+                stack.peer(token, shards[i])
+
+            # The worker forms the cohort when the peers say hello; the rounds run; the job is
+            # settled: the page follows all of it without a reload.
+            view.wait_for_function("() => document.getElementById('job-status').textContent === 'Settled'",
+                                   timeout=SETTLED_WITHIN_MS)
+            view.wait_for_timeout(300)  # let plotly finish drawing before the picture
+            view.screenshot(path=str(SCREENSHOT), full_page=True)
+            seen = view.evaluate(PAGE_STATE)
+            assert [e for e in errors if not e.endswith("/favicon.ico")] == [], errors
+        finally:
+            browser.close()
+            watcher.close()
+
     job = Job.objects.get(pk=job_id)
-    while job.status not in (Job.Status.SETTLED, Job.Status.FAILED) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job.refresh_from_db()
     assert job.status == Job.Status.SETTLED, f"job ended as {job.status} {job.failure}\n{stack.logs()}"
+    assert seen["navigations"] == 1 and seen["round"] == f"{ROUNDS} / {ROUNDS}"
+    assert seen["live"].startswith("Live"), seen
+    assert sorted(row[1] for row in seen["peers"]) == [f"node-{i}" for i in range(PEERS)]
 
     rounds = list(Round.objects.filter(job=job).order_by("number"))
     assert [r.number for r in rounds] == list(range(1, ROUNDS + 1))
@@ -72,7 +117,7 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
 
     # Every payout is on chain: balances and receipts read from anvil, not from the database.
     chain = Chain.from_settings()
-    payouts = list(Payout.objects.filter(job=job))
+    payouts = list(Payout.objects.filter(job=job).select_related("node").order_by("node_id"))
     assert len(payouts) == PEERS
     total = 0
     for payout in payouts:
@@ -84,9 +129,29 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     assert {p.address.lower() for p in payouts} == {a.lower() for a in addresses}
     assert total == ROUNDS * 100 * 10**18
 
-    # The payouts page lists each payout with its transaction.
+    # The browser showed each payout, with the one rounding, as it was pushed (no reload).
+    expected = [[p.node.name, tokens_text(p.amount_wei), "confirmed", p.tx_hash, str(p.block_number)] for p in payouts]
+    assert seen["payouts"] == expected
+
+    # The websocket client saw the same story, in order, exactly once each.
+    kinds = [f["kind"] for f in watcher.frames]
+    assert kinds[0] == "snapshot" and watcher.frames[0]["data"]["status"] == "waiting"
+    statuses = [f["data"]["status"] for f in watcher.frames if f["kind"] == "status"]
+    assert statuses[0] == "running" and statuses[-1] == "settled" and "finished" in statuses
+    reports = [(f["data"]["round"], f["data"]["node"]) for f in watcher.frames if f["kind"] == "report"]
+    assert sorted(reports) == sorted({(r.round.number, r.node_id) for r in rounds[0].job.round_set.all()
+                                      for r in r.reports.all()}) and len(reports) == ROUNDS * PEERS
+    assert [f["data"]["round"] for f in watcher.frames if f["kind"] == "round"] == list(range(1, ROUNDS + 1))
+    settled = [f for f in watcher.frames if f["kind"] == "status" and f["data"]["status"] == "settled"][-1]
+    assert [(p["node"], p["amount"], p["tx_hash"]) for p in settled["data"]["payouts"]] == [
+        (p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts]
+
+    # The payouts page lists each payout with its transaction, and where the token lives.
     listing = creator.get("/payouts/").text
     for payout in payouts:
         assert payout.tx_hash in listing
-    for proc in peers:
+    token = ContractDeployment.reward_tokens().get(chain_id=chain.chain_id)
+    assert token.address in listing and chain.w3.eth.get_code(token.address)
+    for proc in stack.peers:
         assert proc.popen.wait(timeout=30) == 0, proc.output()[-2000:]
+        assert " ERROR " not in proc.output(), proc.output()[-3000:]
