@@ -77,6 +77,7 @@ class Peer:
         self.jobs: dict[int, JobState] = {}
         self.early_chunks: dict[int, list[WeightsChunk]] = {}
         self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
+        self.newest_round: dict[int, int] = {}  # job id -> the latest round the platform planned
         self.jobs_done = 0
 
     # -- main loops ---------------------------------------------------------------------------
@@ -118,6 +119,9 @@ class Peer:
                 continue
             if isinstance(msg, RoundPlan):
                 if msg.node_id == self.node_id:
+                    self.newest_round[msg.job_id] = max(msg.round, self.newest_round.get(msg.job_id, 0))
+                    if msg.job_id in self.jobs:
+                        self.jobs[msg.job_id].arrived.set()  # a round still waiting may be superseded
                     await self.plans.put(msg)
             elif isinstance(msg, WeightsChunk):
                 self._on_chunk(msg)
@@ -168,10 +172,13 @@ class Peer:
         return state
 
     async def run_round(self, plan: RoundPlan) -> None:
-        if plan.deadline <= time.time():
-            # A plan that waited in our inbox while we were down: the platform has closed it.
-            log.info("node %s: round %s of job %s closed while this peer was away; waiting for the next plan",
+        if plan.deadline <= time.time() or self._superseded(plan):
+            # A plan that waited in our inbox while we were down: the platform has moved on.
+            log.info("node %s: round %s of job %s closed while this peer was away; skipping it",
                      self.node_id, plan.round, plan.job_id)
+            if plan.round >= plan.total_rounds:
+                self.jobs.pop(plan.job_id, None)
+                self.jobs_done += 1
             return
         started = time.perf_counter()
         try:
@@ -317,6 +324,10 @@ class Peer:
         except Exception as exc:
             log.warning("node %s could not send its model to %s: %s", self.node_id, request.requester, exc)
 
+    def _superseded(self, plan: RoundPlan) -> bool:
+        """The platform already planned a later round of this job: this one is closed."""
+        return self.newest_round.get(plan.job_id, 0) > plan.round
+
     async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
         """Until every neighbour's weights arrived or were rejected, or the deadline is near."""
         expected = {n.node_id for n in plan.neighbours}
@@ -324,7 +335,7 @@ class Peer:
         while True:
             heard = set(state.payloads.get(plan.round, {})) | set(state.rejected.get(plan.round, {}))
             remaining = give_up - time.time()
-            if expected <= heard or remaining <= 0:
+            if expected <= heard or remaining <= 0 or self._superseded(plan):
                 return
             state.arrived.clear()
             try:
