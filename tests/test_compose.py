@@ -24,3 +24,34 @@ def test_compose_file_describes_the_real_services():
     readme = (ROOT / "README.md").read_text()
     for command in ("make demo", "make test", "python -m peers join", "daphne", "celery -A hub worker"):
         assert command in readme
+
+
+def production_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Production")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def test_readme_production_section_documents_every_setting():
+    """Every variable settings.py reads and every variable compose.yaml sets is explained."""
+    import re
+
+    settings_py = (ROOT / "platform" / "hub" / "settings.py").read_text()
+    read = set(re.findall(r'(?:os\.environ\.get|env_bool)\("([A-Z_]+)"', settings_py))
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "PEER_CHANNEL_URL", "CHAIN_PRIVATE_KEY"} <= read
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    platform_services = [s for name, s in compose["services"].items() if name not in ("postgres", "peer")]
+    set_by_compose = {name for service in platform_services for name in service.get("environment") or {}}
+    section = production_section()
+    undocumented = sorted(name for name in read | set_by_compose - {"PYTHONPATH"} if f"`{name}`" not in section)
+    assert undocumented == []
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in compose["services"]["peer"]["environment"] if f"`{name}`" not in readme] == []
+    for step in ("manage.py migrate", "manage.py collectstatic", "daphne", "celery -A hub worker", "celery -A hub beat"):
+        assert step in section
+    assert "Payouts" in section and "first settlement" in section  # where the token comes from and shows
+
+
+def test_peer_service_gets_only_its_own_environment():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert set(compose["services"]["peer"]["environment"]) == {"DFL_NODE_TOKEN", "DFL_DATA"}
