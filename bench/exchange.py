@@ -101,9 +101,9 @@ def _receiver_main(conn, url: str, prefix: str, channel: str, public_key: str, s
 async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> None:
     import redis
 
-    from peers.exchange import Completed, Reassembler, Rejected
+    from peers.wire.exchange import Completed, Reassembler, Rejected
     from peers.transport.redis import RedisChannelTransport
-    from peers.wire import all_finite, unpack_state
+    from peers.wire.format import all_finite, unpack_state
 
     transport = RedisChannelTransport(url, prefix=prefix, block_s=5)
     raw = redis.Redis.from_url(url)
@@ -166,8 +166,8 @@ def _reply(conn, proc, timeout: float = 300.0):
 
 
 async def _ours_once(transport, conn, proc, channel: str, state: dict, key, seq: int, chunk_bytes):
-    from peers.exchange import send_payload
-    from peers.wire import pack_state
+    from peers.wire.exchange import send_payload
+    from peers.wire.format import pack_state
 
     conn.send(("ours", seq))
     assert _reply(conn, proc)[0] == "ready"
@@ -205,9 +205,9 @@ async def run_size(params: int, args, url: str) -> dict:
     import redis
 
     from peers.protocol import node_channel
-    from peers.signing import NodeKey
+    from peers.wire.signing import NodeKey
     from peers.transport.redis import RedisChannelTransport
-    from peers.wire import describe, pack_state
+    from peers.wire.format import describe, pack_state
 
     state = make_state(params)
     expected_fp = fingerprint(state)

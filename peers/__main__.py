@@ -29,7 +29,7 @@ async def _join(args) -> int:
     from peers.client import PlatformClient, PlatformError
     from peers.data import load_local_data
     from peers.hw import detect_hardware
-    from peers.signing import NodeKey
+    from peers.wire.signing import NodeKey
     from peers.training import select_device
     from peers.transport.redis import RedisChannelTransport
     from peers.worker import Peer

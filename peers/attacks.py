@@ -52,7 +52,7 @@ def unchecked_payload(state: dict[str, torch.Tensor]) -> bytes:
     (an honest compressor refuses NaN), so the receivers' own checks are what stops it."""
     import json
 
-    from peers.compression import to_bytes
+    from peers.wire.compression import to_bytes
 
     layout = {name: [list(t.shape), str(t.dtype).removeprefix("torch.")] for name, t in state.items()}
     payload = {f"v/{name}": t.detach().cpu().contiguous() for name, t in state.items()}

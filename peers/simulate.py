@@ -36,11 +36,11 @@ from peers.data import LocalData, load_local_data
 from peers.models import build_model
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, node_channel, to_message
-from peers.signing import NodeKey
+from peers.wire.signing import NodeKey
 from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.centralized import SERVER_RULES, FedAdam, proximal
-from peers.wire import pack_state
+from peers.wire.format import pack_state
 
 JOB_ID = 1
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024

@@ -14,18 +14,18 @@ import time
 from dataclasses import dataclass, field
 
 from peers.attacks import corrupt, tamper_payload, unchecked_payload
-from peers.codec import WeightsDecoder, WeightsEncoder
+from peers.wire.codec import WeightsDecoder, WeightsEncoder
 from peers.data import LocalData
-from peers.exchange import Completed, Reassembler, Rejected, send_payload
+from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.models import build_model
 from peers.protocol import (
     NO_WEIGHTS_BEFORE_DEADLINE, ModelRequest, PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel,
     request_bytes, to_message,
 )
 from peers.rules import get_rule
-from peers.signing import NodeKey, verify
+from peers.wire.signing import NodeKey, verify
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
-from peers.wire import WeightsRejected, describe, pack_state, sha256_hex
+from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
 

@@ -7,7 +7,7 @@ from peers import topology
 from peers.data import load_local_data
 from peers.plans import round_plans
 from peers.protocol import RoundPlan, node_channel, to_message
-from peers.signing import NodeKey
+from peers.wire.signing import NodeKey
 from peers.transport.memory import MemoryTransport
 from peers.worker import Peer
 

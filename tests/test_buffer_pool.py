@@ -5,10 +5,10 @@ import os
 
 import torch
 
-from peers.buffers import BufferPool
-from peers.exchange import Completed, Reassembler, send_payload
-from peers.signing import NodeKey
-from peers.tensorbytes import dump, parse
+from peers.wire.buffers import BufferPool
+from peers.wire.exchange import Completed, Reassembler, send_payload
+from peers.wire.signing import NodeKey
+from peers.wire.tensorbytes import dump, parse
 from peers.transport.memory import MemoryTransport
 
 MB = 1 << 20

@@ -1,4 +1,4 @@
-"""Compression (peers.compression): every codec round-trips through safetensors bytes within its
+"""Compression (peers.wire.compression): every codec round-trips through safetensors bytes within its
 stated error bound; top-k with error feedback carries the residual; wire sizes shrink as stated."""
 
 import json
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from peers import compression as C
-from peers.compression import decompress, from_bytes, get_compressor, to_bytes
+from peers.wire import compression as C
+from peers.wire.compression import decompress, from_bytes, get_compressor, to_bytes
 
 
 def state(seed=0, n=20_000):

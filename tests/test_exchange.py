@@ -7,12 +7,12 @@ import time
 import pytest
 
 from peers.attacks import tamper_payload
-from peers.exchange import Completed, Reassembler, Rejected, send_payload
+from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.protocol import ProtocolError, WeightsChunk, from_message, header_bytes, to_message
-from peers.signing import NodeKey
+from peers.wire.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.memory import MemoryTransport
-from peers.wire import sha256_hex
+from peers.wire.format import sha256_hex
 
 JOB, CHUNK = 7, 512 * 1024
 ALICE, BOB, MALLORY = 1, 2, 3

@@ -12,7 +12,7 @@ from jobs.models import CohortMember, Consent, Job, PeerReport, Round
 from jobs.orchestration import build_plans, close_round
 from nodes.models import Node
 from peers import topology
-from peers.compression import get_compressor
+from peers.wire.compression import get_compressor
 from peers.models import MODEL_CHOICES
 from peers.rules import RULES
 from peers.training import LR_SCHEDULES

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from peers.codec import WeightsDecoder, WeightsEncoder
-from peers.wire import WeightsRejected, describe
+from peers.wire.codec import WeightsDecoder, WeightsEncoder
+from peers.wire.format import WeightsRejected, describe
 from tests.federation import run_federation
 
 

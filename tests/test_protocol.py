@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from peers import protocol as p
-from peers.signing import NodeKey, verify
+from peers.wire.signing import NodeKey, verify
 
 
 def _plan():
@@ -179,7 +179,7 @@ def test_load_or_create(tmp_path):
 
 def test_peers_never_import_django_or_channels():
     code = (
-        "import sys, peers, peers.protocol, peers.signing, peers.wire, peers.exchange, peers.attacks, "
+        "import sys, peers, peers.protocol, peers.wire.signing, peers.wire.format, peers.wire.exchange, peers.attacks, "
         "peers.transport, peers.transport.memory, peers.transport.redis\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'channels', 'channels_redis'))\n"
         "assert not bad, bad\n"

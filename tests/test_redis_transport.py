@@ -14,8 +14,8 @@ from channels.exceptions import ChannelFull as ChannelsChannelFull
 from channels_redis.core import RedisChannelLayer
 
 from peers import protocol as p
-from peers.exchange import Completed, Reassembler, send_payload
-from peers.signing import NodeKey
+from peers.wire.exchange import Completed, Reassembler, send_payload
+from peers.wire.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.redis import RedisChannelTransport
 

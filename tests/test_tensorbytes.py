@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load as st_load, save as st_save
 
-from peers.tensorbytes import dump, parse
+from peers.wire.tensorbytes import dump, parse
 
 
 def _mixed():

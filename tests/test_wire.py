@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from peers.attacks import ATTACK_MODES, corrupt, tamper_payload
-from peers.wire import WeightsRejected, describe, pack_state, sha256_hex, unpack_state
+from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex, unpack_state
 
 MAX = 1 << 20
 
@@ -147,7 +147,7 @@ def test_pack_state_writes_exactly_what_safetensors_writes(state):
 
 
 def test_finite_check_handles_overflowing_sums():
-    from peers.wire import all_finite
+    from peers.wire.format import all_finite
 
     assert all_finite(torch.full((10,), 3e38))  # the sum overflows, every value is finite
     t = torch.randn(10)

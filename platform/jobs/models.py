@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 # The peer side implements these names (peers.models, peers.topology, peers.rules,
-# peers.compression, peers.training.LR_SCHEDULES); tests/test_job_options.py keeps both sides in step.
+# peers.wire.compression, peers.training.LR_SCHEDULES); tests/test_job_options.py keeps both sides in step.
 MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression"), ("cnn", "Small CNN")]
 TOPOLOGY_CHOICES = [
     ("ring", "Ring (two neighbours each)"),

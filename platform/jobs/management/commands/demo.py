@@ -88,7 +88,7 @@ class Command(BaseCommand):
 
     def _set_up_job(self, rounds: int, opts):
         from peers.data import load_local_data
-        from peers.signing import NodeKey
+        from peers.wire.signing import NodeKey
 
         User = get_user_model()
         owner = User.objects.get(username=DEMO_USER)

@@ -5,7 +5,7 @@ A fresh buffer costs a page fault per 4 KiB page the first time it is written; o
 virtual machines this runs on that is ~3.5 us a page, so a fresh 4 MB buffer costs ~3.5 ms
 of CPU, more than everything else the receiver does with those 4 MB except the sha256
 (``python -m bench exchange``, docs/benchmarks.md). A buffer is handed out again only once
-nothing but the pool refers to it: the tensors that ``peers.tensorbytes.parse`` builds on a
+nothing but the pool refers to it: the tensors that ``peers.wire.tensorbytes.parse`` builds on a
 buffer hold a reference to it (through the buffer export), and so does a ``Completed`` that
 somebody keeps, so a recycled buffer is never one that is still read.
 """

@@ -10,15 +10,15 @@ sends a dense keyframe that resynchronises everyone; deltas name the round of th
 apply to and are refused on a mismatch.
 
 Payload metadata (str -> str, in the safetensors header): compressor, layout (see
-peers.compression), kind = key | delta | snapshot, round, base_round (deltas only). Snapshots
+peers.wire.compression), kind = key | delta | snapshot, round, base_round (deltas only). Snapshots
 answer a late joiner's model request and never become a base for deltas.
 """
 from __future__ import annotations
 
 import torch
 
-from peers.compression import TopK, decompress, from_bytes, get_compressor, to_bytes
-from peers.wire import Spec, WeightsRejected, check_state
+from peers.wire.compression import TopK, decompress, from_bytes, get_compressor, to_bytes
+from peers.wire.format import Spec, WeightsRejected, check_state
 
 KEYFRAME_EVERY = 10
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from peers.tensorbytes import dump, parse
+from peers.wire.tensorbytes import dump, parse
 
 Payload = dict[str, Tensor]
 Meta = dict[str, str]

@@ -16,9 +16,9 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from peers.buffers import BufferPool
+from peers.wire.buffers import BufferPool
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
-from peers.signing import NodeKey, verify
+from peers.wire.signing import NodeKey, verify
 from peers.transport.base import ChannelFull, Transport, is_channel_full
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
@@ -129,7 +129,7 @@ class Completed:
     sender: int
     round: int
     seq: int
-    payload: bytearray  # tensors parsed from it view this memory (peers.tensorbytes)
+    payload: bytearray  # tensors parsed from it view this memory (peers.wire.tensorbytes)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import hashlib
 
 import torch
 
-from peers.tensorbytes import dump, parse
+from peers.wire.tensorbytes import dump, parse
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
 
