@@ -29,38 +29,16 @@ import torch
 
 from peers import topology
 from peers.data import load_local_data
-from peers.plans import round_plans
-from peers.protocol import RoundPlan, node_channel, to_message
+from peers.federation import InMemoryPlatform
+from peers.protocol import JobConfig
 from peers.wire.signing import NodeKey
 from peers.transport.memory import MemoryTransport
 from peers.worker import Peer
 
 N = 16
 WARMUP = 2
-CONFIG = {"model": "mlp", "hidden": 16, "lr": 0.1, "local_steps": 0, "batch_size": 32, "seed": 3,
-          "num_features": 64, "num_classes": 10}
-
-
-class Reports:
-    def __init__(self):
-        self.by_round: dict[int, list[dict]] = {}
-        self.events: dict[int, asyncio.Event] = {}
-
-    def event(self, round_number: int) -> asyncio.Event:
-        return self.events.setdefault(round_number, asyncio.Event())
-
-    async def report(self, message: dict) -> None:
-        rows = self.by_round.setdefault(message["round"], [])
-        rows.append(message)
-        if len(rows) >= N:
-            self.event(message["round"]).set()
-
-
-def make_plans(round_number: int, total: int, keys: dict[int, NodeKey]) -> list[RoundPlan]:
-    return round_plans(job_id=1, round=round_number, total_rounds=total,
-                       members=[(i, keys[i].public_key_hex) for i in range(1, N + 1)],
-                       rows=topology.build("ring", N), config=CONFIG, deadline=time.time() + 60,
-                       max_payload_bytes=10_000_000)
+CONFIG = JobConfig(model="mlp", hidden=16, lr=0.1, lr_schedule="constant", local_steps=0, batch_size=32, seed=3,
+                   num_features=64, num_classes=10)
 
 
 async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
@@ -74,27 +52,12 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
     else:
         transports = [RedisChannelTransport(url, prefix=prefix) for _ in range(N)]
         driver = RedisChannelTransport(url, prefix=prefix)
-    reports = Reports()
-    peers = [Peer(n, keys[n], datasets[n - 1], transports[n - 1], reports) for n in range(1, N + 1)]
-    tasks = [asyncio.create_task(p.run(max_jobs=1)) for p in peers]
     total = WARMUP + rounds
-    times, peer_durations = [], []
+    platform = InMemoryPlatform(CONFIG, total, round_timeout_s=60, max_payload_bytes=10_000_000)
+    peers = {n: Peer(n, keys[n], datasets[n - 1], transports[n - 1], platform) for n in range(1, N + 1)}
     try:
-        for r in range(1, total + 1):
-            plans = make_plans(r, total, keys)
-            done = reports.event(r)
-            t0 = time.perf_counter()
-            await asyncio.gather(*(driver.send(node_channel(p.node_id), to_message(p)) for p in plans))
-            await asyncio.wait_for(done.wait(), timeout=60)
-            elapsed = time.perf_counter() - t0
-            if r > WARMUP:
-                times.append(elapsed)
-                peer_durations.extend(rep["duration_s"] for rep in reports.by_round[r])
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        results = (await platform.run(peers, driver, lambda r, cut: topology.build("ring", N)))[WARMUP:]
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if kind != "memory":
             for t in {id(t): t for t in transports + [driver]}.values():
                 await t.close()
@@ -105,11 +68,13 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
             if keys_left:
                 client.delete(*keys_left)
             client.close()
-    rejected = sum(len(rep["rejected"]) for rows in reports.by_round.values() for rep in rows)
-    sent = statistics.median(rep["bytes_sent"] for rows in reports.by_round.values() for rep in rows)
+    times = [result.seconds for result in results]
+    reports = [rep for result in results for rep in result.reports]
+    rejected = sum(len(rep["rejected"]) for rep in reports)
+    sent = statistics.median(rep["bytes_sent"] for rep in reports)
     return {"median_ms": statistics.median(times) * 1000, "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))] * 1000,
             "min_ms": min(times) * 1000, "max_ms": max(times) * 1000,
-            "peer_round_median_ms": statistics.median(peer_durations) * 1000,
+            "peer_round_median_ms": statistics.median(rep["duration_s"] for rep in reports) * 1000,
             "rejected": rejected, "bytes_sent_per_peer": sent}
 
 
@@ -134,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             results[kind].append(asyncio.run(federation(kind, rounds, args.url, datasets, keys)))
     med = {k: statistics.median(r["median_ms"] for r in v) for k, v in results.items()}
 
-    print(f"round: {N} peers, ring, tiny MLP ({CONFIG['hidden']} hidden), local_steps=0, one process; "
+    print(f"round: {N} peers, ring, tiny MLP ({CONFIG.hidden} hidden), local_steps=0, one process; "
           f"{runs} run(s) x {rounds} timed rounds after {WARMUP} warm-up rounds, median per run")
     print(f"torch threads {torch.get_num_threads()}; plans from a driver, reports collected in memory")
     print()

@@ -8,8 +8,9 @@ strict: unknown types, missing or unexpected fields and wrongly typed values rai
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import msgpack
@@ -23,6 +24,35 @@ NO_WEIGHTS_BEFORE_DEADLINE = "no weights before the deadline"
 
 class ProtocolError(ValueError):
     """A message that does not match the protocol."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How every peer of a job trains and mixes: built once by the platform (``Job.config()``),
+    carried in each round plan, and used as-is by the simulator, the benchmarks and the tests.
+    Names (model, rule, schedule, compression) are checked by the peer before it trains, where
+    the implementations live; numbers are checked here."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    hidden: int = 64
+    lr: float = 0.1
+    lr_schedule: str = "cosine"  # peers.training.LR_SCHEDULES
+    local_steps: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    num_features: int = 64
+    num_classes: int = 10
+    rule: str = "mean"  # peers.rules
+    rule_params: dict[str, float] = field(default_factory=dict)
+    compression: str = "none"  # peers.wire.compression
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ProtocolError(f"config.lr must be a positive finite number, got {self.lr}")
+        for name, low in (("hidden", 1), ("local_steps", 0), ("batch_size", 1), ("num_features", 1), ("num_classes", 2)):
+            if getattr(self, name) < low:
+                raise ProtocolError(f"config.{name} must be at least {low}, got {getattr(self, name)}")
 
 
 @dataclass
@@ -43,7 +73,7 @@ class RoundPlan:
     total_rounds: int
     node_id: int
     deadline: float  # unix seconds
-    config: dict
+    config: JobConfig
     neighbours: list[Neighbour]
     self_weight: float
     max_payload_bytes: int
@@ -114,28 +144,13 @@ MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, ModelRequest, Heartbeat, JobEvent)
 }
 
-# Field kinds per class, checked by _coerce. Annotations are strings under
-# ``from __future__ import annotations``, so the schema is spelled out here.
+# Field kinds, derived from the dataclasses' annotations (strings under ``from __future__ import
+# annotations``) and checked by _coerce.
+_KINDS = {"int": "int", "float": "float", "str": "str", "bytes": "bytes", "dict": "dict",
+          "dict[str, float]": "dict", "list[Neighbour]": "neighbours", "list[dict]": "rejected",
+          "JobConfig": "config"}
 _SCHEMAS: dict[type, dict[str, str]] = {
-    Neighbour: {"node_id": "int", "channel": "str", "weight": "float", "public_key": "str"},
-    RoundPlan: {
-        "job_id": "int", "round": "int", "total_rounds": "int", "node_id": "int",
-        "deadline": "float", "config": "dict", "neighbours": "neighbours",
-        "self_weight": "float", "max_payload_bytes": "int",
-    },
-    WeightsChunk: {
-        "job_id": "int", "round": "int", "sender": "int", "seq": "int", "index": "int",
-        "count": "int", "size": "int", "sha256": "str", "signature": "bytes", "data": "bytes",
-    },
-    PeerReport: {
-        "job_id": "int", "round": "int", "node_id": "int", "train_loss": "float",
-        "eval_loss": "float", "accuracy": "float", "samples": "int", "eval_samples": "int",
-        "model_hash": "str", "bytes_sent": "int", "bytes_received": "int",
-        "duration_s": "float", "rejected": "rejected",
-    },
-    ModelRequest: {"job_id": "int", "round": "int", "requester": "int", "signature": "bytes"},
-    Heartbeat: {"node_id": "int", "ts": "float", "status": "str"},
-    JobEvent: {"job_id": "int", "event": "str", "detail": "dict"},
+    cls: {f.name: _KINDS[f.type] for f in fields(cls)} for cls in (JobConfig, Neighbour, *MESSAGE_TYPES.values())
 }
 
 
@@ -162,6 +177,8 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ProtocolError(f"{where}: expected dict with str keys")
         return value
+    if kind == "config":
+        return value if isinstance(value, JobConfig) else _build(JobConfig, value, where)
     if kind == "neighbours":
         if not isinstance(value, list):
             raise bad
@@ -194,7 +211,11 @@ def _build(cls: type, d: Any, where: str) -> Any:
     extra = sorted(str(k) for k in d if k not in schema and k != "type")
     if extra:
         raise ProtocolError(f"{where}: unexpected field(s) {', '.join(extra)}")
-    return cls(**{k: _coerce(f"{where}.{k}", kind, d[k]) for k, kind in schema.items()})
+    values = {k: _coerce(f"{where}.{k}", kind, d[k]) for k, kind in schema.items()}
+    try:
+        return cls(**values)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
 
 
 def to_message(obj: Any) -> dict:
@@ -204,15 +225,18 @@ def to_message(obj: Any) -> dict:
         raise ProtocolError(f"not a protocol message: {cls.__name__}")
     msg: dict[str, Any] = {"type": cls.TYPE}
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.name == "neighbours":
-            value = [
-                {g.name: getattr(n, g.name) for g in fields(n)} if isinstance(n, Neighbour) else n
-                for n in value
-            ]
-        msg[f.name] = value
+        msg[f.name] = _plain(getattr(obj, f.name))
     _build(cls, msg, cls.TYPE)  # refuse to emit anything from_message would refuse
     return msg
+
+
+def _plain(value: Any) -> Any:
+    """Nested dataclasses (a plan's config and neighbours) as dicts; anything else as it is."""
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def from_message(d: Any) -> Any:

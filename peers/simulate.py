@@ -1,10 +1,10 @@
 """A whole federation in one process, without the platform: `python -m peers simulate`.
 
 Decentralized runs (every topology with a gossip rule) use the real :class:`peers.worker.Peer`
-over :class:`peers.transport.memory.MemoryTransport`: this module plays the platform's part,
-sending each peer a RoundPlan per round whose neighbour weights come from
-``peers.topology.build`` exactly as ``platform/jobs/orchestration.py`` builds them (position i
-is node i + 1), and collecting the peers' reports in memory.
+over :class:`peers.transport.memory.MemoryTransport`, driven by
+:class:`peers.federation.InMemoryPlatform` (the platform's part: plans built as
+``platform/jobs/orchestration.py`` builds them, position i is node i + 1, reports collected in
+memory).
 
 ``--rule fedavg`` (with ``--topology star``) is centralized FedAvg, run as a separate, plain loop
 (:func:`run_fedavg`): the worker exchanges weights once per round, so it cannot express the
@@ -34,16 +34,14 @@ import torch
 from peers import topology
 from peers.data import LocalData, load_local_data
 from peers.models import build_model
-from peers.plans import round_plans
-from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, node_channel, to_message
+from peers.federation import InMemoryPlatform, RoundResult
+from peers.protocol import JobConfig
 from peers.wire.signing import NodeKey
 from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.wire.format import pack_state
 
-JOB_ID = 1
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 FEDAVG = "fedavg"
 
 
@@ -68,12 +66,12 @@ class SimConfig:
     dynamic_base: str = "random_regular"
     round_timeout_s: float = 120.0
 
-    def job_config(self, data: LocalData) -> dict:
-        """What the platform's Job.config() would send (plus the rule)."""
-        return {"dataset": "digits", "model": self.model, "hidden": self.hidden, "lr": self.lr,
-                "lr_schedule": self.lr_schedule, "local_steps": self.local_steps, "batch_size": self.batch_size, "seed": self.seed,
-                "num_features": data.num_features, "num_classes": data.num_classes, "rule": self.rule,
-                "rule_params": dict(self.rule_params)}
+    def job_config(self, data: LocalData) -> JobConfig:
+        """What the platform's Job.config() would send for this run."""
+        return JobConfig(model=self.model, hidden=self.hidden, lr=self.lr, lr_schedule=self.lr_schedule,
+                         local_steps=self.local_steps, batch_size=self.batch_size, seed=self.seed,
+                         num_features=data.num_features, num_classes=data.num_classes, rule=self.rule,
+                         rule_params=dict(self.rule_params))
 
     def topology_params(self, round: int, cut_links=frozenset()) -> dict:
         if self.topology in ("random_regular", "expander"):
@@ -183,96 +181,43 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
 
 
 # -- decentralized: real peers over the in-memory transport --------------------------------------
-class _Reports:
-    """The platform's report endpoint, in memory; also scores each peer's freshly mixed model on
-    the union eval set (the peer still holds the job's state while it reports)."""
-
-    def __init__(self, evaluator: Evaluator, total_rounds: int):
-        self.evaluator = evaluator
-        self.total_rounds = total_rounds
-        self.peers: dict = {}
-        self.by_round: dict[int, list[dict]] = {}
-        self.global_acc: dict[int, list[float]] = {}
-        self.final_states: dict[int, dict] = {}
-        self.changed = asyncio.Event()
-
-    async def report(self, message: dict) -> None:
-        r = message["round"]
-        self.by_round.setdefault(r, []).append(message)
-        state = self.peers[message["node_id"]].jobs.get(message["job_id"])
-        if state is not None:
-            self.global_acc.setdefault(r, []).append(self.evaluator.accuracy(state.trainer.model))
-            if r == self.total_rounds:
-                self.final_states[message["node_id"]] = state.trainer.state()
-        self.changed.set()
-
-
-def _plans(cfg: SimConfig, r: int, rows, keys, job_config: dict) -> list[RoundPlan]:
-    """One RoundPlan per position (node i + 1), built as the platform builds them."""
-    return round_plans(job_id=JOB_ID, round=r, total_rounds=cfg.rounds,
-                       members=[(i + 1, keys[i + 1].public_key_hex) for i in range(len(rows))], rows=rows,
-                       config=job_config, deadline=time.time() + cfg.round_timeout_s,
-                       max_payload_bytes=MAX_PAYLOAD_BYTES)
-
-
 async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
                       on_round: Callable[[RoundStats], None] | None) -> tuple[list[RoundStats], float, list[dict]]:
     from peers.spectral import spectral_gap
     from peers.worker import Peer
 
     n = cfg.peers
+    platform = InMemoryPlatform(cfg.job_config(datas[0]), cfg.rounds, round_timeout_s=cfg.round_timeout_s)
     transport = MemoryTransport(capacity=max(100, 4 * n))
-    reports = _Reports(evaluator, cfg.rounds)
-    keys = {i + 1: NodeKey.generate() for i in range(n)}
-    peers = [Peer(i + 1, keys[i + 1], datas[i], transport, reports, device=device) for i in range(n)]
-    reports.peers = {p.node_id: p for p in peers}
-    job_config = cfg.job_config(datas[0])
-    tasks = [asyncio.create_task(p.run(max_jobs=1)) for p in peers]
-    cut: set[tuple[int, int]] = set()
-    stats, gap = [], None
+    peers = {i + 1: Peer(i + 1, NodeKey.generate(), datas[i], transport, platform, device=device) for i in range(n)}
+    global_acc: dict[int, list[float]] = {}
+    final_states: dict[int, dict] = {}
+
+    def score(message: dict) -> None:
+        """Each peer's freshly mixed model on the union eval set (it still holds the job's state)."""
+        state = peers[message["node_id"]].jobs.get(message["job_id"])
+        if state is not None:
+            global_acc.setdefault(message["round"], []).append(evaluator.accuracy(state.trainer.model))
+            if message["round"] == cfg.rounds:
+                final_states[message["node_id"]] = state.trainer.state()
+
+    def stats_of(result: RoundResult) -> RoundStats:
+        got = result.reports
+        return _stats(result.round, [rep["accuracy"] for rep in got], global_acc.get(result.round, [float("nan")]),
+                      [rep["train_loss"] for rep in got], sum(rep["bytes_sent"] for rep in got), result.seconds)
+
+    def graph(r: int, cut: frozenset) -> list[dict[int, float]]:
+        # Links whose weights missed the deadline: the dynamic topology rewires around them.
+        return topology.build(cfg.topology, n, **cfg.topology_params(r, cut))
+
+    platform.on_report = score
     try:
-        for r in range(1, cfg.rounds + 1):
-            started = time.perf_counter()
-            rows = topology.build(cfg.topology, n, **cfg.topology_params(r, frozenset(cut)))
-            if gap is None:
-                gap = spectral_gap(rows)
-            for plan in _plans(cfg, r, rows, keys, job_config):
-                await transport.send(node_channel(plan.node_id), to_message(plan))
-            give_up = time.monotonic() + cfg.round_timeout_s + 30
-            while len(reports.by_round.get(r, [])) < n:
-                if time.monotonic() > give_up:
-                    raise RuntimeError(f"round {r}: only {len(reports.by_round.get(r, []))} of {n} peers reported")
-                reported = {rep["node_id"] for rep in reports.by_round.get(r, [])}
-                for peer, t in zip(peers, tasks):
-                    if t.done() and peer.node_id not in reported:
-                        t.result()  # re-raise what stopped the peer
-                        raise RuntimeError(f"node {peer.node_id} stopped before reporting round {r}")
-                reports.changed.clear()
-                try:
-                    await asyncio.wait_for(reports.changed.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
-            got = reports.by_round[r]
-            # A neighbour whose weights never came is a slow/failed link: the dynamic topology
-            # rewires around it from the next round on.
-            for rep in got:
-                for item in rep["rejected"]:
-                    if item["reason"] == NO_WEIGHTS_BEFORE_DEADLINE:
-                        cut.add(tuple(sorted((rep["node_id"] - 1, item["sender"] - 1))))
-            stat = _stats(r, [rep["accuracy"] for rep in got], reports.global_acc.get(r, [float("nan")]),
-                          [rep["train_loss"] for rep in got], sum(rep["bytes_sent"] for rep in got),
-                          time.perf_counter() - started)
-            stats.append(stat)
-            if on_round:
-                on_round(stat)
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        results = await platform.run(peers, transport, graph,
+                                     on_round=(lambda result: on_round(stats_of(result))) if on_round else None)
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await transport.close()
-    finals = [reports.final_states[node] for node in sorted(reports.final_states)]
-    return stats, float(gap if gap is not None else float("nan")), finals
+    finals = [final_states[node] for node in sorted(final_states)]
+    return [stats_of(result) for result in results], float(spectral_gap(graph(1, frozenset()))), finals
 
 
 # -- centralized FedAvg over the star -----------------------------------------------------------

@@ -153,19 +153,18 @@ class Peer:
         state = self.jobs.get(plan.job_id)
         if state is None:
             cfg = plan.config
-            if cfg.get("num_features") not in (None, self.data.num_features):
-                raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg['num_features']}")
-            classes = int(cfg.get("num_classes", self.data.num_classes))
-            get_rule(cfg.get("rule", "mean"))  # unknown rules and schedules fail here, before any training
-            check_lr_schedule(cfg.get("lr_schedule", "constant"))
-            model = build_model(cfg["model"], self.data.num_features, classes, hidden=int(cfg.get("hidden", 64)),
-                                seed=int(cfg["seed"]), input_shape=self.data.input_shape)
-            trainer = LocalTrainer(model, self.data, lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]),
-                                   device=self.device, seed=int(cfg["seed"]) + self.node_id)
+            if cfg.num_features != self.data.num_features:
+                raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg.num_features}")
+            get_rule(cfg.rule)  # unknown rules and schedules fail here, before any training
+            check_lr_schedule(cfg.lr_schedule)
+            model = build_model(cfg.model, self.data.num_features, cfg.num_classes, hidden=cfg.hidden,
+                                seed=cfg.seed, input_shape=self.data.input_shape)
+            trainer = LocalTrainer(model, self.data, lr=cfg.lr, batch_size=cfg.batch_size,
+                                   device=self.device, seed=cfg.seed + self.node_id)
             reassembler = Reassembler({}, plan.job_id, plan.max_payload_bytes)
             state = self.jobs[plan.job_id] = JobState(
-                trainer, reassembler, describe(trainer.state()), WeightsEncoder(cfg.get("compression", "none")),
-                plan.max_payload_bytes, rule=cfg.get("rule", "mean"), rule_params=dict(cfg.get("rule_params", {})),
+                trainer, reassembler, describe(trainer.state()), WeightsEncoder(cfg.compression),
+                plan.max_payload_bytes, rule=cfg.rule, rule_params=dict(cfg.rule_params),
             )
         state.neighbours = {n.node_id: n.public_key for n in plan.neighbours}
         state.reassembler.public_keys = dict(state.neighbours)
@@ -193,8 +192,8 @@ class Peer:
         state.reassembler.expire(plan.round - 1)
         cfg = plan.config
 
-        steps = int(cfg["local_steps"])
-        state.trainer.set_lr(scheduled_lr(float(cfg["lr"]), cfg.get("lr_schedule", "constant"),
+        steps = cfg.local_steps
+        state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule,
                                           plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)

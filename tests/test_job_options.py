@@ -91,6 +91,6 @@ def test_learning_rate_schedule_defaults_to_cosine_and_reaches_the_plan():
     assert form.cleaned_data["lr_schedule"] == "cosine"
     form = JobForm({**FORM, "lr_schedule": "constant"})
     assert form.is_valid() and form.cleaned_data["lr_schedule"] == "constant"
-    assert Job(lr_schedule="constant").config()["lr_schedule"] == "constant"
+    assert Job(lr_schedule="constant").config().lr_schedule == "constant"
     form = JobForm({**FORM, "lr_schedule": "step"})
     assert not form.is_valid() and "lr_schedule" in form.errors

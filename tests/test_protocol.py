@@ -15,7 +15,7 @@ from peers.wire.signing import NodeKey, verify
 def _plan():
     return p.RoundPlan(
         job_id=3, round=2, total_rounds=10, node_id=5, deadline=1_700_000_000.5,
-        config={"model": "mlp", "hidden": 64, "lr": 0.1, "local_steps": 20, "batch_size": 32, "seed": 7},
+        config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
         neighbours=[p.Neighbour(node_id=6, channel="dfl.node.6", weight=0.25, public_key="ab" * 32)],
         self_weight=0.75, max_payload_bytes=1 << 20,
     )
@@ -186,3 +186,26 @@ def test_peers_never_import_django_or_channels():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_job_config_travels_in_the_plan_and_is_checked():
+    plan = _plan()
+    wire = p.to_message(plan)
+    assert wire["config"]["lr_schedule"] == "cosine"  # every field goes on the wire, defaults included
+    assert p.decode(p.encode(plan)).config == plan.config
+    for bad, message in [({"lr": float("nan")}, "config.lr must be a positive finite number"),
+                         ({"lr": 0}, "config.lr must be a positive"), ({"batch_size": 0}, "config.batch_size"),
+                         ({"num_classes": 1}, "config.num_classes"), ({"hidden": True}, "expected int")]:
+        with pytest.raises(p.ProtocolError, match=message):
+            p.from_message({**wire, "config": {**wire["config"], **bad}})
+    with pytest.raises(p.ProtocolError, match="missing field"):
+        p.from_message({**wire, "config": {k: v for k, v in wire["config"].items() if k != "rule"}})
+    with pytest.raises(p.ProtocolError, match="unexpected field"):
+        p.from_message({**wire, "config": {**wire["config"], "evil": 1}})
+
+
+def test_schemas_are_derived_from_the_dataclasses():
+    from dataclasses import fields
+
+    for cls in (p.JobConfig, p.Neighbour, *p.MESSAGE_TYPES.values()):
+        assert list(p._SCHEMAS[cls]) == [f.name for f in fields(cls)]

@@ -50,7 +50,7 @@ async def layer(prefix):
 def _plan():
     return p.RoundPlan(
         job_id=1, round=0, total_rounds=3, node_id=4, deadline=1_700_000_000.25,
-        config={"model": "mlp", "hidden": 64, "lr": 0.1, "local_steps": 20, "batch_size": 32, "seed": 7},
+        config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
         neighbours=[p.Neighbour(node_id=5, channel=p.node_channel(5), weight=0.5, public_key="ab" * 32)],
         self_weight=0.5, max_payload_bytes=1 << 20,
     )

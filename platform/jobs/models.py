@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from peers.protocol import JobConfig
+
 # The peer side implements these names (peers.models, peers.topology, peers.rules,
 # peers.wire.compression, peers.training.LR_SCHEDULES); tests/test_job_options.py keeps both sides in step.
 MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression"), ("cnn", "Small CNN")]
@@ -98,15 +100,14 @@ class Job(models.Model):
     def shape(self) -> tuple[int, int]:
         return DATASET_SHAPES[self.dataset]
 
-    def config(self) -> dict:
+    def config(self) -> JobConfig:
         """Hyper-parameters every peer of the job trains with (sent in each round plan)."""
         features, classes = self.shape
-        return {
-            "dataset": self.dataset, "model": self.model, "hidden": self.hidden,
-            "lr": self.lr, "lr_schedule": self.lr_schedule, "local_steps": self.local_steps, "batch_size": self.batch_size,
-            "seed": self.seed, "num_features": features, "num_classes": classes,
-            "rule": self.rule, "rule_params": self.rule_params(), "compression": self.compression,
-        }
+        return JobConfig(
+            dataset=self.dataset, model=self.model, hidden=self.hidden, lr=self.lr, lr_schedule=self.lr_schedule,
+            local_steps=self.local_steps, batch_size=self.batch_size, seed=self.seed, num_features=features,
+            num_classes=classes, rule=self.rule, rule_params=self.rule_params(), compression=self.compression,
+        )
 
     def spectral_gap(self) -> float | None:
         """1 - |lambda_2| of the job's first-round mixing matrix: how fast peers reach consensus."""

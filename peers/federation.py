@@ -1,0 +1,121 @@
+"""The platform's part, in one process: the one driver that the local simulator, the benchmarks
+and the tests use to run real :class:`peers.worker.Peer` objects without the platform.
+
+Each round it builds the plans exactly as ``platform/jobs/orchestration.py`` does (the topology's
+Metropolis-Hastings rows through :func:`peers.plans.round_plans`; position i is ``members[i]``),
+sends them over a transport (in memory or Redis), and collects the reports the peers post, as
+the platform's report endpoint would. Links whose weights missed a deadline are passed to the
+topology of the next round, as the platform does for dynamic graphs.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from peers.plans import round_plans
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, node_channel, to_message
+
+JOB_ID = 1
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+# topology(round, cut links as position pairs) -> mixing rows by position
+Topology = Callable[[int, frozenset], list[dict[int, float]]]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    reports: list[dict]  # as posted by the peers, in arrival order
+    seconds: float  # from the first plan sent to the last report received
+
+
+@dataclass
+class InMemoryPlatform:
+    """Plans out, reports in. Give it to each Peer as its ``reporter``."""
+
+    config: JobConfig
+    total_rounds: int
+    round_timeout_s: float = 120.0
+    job_id: int = JOB_ID
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    on_report: Callable[[dict], Awaitable[None] | None] | None = None  # e.g. score the peer's model
+    by_round: dict[int, list[dict]] = field(default_factory=dict)
+    _expected: dict[int, int] = field(default_factory=dict)  # round -> reports that complete it
+    _complete: dict[int, asyncio.Event] = field(default_factory=dict)
+
+    async def report(self, message: dict) -> None:
+        """What a Peer calls to report a round (the platform's ``POST /api/v1/reports``)."""
+        got = self.by_round.setdefault(message["round"], [])
+        got.append(message)
+        if self.on_report is not None:
+            result = self.on_report(message)
+            if asyncio.iscoroutine(result):
+                await result
+        if len(got) >= self._expected.get(message["round"], 1):
+            self._completion(message["round"]).set()  # one wake-up per round, not per report
+
+    def _completion(self, r: int) -> asyncio.Event:
+        return self._complete.setdefault(r, asyncio.Event())
+
+    async def run(self, peers: dict, transport, topology: Topology, *, joins_at: dict[int, int] | None = None,
+                  on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+        """Drive every round. ``peers`` maps node id -> Peer, in position order; ``transport``
+        sends the plans; ``joins_at`` maps node id -> the first round its peer takes part in (it
+        starts then; until then its neighbours' weights wait in its inbox)."""
+        joins_at = joins_at or {}
+        members = [(node_id, peer.key.public_key_hex) for node_id, peer in peers.items()]
+        position = {node_id: i for i, (node_id, _) in enumerate(members)}
+        tasks: dict[int, asyncio.Task] = {}
+        cut: set[tuple[int, int]] = set()
+        results = []
+        try:
+            for r in range(1, self.total_rounds + 1):
+                for node_id, peer in peers.items():
+                    if node_id not in tasks and joins_at.get(node_id, 1) <= r:
+                        tasks[node_id] = asyncio.create_task(peer.run(max_jobs=1))
+                plans = round_plans(
+                    job_id=self.job_id, round=r, total_rounds=self.total_rounds, members=members,
+                    rows=topology(r, frozenset(cut)), config=self.config,
+                    deadline=time.time() + self.round_timeout_s, max_payload_bytes=self.max_payload_bytes)
+                active = [plan for plan in plans if plan.node_id in tasks]
+                self._expected[r] = len(active)
+                started = time.perf_counter()
+                await asyncio.gather(*(transport.send(node_channel(p.node_id), to_message(p)) for p in active))
+                reports = await self._reports_of(r, {p.node_id for p in active}, tasks)
+                result = RoundResult(r, reports, time.perf_counter() - started)
+                for rep in reports:
+                    for item in rep["rejected"]:
+                        if item["reason"] == NO_WEIGHTS_BEFORE_DEADLINE and item["sender"] in position:
+                            cut.add(tuple(sorted((position[rep["node_id"]], position[item["sender"]]))))
+                results.append(result)
+                if on_round is not None:
+                    on_round(result)
+            await asyncio.wait_for(asyncio.gather(*tasks.values()), timeout=60)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return results
+
+    async def _reports_of(self, r: int, expected: set[int], tasks: dict[int, asyncio.Task]) -> list[dict]:
+        """Wait until every expected peer reported round r; fail fast when one stopped instead."""
+        give_up = time.monotonic() + self.round_timeout_s + 30
+        while True:
+            got = self.by_round.get(r, [])
+            reported = {rep["node_id"] for rep in got}
+            if expected <= reported:
+                return list(got)
+            for node_id in expected - reported:
+                task = tasks[node_id]
+                if task.done():
+                    task.result()  # re-raise what stopped the peer
+                    raise RuntimeError(f"node {node_id} stopped before reporting round {r}")
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"round {r}: only {len(reported & expected)} of {len(expected)} peers reported")
+            complete = self._completion(r)
+            complete.clear()
+            try:
+                await asyncio.wait_for(complete.wait(), timeout=1.0)  # the timeout checks for stopped peers
+            except asyncio.TimeoutError:
+                pass
