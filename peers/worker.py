@@ -12,6 +12,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
 
 from peers.attacks import corrupt, tamper_payload, unchecked_payload
 from peers.wire.codec import WeightsDecoder, WeightsEncoder
@@ -25,6 +28,7 @@ from peers.protocol import (
 from peers.rules import get_rule
 from peers.wire.signing import NodeKey, verify
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
+from peers.transport.base import Transport
 from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
@@ -62,9 +66,15 @@ class JobState:
         return self.decoders[sender]
 
 
+class Reporter(Protocol):
+    """Where a peer posts its round reports: the platform's API client, or an in-memory driver."""
+
+    async def report(self, message: dict) -> Any: ...
+
+
 class Peer:
-    def __init__(self, node_id: int, key: NodeKey, data: LocalData, transport, reporter, *,
-                 device="cpu", attack: str = "none", deadline_margin_s: float = 2.0):
+    def __init__(self, node_id: int, key: NodeKey, data: LocalData, transport: Transport, reporter: Reporter, *,
+                 device: str | torch.device = "cpu", attack: str = "none", deadline_margin_s: float = 2.0):
         self.node_id = node_id
         self.key = key
         self.data = data
@@ -78,6 +88,7 @@ class Peer:
         self.early_chunks: dict[int, list[WeightsChunk]] = {}
         self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
         self.newest_round: dict[int, int] = {}  # job id -> the latest round the platform planned
+        self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
 
     # -- main loops ---------------------------------------------------------------------------
@@ -99,6 +110,13 @@ class Peer:
                     log.exception("node %s: round %s of job %s failed", self.node_id, plan.round, plan.job_id)
         finally:
             receiver.cancel()
+
+    def _in_background(self, coroutine) -> None:
+        """Run a coroutine nobody awaits, keeping a reference until it ends (the event loop keeps
+        only weak ones, so an unreferenced task can be garbage-collected mid-run)."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _receive_loop(self) -> None:
         failures = 0
@@ -126,7 +144,7 @@ class Peer:
             elif isinstance(msg, WeightsChunk):
                 self._on_chunk(msg)
             elif isinstance(msg, ModelRequest):
-                asyncio.ensure_future(self._answer_model_request(msg))
+                self._in_background(self._answer_model_request(msg))
 
     def _on_chunk(self, chunk: WeightsChunk) -> None:
         state = self.jobs.get(chunk.job_id)
@@ -150,6 +168,7 @@ class Peer:
 
     # -- one round ----------------------------------------------------------------------------
     def _job_state(self, plan: RoundPlan) -> JobState:
+        neighbour_keys = {n.node_id: n.public_key for n in plan.neighbours}
         state = self.jobs.get(plan.job_id)
         if state is None:
             cfg = plan.config
@@ -161,13 +180,13 @@ class Peer:
                                 seed=cfg.seed, input_shape=self.data.input_shape)
             trainer = LocalTrainer(model, self.data, lr=cfg.lr, batch_size=cfg.batch_size,
                                    device=self.device, seed=cfg.seed + self.node_id)
-            reassembler = Reassembler({}, plan.job_id, plan.max_payload_bytes)
+            reassembler = Reassembler(neighbour_keys, plan.job_id, plan.max_payload_bytes)
             state = self.jobs[plan.job_id] = JobState(
                 trainer, reassembler, describe(trainer.state()), WeightsEncoder(cfg.compression),
                 plan.max_payload_bytes, rule=cfg.rule, rule_params=dict(cfg.rule_params),
             )
-        state.neighbours = {n.node_id: n.public_key for n in plan.neighbours}
-        state.reassembler.public_keys = dict(state.neighbours)
+        state.neighbours = neighbour_keys
+        state.reassembler.trust(neighbour_keys)
         return state
 
     async def run_round(self, plan: RoundPlan) -> None:

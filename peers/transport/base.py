@@ -15,8 +15,19 @@ def is_channel_full(exc: BaseException) -> bool:
     return any(cls.__name__ == "ChannelFull" for cls in type(exc).__mro__)
 
 
+SEND_MANY = "send_many"  # extension: ``send_many(channel, messages) -> int`` adds a batch in one trip
+
+
+def has_extension(transport: object, name: str) -> bool:
+    """Whether a transport declares an optional capability in its ``extensions`` list, as
+    Django Channels layers do (``extensions = ["groups", "flush"]``)."""
+    return name in getattr(transport, "extensions", ())
+
+
 @runtime_checkable
 class Transport(Protocol):
+    extensions: list[str]
+
     async def send(self, channel: str, message: dict) -> None: ...
 
     async def receive(self, channel: str) -> dict: ...

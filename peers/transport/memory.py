@@ -13,6 +13,8 @@ from peers.transport.base import ChannelFull
 class MemoryTransport:
     """Shared by any number of peers running in the same event loop."""
 
+    extensions: list[str] = []
+
     def __init__(self, capacity: int = 100):
         self.capacity = capacity
         self._queues: defaultdict[str, asyncio.Queue] = defaultdict(

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from peers.protocol import NAME_RE
-from peers.transport.base import ChannelFull
+from peers.transport.base import SEND_MANY, ChannelFull
 from peers.transport.lean_parser import parser_options
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def connection_options(block_s: float) -> dict:
 
 
 class RedisChannelTransport:
+    extensions = [SEND_MANY]
+
     def __init__(
         self,
         url: str,

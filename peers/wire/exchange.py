@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from peers.wire.buffers import BufferPool
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
 from peers.wire.signing import NodeKey, verify
-from peers.transport.base import ChannelFull, Transport, is_channel_full
+from peers.transport.base import SEND_MANY, ChannelFull, Transport, has_extension, is_channel_full
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
 MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
@@ -73,7 +73,7 @@ async def send_payload(
         closing.signature = key.sign(header_bytes(closing))
         return to_message(closing)
 
-    send_many = getattr(transport, "send_many", None)
+    send_many = transport.send_many if has_extension(transport, SEND_MANY) else None
     per_call = max(1, BATCH_BYTES // chunk_bytes) if send_many is not None else 1
     built = 0
 
@@ -169,7 +169,8 @@ class Reassembler:
     """
 
     def __init__(self, public_keys: dict[int, str], job_id: int, max_bytes: int):
-        self.public_keys = dict(public_keys)
+        self.public_keys: dict[int, str] = {}
+        self.trust(public_keys)
         self.job_id = job_id
         self.max_bytes = max_bytes
         self.pool = BufferPool()  # payload buffers, recycled round after round
@@ -179,6 +180,11 @@ class Reassembler:
         self._last_seq: dict[tuple[int, int], int] = {}
         self._dead: set[tuple[int, int, int]] = set()
         self._reported: set[tuple[int, int, int]] = set()
+
+    def trust(self, public_keys: dict[int, str]) -> None:
+        """The senders (node id -> Ed25519 public key hex) whose chunks are accepted from now on:
+        the current plan's neighbours."""
+        self.public_keys = dict(public_keys)
 
     def _reject(self, key: tuple[int, int, int], reason: str, kill: bool = True) -> Rejected | None:
         if kill:
