@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peers.images import ImageFolderError, load_image_folder
+
 DIGITS_CLASSES = 10
 _DIGITS_RE = re.compile(r"^digits:(\d+)/(\d+)(?::(.+))?$")
 _SYNTHETIC_RE = re.compile(r"^synthetic:([0-9.]+),([0-9.]+):(\d+)/(\d+)$")
@@ -322,9 +324,10 @@ def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
         X, y, pre = _load_synthetic_spec(spec, seed)
         default_classes = 10
     elif Path(spec).expanduser().is_dir():
-        from peers.images import load_image_folder
-
-        X, y, _ = load_image_folder(Path(spec).expanduser())
+        try:
+            X, y, _ = load_image_folder(Path(spec).expanduser())
+        except ImageFolderError as exc:
+            raise DataError(str(exc)) from None
         pre, default_classes, input_shape = None, None, (3, 32, 32)
     else:
         path = Path(spec).expanduser()

@@ -12,15 +12,18 @@ import numpy as np
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
+class ImageFolderError(ValueError):
+    """The folder holds no class folders, no images, or an unreadable image. `peers.data`, which
+    imports this module (never the other way round), reports it as its `DataError`."""
+
+
 def load_image_folder(root: Path, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(X float32 (n, 3*size*size), y int64, class names in label order)."""
     from PIL import Image, UnidentifiedImageError
 
-    from peers.data import DataError
-
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+        raise ImageFolderError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     features, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
@@ -30,9 +33,9 @@ def load_image_folder(root: Path, size: int = 32) -> tuple[np.ndarray, np.ndarra
                 with Image.open(path) as img:
                     pixels = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
             except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{path}: not a readable image ({exc})") from None
+                raise ImageFolderError(f"{path}: not a readable image ({exc})") from None
             features.append(pixels.transpose(2, 0, 1).reshape(-1))
             labels.append(label)
     if not features:
-        raise DataError(f"{root}: no images found in {', '.join(classes)}")
+        raise ImageFolderError(f"{root}: no images found in {', '.join(classes)}")
     return np.stack(features), np.asarray(labels, dtype=np.int64), classes

@@ -110,6 +110,7 @@ class PeerReport:
     bytes_received: int
     duration_s: float
     rejected: list[dict] = field(default_factory=list)  # [{"sender": int, "reason": str}]
+    diverged: bool = False  # the peer's model or losses are not finite: the numbers above mean nothing
 
 
 @dataclass
@@ -146,7 +147,7 @@ MESSAGE_TYPES: dict[str, type] = {
 
 # Field kinds, derived from the dataclasses' annotations (strings under ``from __future__ import
 # annotations``) and checked by _coerce.
-_KINDS = {"int": "int", "float": "float", "str": "str", "bytes": "bytes", "dict": "dict",
+_KINDS = {"int": "int", "float": "float", "str": "str", "bytes": "bytes", "dict": "dict", "bool": "bool",
           "dict[str, float]": "dict", "list[Neighbour]": "neighbours", "list[dict]": "rejected",
           "JobConfig": "config"}
 _SCHEMAS: dict[type, dict[str, str]] = {
@@ -159,6 +160,10 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
     bad = ProtocolError(f"{where}: expected {kind}, got {type(value).__name__}")
     if kind == "int":
         if type(value) is not int:
+            raise bad
+        return value
+    if kind == "bool":
+        if type(value) is not bool:
             raise bad
         return value
     if kind == "float":

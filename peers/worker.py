@@ -29,7 +29,7 @@ from peers.rules import get_rule
 from peers.wire.signing import NodeKey, verify
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
-from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
+from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, sha256_hex
 
 log = logging.getLogger("peers.worker")
 
@@ -235,19 +235,27 @@ class Peer:
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
             rejected[sender] = NO_WEIGHTS_BEFORE_DEADLINE
-        mixed = self._aggregate(state, weighted)
+        if not all(all_finite(t) for t in local.values()):
+            weighted = weighted[1:]  # our own update blew up: take the neighbours' if any came
+        mixed = self._aggregate(state, weighted) if weighted else local
         state.trainer.load_state(mixed)
         state.last_round = plan.round
         evaluation = await asyncio.to_thread(state.trainer.evaluate)
+        diverged = not (all(all_finite(t) for t in mixed.values()) and math.isfinite(trained.loss)
+                        and (evaluation.samples == 0 or math.isfinite(evaluation.loss)))
+        if diverged:
+            log.warning("node %s diverged in round %s of job %s (non-finite model or loss)",
+                        self.node_id, plan.round, plan.job_id)
 
         report = PeerReport(
             job_id=plan.job_id, round=plan.round, node_id=self.node_id,
+            # JSON carries no NaN: the numbers become 0.0 and `diverged` says they mean nothing.
             train_loss=_finite(trained.loss), eval_loss=_finite(evaluation.loss),
             accuracy=_finite(evaluation.accuracy), samples=self.data.samples,
             eval_samples=evaluation.samples, model_hash=sha256_hex(pack_state(mixed)),
             bytes_sent=bytes_sent, bytes_received=sum(len(p) for p in received.values()),
             duration_s=time.perf_counter() - started,
-            rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
+            rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())], diverged=diverged,
         )
         try:
             await self.reporter.report(to_message(report))
@@ -277,6 +285,10 @@ class Peer:
         state = self.jobs[plan.job_id]
         if self.attack in ("nan", "shape", "scale"):
             payload = unchecked_payload(corrupt(local, self.attack))
+        elif not all(all_finite(t) for t in local.values()):
+            # Diverged: nothing worth sending (neighbours would reject it); the report says so.
+            log.warning("node %s: its model is not finite after training; sending nothing this round", self.node_id)
+            return 0
         else:
             payload = state.encoder.encode(local, plan.round)
         digest = sha256_hex(payload)

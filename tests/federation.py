@@ -17,11 +17,22 @@ BASE_CONFIG = JobConfig(model="mlp", hidden=32, lr=0.3, lr_schedule="constant", 
 async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, **config):
     """Run `rounds` rounds of nodes 1..n (shard i - 1 of the digits each) on `graph`; `attacks`
     maps node -> attack mode; `late` maps node -> first round it takes part in (its peer starts
-    then); `config` overrides BASE_CONFIG's fields. Returns (reports, peers, transport)."""
+    then); `config` overrides BASE_CONFIG's fields. Returns (reports, peers, transport); each
+    peer's last model is kept as ``peer.final_model``."""
     attacks = attacks or {}
     platform = InMemoryPlatform(replace(BASE_CONFIG, **config), rounds, round_timeout_s=deadline_s)
     transport = MemoryTransport()
     peers = {i: Peer(i, NodeKey.generate(), load_local_data(f"digits:{i - 1}/{n}"), transport, platform,
                      attack=attacks.get(i, "none")) for i in range(1, n + 1)}
+    final_models = {}
+
+    def keep_final_model(message: dict) -> None:  # the peer releases the job once it reported the last round
+        state = peers[message["node_id"]].jobs.get(message["job_id"])
+        if message["round"] == rounds and state is not None:
+            final_models[message["node_id"]] = state.trainer.state()
+
+    platform.on_report = keep_final_model
     results = await platform.run(peers, transport, lambda r, cut: topology.build(graph, n), joins_at=late)
+    for node_id, peer in peers.items():
+        peer.final_model = final_models.get(node_id)
     return [rep for result in results for rep in result.reports], peers, transport

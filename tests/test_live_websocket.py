@@ -70,7 +70,7 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
         assert frame["kind"] == "report"
         assert frame["data"] == {
             "round": 1, "node": nodes[0].id, "node_name": nodes[0].name, "train_loss": 0.5, "eval_loss": 0.6,
-            "accuracy": 0.80, "samples": 200, "rejected": [],
+            "accuracy": 0.80, "samples": 200, "rejected": [], "diverged": False,
         }
         assert saved.pk != first.pk
 

@@ -71,7 +71,7 @@ def report_body(job, node, round_number=1, **overrides) -> dict:
     body = {
         "job_id": job.id, "round": round_number, "node_id": node.id, "train_loss": 0.7, "eval_loss": 0.8,
         "accuracy": 0.61, "samples": 300, "eval_samples": 60, "model_hash": "c" * 64,
-        "bytes_sent": 1000, "bytes_received": 2000, "duration_s": 1.5, "rejected": [],
+        "bytes_sent": 1000, "bytes_received": 2000, "duration_s": 1.5, "rejected": [], "diverged": False,
     }
     body.update(overrides)
     return body
@@ -280,6 +280,7 @@ def _without(d: dict, key: str) -> dict:
     (lambda b: {**b, "rejected": [{"sender": 1}]}, 400, ["rejected"]),
     (lambda b: {**b, "rejected": [{"sender": 1, "reason": "bad\x00sig"}]}, 400, ["rejected"]),
     (lambda b: {**b, "rejected": [{"sender": 2**80, "reason": "x"}]}, 400, ["rejected"]),
+    (lambda b: {**b, "diverged": "no"}, 400, ["diverged"]),
     (lambda b: {**b, "accuracy": 1.5}, 400, ["accuracy"]),
     (lambda b: {**b, "accuracy": -0.1}, 400, ["accuracy"]),
     (lambda b: {**b, "samples": -1}, 400, ["samples"]),

@@ -113,3 +113,22 @@ def test_round_without_reports_fails_the_job(job_with_consents, settings):
     orchestration.enforce_deadlines()
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "no peer reported" in job.failure
+
+
+def test_a_diverged_report_is_stored_but_counts_for_neither_the_mean_nor_the_rewards(job_with_consents):
+    from dataclasses import replace
+
+    from ledger.services import split_rewards
+
+    job, nodes = job_with_consents
+    assert orchestration.start_job_if_ready(job.id)
+    rnd = job.round_set.get(number=1)
+    orchestration.accept_report(nodes[0], replace(report(job, nodes[0], 1), accuracy=0.8))
+    orchestration.accept_report(nodes[1], replace(report(job, nodes[1], 1), accuracy=0.6))
+    blown = orchestration.accept_report(nodes[2], replace(report(job, nodes[2], 1), accuracy=0.0, diverged=True))
+    assert blown.diverged and blown.as_event()["diverged"] is True
+    orchestration.close_round(rnd.id)
+    rnd.refresh_from_db()
+    assert rnd.reporters == 3 and rnd.mean_accuracy == pytest.approx(0.7)
+    job.refresh_from_db()
+    assert set(split_rewards(job)) == {nodes[0].id, nodes[1].id}

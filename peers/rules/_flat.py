@@ -2,15 +2,19 @@
 "virtual [n, P] matrix" view of a list of state dicts.
 
 Every rule sees its input as ``n`` state dicts with the same tensor names and shapes. Viewed
-flat, that is an ``[n, P]`` float32 matrix (``P`` = total parameter count, tensors in the
-order of ``updates[0]``). ``flatten`` materialises it (one preallocated buffer, each tensor
+flat, that is an ``[n, P]`` matrix (``P`` = total parameter count, tensors in the order of
+``updates[0]``). ``flatten`` materialises it in float32 (one preallocated buffer, each tensor
 copied straight into its slice: no per-model ``torch.cat`` temporaries); ``unflatten`` turns a
 flat ``[P]`` vector back into a state dict with the original names, shapes and dtypes.
 
-The coordinate-wise rules never need the whole matrix: ``column_blocks`` yields it a few
-thousand coordinates at a time (``column_rows``: n row copies of c values, ~1 MB in all, not
-``n * P * 4``), which ``sort_rows`` sorts elementwise with a sorting network of
-``torch.minimum``/``torch.maximum`` while they sit in cache.
+The rules never need the whole matrix: ``column_rows`` yields it a few thousand coordinates
+at a time (n row copies of c values, ~1 MB in all, not ``n * P * 4``), which ``sort_rows``
+sorts elementwise with a sorting network of ``torch.minimum``/``torch.maximum`` while they sit
+in cache.
+
+Each tensor is aggregated in its ``compute_dtype``: float32 for float32 and narrower floats,
+float64 for float64 and for integer and boolean tensors, so no rule loses a tensor's precision
+beyond its own averaging.
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ def raise_nonfinite(updates: Sequence[Mapping[str, Tensor]], spec: Spec, rule: s
             t = u[e.name]
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{rule}: update {i} tensor {e.name!r} contains non-finite values (NaN or Inf)")
-    raise ValueError(f"{rule}: {what or 'result is not finite'} (inputs are finite: float32 overflow?)")
+    raise ValueError(f"{rule}: {what or 'result is not finite'} (inputs are finite: overflow?)")
 
 
 def flatten(updates: Sequence[Mapping[str, Tensor]], spec: Spec | None = None) -> Tensor:
@@ -172,6 +176,15 @@ def flatten(updates: Sequence[Mapping[str, Tensor]], spec: Spec | None = None) -
         for e in spec.entries:
             row[e.offset : e.offset + e.numel].copy_(u[e.name].detach().reshape(-1))
     return out
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor of ``dtype`` is aggregated in: float32 for float32, float16 and
+    bfloat16 (exact conversions, float32's speed); float64 for float64 and for integers and
+    booleans (exact up to 2**53, where float32 would turn int64 10**12 + 1 into 999999995904)."""
+    if dtype.is_floating_point and dtype.itemsize <= 4:
+        return torch.float32
+    return torch.float64
 
 
 def cast_back(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -198,35 +211,26 @@ def _block_size(spec: Spec) -> int:
     return BLOCK_COLUMNS if spec.device.type == "cpu" else 64 * BLOCK_COLUMNS
 
 
-def column_blocks(
-    updates: Sequence[Mapping[str, Tensor]],
-    spec: Spec,
-    rows: Sequence[int] | None = None,
-    block: int | None = None,
-) -> Iterator[tuple[int, Tensor]]:
-    """Yield ``(offset, B)``: ``B`` a fresh contiguous float32 ``[m, c]`` copy of columns
-    offset..offset+c of the virtual matrix, restricted to ``rows`` (default: all updates)."""
-    for offset, parts in column_rows(updates, spec, rows, block):
-        yield offset, torch.stack(parts)
-
-
 def column_rows(
     updates: Sequence[Mapping[str, Tensor]],
     spec: Spec,
     rows: Sequence[int] | None = None,
     block: int | None = None,
-) -> Iterator[tuple[int, list[Tensor]]]:
-    """Like ``column_blocks`` but yields the ``m`` rows as separate fresh float32 ``[c]`` copies.
+    dtype: torch.dtype | None = None,
+) -> Iterator[tuple[Entry, int, list[Tensor]]]:
+    """Yield ``(entry, start, parts)``: ``parts`` holds, for each update in ``rows`` (default:
+    all), a fresh contiguous ``[c]`` copy of values start..start+c of ``entry``'s tensor, in
+    ``dtype`` (default: the tensor's ``compute_dtype``).
     Every op stays below torch's intra-op parallelism grain (32768 elements) on CPU: on a busy
     machine, thousands of medium-sized 2-thread ops stall on OpenMP barriers (measured ~20x
     slower), while these single-threaded, in-cache ops do not."""
     chosen = [updates[i] for i in rows] if rows is not None else list(updates)
     block = block or _block_size(spec)
     for e in spec.entries:
+        to = dtype or compute_dtype(e.dtype)
         flats = [u[e.name].detach().reshape(-1) for u in chosen]
         for a in range(0, e.numel, block):
-            b = min(a + block, e.numel)
-            yield e.offset + a, [f[a:b].to(torch.float32, copy=True) for f in flats]
+            yield e, a, [f[a : a + block].to(to, copy=True) for f in flats]
 
 
 @functools.cache
@@ -277,14 +281,15 @@ def coordinatewise(
     rows: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Apply ``fn(s) -> [c]`` to every column block, ``s`` the list of its ``m`` rows sorted
-    elementwise (``s[0]`` minima ... ``s[-1]`` maxima); raises on non-finite inputs."""
-    out = torch.empty(spec.size, dtype=torch.float32, device=spec.device)
-    for offset, parts in column_rows(updates, spec, rows):
+    elementwise (``s[0]`` minima ... ``s[-1]`` maxima) in the tensor's ``compute_dtype``;
+    raises on non-finite inputs."""
+    out = {e.name: torch.empty(e.numel, dtype=compute_dtype(e.dtype), device=spec.device) for e in spec.entries}
+    for e, start, parts in column_rows(updates, spec, rows):
         s = sort_rows(parts)
         if not (bool(torch.isfinite(s[0]).all()) and bool(torch.isfinite(s[-1]).all())):
             raise_nonfinite(updates, spec, rule)
-        out[offset : offset + s[0].numel()] = fn(s)
-    return unflatten(out, spec)
+        out[e.name][start : start + s[0].numel()] = fn(s)
+    return {e.name: cast_back(out[e.name].view(e.shape), e.dtype) for e in spec.entries}
 
 
 def sorted_median(s: Sequence[Tensor]) -> Tensor:

@@ -1,7 +1,9 @@
-"""Bulyan (El Mhamdi et al., ICML 2018) on top of multi-Krum.
+"""Bulyan (El Mhamdi et al., ICML 2018) on top of Krum, as in the paper and Flower.
 
-1. Selection: the theta = n - 2f updates with the lowest Krum scores (multi-Krum, scores
-   computed once over all n updates; see ``peers.rules.krum``).
+1. Selection, recursive: Krum picks one update from the pool, which moves it to the
+   selection; repeated until theta = n - 2f updates are selected. Each round scores the
+   remaining pool only (n' - f - 2 neighbours, at least one; see ``peers.rules.krum``), so this
+   is not the same as scoring once and keeping the theta best.
 2. Aggregation, coordinate-wise over the selection: the beta = theta - 2f = n - 4f values
    closest to the coordinate's median (mean of the middle pair for even theta), averaged.
 
@@ -31,8 +33,19 @@ def aggregate(updates: list[dict[str, Tensor]], weights: list[float] | None = No
         raise ValueError(f"{NAME}: needs n >= 4f + 3 updates; got n={n}, f={f} (n must be >= {4 * f + 3})")
     theta = n - 2 * f
     beta = theta - 2 * f
-    chosen = krum.select(updates, f, theta, spec, NAME)
+    chosen = select(updates, f, theta, spec)
     return _flat.coordinatewise(updates, spec, lambda rows: closest_to_median_mean(rows, beta), NAME, rows=chosen)
+
+
+def select(updates: list[dict[str, Tensor]], f: int, theta: int, spec: _flat.Spec) -> list[int]:
+    """Indices of the ``theta`` updates Krum picks one at a time, each pick leaving the pool (ties
+    to the lower index). Distances are computed once: removing an update changes no other."""
+    d = krum.pairwise_sq_distances(updates, spec, NAME)
+    pool, chosen = list(range(len(updates))), []
+    for _ in range(theta):
+        scores = krum.scores_from_distances(d[pool][:, pool], f)
+        chosen.append(pool.pop(int(torch.argmin(scores))))  # argmin: the first minimum
+    return chosen
 
 
 def closest_to_median_mean(s: list[Tensor], beta: int) -> Tensor:

@@ -1,9 +1,10 @@
 """Weighted mean (FedAvg): ``sum_i w_i * update_i`` with the weights renormalised to sum to 1
 (``weights=None``: uniform). Not robust: one bad update moves the result arbitrarily far.
 
-Speed: per tensor name, one preallocated float32 accumulator and one in-place
-``out.add_(t, alpha=w)`` per model: no ``[n, P]`` stack, no Python loop over elements
-(see ``python -m bench aggregate``: faster than ``torch.stack(flat).mean(0)``).
+Speed: per tensor name, one preallocated accumulator (in its ``_flat.compute_dtype``: float32,
+or float64 for float64 and integer tensors) and one in-place ``out.add_(t, alpha=w)`` per
+model: no ``[n, P]`` stack, no Python loop over elements (see ``python -m bench aggregate``:
+faster than ``torch.stack(flat).mean(0)``).
 Finiteness is checked on the result only, by one sum per tensor (a NaN/Inf input always
 reaches it, even with weight 0, since ``0 * inf = nan``); only then are the inputs scanned to
 name the culprit.
@@ -25,12 +26,11 @@ NAME = "mean"
 def linear_combination(
     states: Sequence[Mapping[str, Tensor]], coefs: Sequence[float], spec: _flat.Spec, rule: str
 ) -> dict[str, Tensor]:
-    """``sum_i coefs[i] * states[i]`` tensor-name-wise, accumulated in float32 (float64 stays
-    float64), cast back to each tensor's dtype. ``states`` must already match ``spec``."""
+    """``sum_i coefs[i] * states[i]`` tensor-name-wise, accumulated in each tensor's
+    ``compute_dtype``, cast back to its dtype. ``states`` must already match ``spec``."""
     out: dict[str, Tensor] = {}
     for e in spec.entries:
-        acc_dtype = torch.float64 if e.dtype == torch.float64 else torch.float32
-        acc = torch.empty(e.shape, dtype=acc_dtype, device=spec.device)
+        acc = torch.empty(e.shape, dtype=_flat.compute_dtype(e.dtype), device=spec.device)
         torch.mul(states[0][e.name].detach(), coefs[0], out=acc)
         for s, c in zip(states[1:], coefs[1:]):
             acc.add_(s[e.name].detach(), alpha=c)

@@ -12,9 +12,10 @@ the raw little-endian data), so any safetensors reader takes what ``dump`` write
   out: a 100M-parameter model costs its size once on arrival, not twice.
 
 ``parse`` is strict, because it reads bytes from the wire: the header must be a JSON object
-of known dtypes and non-negative shapes whose byte ranges tile the data exactly, in order,
-without gaps or overlaps (what safetensors' own reader enforces), booleans must be 0 or 1,
-and any violation raises ``ValueError``; nothing is evaluated or unpickled.
+of known dtypes and non-negative shapes whose byte ranges, taken in order of (start, end)
+whatever the order of the keys, tile the data exactly without gaps or overlaps (what
+safetensors' own reader enforces; an empty tensor may sit at any boundary), booleans must be
+0 or 1, and any violation raises ``ValueError``; nothing is evaluated or unpickled.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
 }
 CODES = {dtype: code for code, dtype in DTYPES.items()}
 # safetensors' dtype order (its Rust enum); files list tensors by descending rank, then name
-RANK = {code: i for i, code in enumerate(["BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32", "F64", "I64"])}
+RANK = {code: i for i, code in enumerate(
+    ["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
+)}
 ITEMSIZE = {dtype: dtype.itemsize for dtype in DTYPES.values()}
 
 
@@ -91,7 +94,9 @@ def parse(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor]
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ValueError("metadata must be str -> str")
     start = 8 + header_len
-    entries = sorted((_entry(name, info) for name, info in header.items()), key=lambda e: e[3])
+    # by (start, end), as safetensors: by start alone, an empty tensor at a non-empty one's
+    # start would fail or pass depending on the order of the keys
+    entries = sorted((_entry(name, info) for name, info in header.items()), key=lambda e: (e[3], e[4]))
     expected = 0
     for name, _, _, begin, end in entries:
         if begin != expected:

@@ -236,6 +236,7 @@ class PeerReport(models.Model):
     bytes_received = models.PositiveBigIntegerField(default=0)
     duration_s = models.FloatField(default=0)
     rejected = models.JSONField(default=list, blank=True)
+    diverged = models.BooleanField(default=False, help_text="The peer's model or losses were not finite; its numbers mean nothing.")
 
     class Meta:
         ordering = ["round__number", "node_id"]
@@ -245,5 +246,5 @@ class PeerReport(models.Model):
         return {
             "round": self.round.number, "node": self.node_id, "node_name": self.node.name,
             "train_loss": self.train_loss, "eval_loss": self.eval_loss, "accuracy": self.accuracy,
-            "samples": self.samples, "rejected": self.rejected,
+            "samples": self.samples, "rejected": self.rejected, "diverged": self.diverged,
         }

@@ -18,6 +18,7 @@ from peers import topology
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, PeerReport as ReportMessage, node_channel, to_message
 
+from . import queue
 from .models import CohortMember, Consent, Job, PeerReport, Round
 from .snapshot import round_summary, status_event
 
@@ -60,11 +61,9 @@ def start_job_if_ready(job_id: int) -> bool:
 
 def start_jobs_for_node(node) -> None:
     """A node came online: any waiting job it consented to may now have its cohort."""
-    from .tasks import start_job
-
     job_ids = Job.objects.filter(status=Job.Status.WAITING, consents__node=node).values_list("id", flat=True)
     for job_id in set(job_ids):
-        transaction.on_commit(lambda job_id=job_id: start_job.delay(job_id))
+        transaction.on_commit(lambda job_id=job_id: queue.start_job(job_id))
 
 
 # -- rounds -----------------------------------------------------------------------------------
@@ -137,8 +136,6 @@ def _check_report(msg: ReportMessage) -> None:
 
 def accept_report(node, msg: ReportMessage) -> PeerReport:
     """Persist one peer's report for the open round; close the round when everyone reported."""
-    from .tasks import close_round_task
-
     if msg.node_id != node.id:
         raise ReportRefused(403, "report is for another node")
     _check_report(msg)
@@ -158,12 +155,12 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
             round=rnd, node=node, train_loss=msg.train_loss, eval_loss=msg.eval_loss,
             accuracy=msg.accuracy, samples=msg.samples, eval_samples=msg.eval_samples,
             model_hash=msg.model_hash, bytes_sent=msg.bytes_sent, bytes_received=msg.bytes_received,
-            duration_s=msg.duration_s, rejected=list(msg.rejected),
+            duration_s=msg.duration_s, rejected=list(msg.rejected), diverged=msg.diverged,
         )
         complete = rnd.reports.count() >= len(members)
         transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))
         if complete:
-            transaction.on_commit(lambda: close_round_task.delay(rnd.id))
+            transaction.on_commit(lambda: queue.close_round(rnd.id))
     for item in msg.rejected:
         log.warning("job %s round %s: node %s rejected weights from %s: %s",
                     job.id, rnd.number, node.id, item.get("sender"), item.get("reason"))
@@ -172,8 +169,6 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
 
 def close_round(round_id: int) -> None:
     """Close a round (quorum or deadline), then open the next one or finish the job."""
-    from ledger.tasks import settle_job
-
     with transaction.atomic():
         rnd = Round.objects.select_related("job").get(pk=round_id)
         job = Job.objects.select_for_update().get(pk=rnd.job_id)
@@ -184,12 +179,13 @@ def close_round(round_id: int) -> None:
         rnd.status = Round.Status.CLOSED
         rnd.closed_at = timezone.now()
         rnd.reporters = len(reports)
-        if reports:
+        scored = [r for r in reports if not r.diverged]  # a diverged peer's numbers mean nothing
+        if scored:
             # Weighted by evaluation samples, so the mean is the accuracy over all held-out data.
-            weights = [r.eval_samples for r in reports] if any(r.eval_samples for r in reports) else [1] * len(reports)
+            weights = [r.eval_samples for r in scored] if any(r.eval_samples for r in scored) else [1] * len(scored)
             total = sum(weights)
-            rnd.mean_accuracy = sum(w * r.accuracy for w, r in zip(weights, reports)) / total
-            rnd.mean_loss = sum(w * r.eval_loss for w, r in zip(weights, reports)) / total
+            rnd.mean_accuracy = sum(w * r.accuracy for w, r in zip(weights, scored)) / total
+            rnd.mean_loss = sum(w * r.eval_loss for w, r in zip(weights, scored)) / total
         rnd.save()
         if job.topology == "dynamic":
             note_slow_links(job, reports)
@@ -211,7 +207,7 @@ def close_round(round_id: int) -> None:
     else:
         job_update(job.id, "status", status_event(job))
         if job.status == Job.Status.FINISHED:
-            settle_job.delay(job.id)
+            queue.settle_job(job.id)
 
 
 def note_slow_links(job: Job, reports) -> None:

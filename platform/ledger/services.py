@@ -26,12 +26,13 @@ def is_valid_address(address: str) -> bool:
 
 def split_rewards(job) -> dict[int, int]:
     """node_id -> wei. Each closed round pays exactly reward_per_round tokens, split by samples
-    (floor); the remainder goes to the reporter with most samples (ties: lowest node id)."""
+    (floor) between the reporters whose models did not diverge; the remainder goes to the one
+    with most samples (ties: lowest node id)."""
     budget = job.reward_per_round * WEI_PER_TOKEN
     totals: dict[int, int] = defaultdict(int)
     rounds = job.round_set.filter(status=Round.Status.CLOSED).prefetch_related("reports")
     for rnd in rounds:
-        reports = sorted(rnd.reports.all(), key=lambda r: r.node_id)
+        reports = sorted((r for r in rnd.reports.all() if not r.diverged), key=lambda r: r.node_id)
         if not reports:
             continue
         weights = [r.samples for r in reports]

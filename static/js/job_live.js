@@ -13,6 +13,7 @@
     const rounds = state.closed_rounds.slice().sort((a, b) => a.round - b.round);
     const byNode = {};
     for (const r of state.reports) {
+      if (r.diverged) continue;  // its numbers mean nothing
       (byNode[r.node_name] = byNode[r.node_name] || { x: [], y: [] });
       byNode[r.node_name].x.push(r.round);
       byNode[r.node_name].y.push(r.accuracy);
@@ -67,7 +68,9 @@
   function renderPeers() {
     const cohort = (state.cohort || []).slice().sort((a, b) => a.position - b.position);
     document.getElementById("peers-section").hidden = cohort.length === 0;
-    const reported = new Set(state.reports.filter(r => r.round === state.current_round).map(r => r.node));
+    const thisRound = state.reports.filter(r => r.round === state.current_round);
+    const reported = new Set(thisRound.map(r => r.node));
+    const diverged = new Set(thisRound.filter(r => r.diverged).map(r => r.node));
     const running = state.status === "running";
     const body = document.getElementById("peers");
     body.replaceChildren();
@@ -81,6 +84,7 @@
       badgeCell(row, m.online ? "online" : "offline", m.online ? "online" : "offline");
       if (!running) cell(row, "–");
       else if (!m.consent) cell(row, "consent revoked");
+      else if (diverged.has(m.node)) badgeCell(row, "diverged", "failed");
       else if (reported.has(m.node)) badgeCell(row, "reported", "online");
       else {
         cell(row, "waiting");
