@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   the main job, embedded (SQLite, in-memory channel layer, eth-tester): no service needed
-#   make test   the whole suite against real PostgreSQL, Redis and anvil
+#   make test   lint, then the whole suite against real PostgreSQL, Redis and anvil
+# and while working:
+#   make test-fast  the tests that need no service (every service address points nowhere), in under a minute
+#   make lint       ruff (lint + format check), mypy, import-linter
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +15,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/dfl
             REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/9} \
             SECRET_KEY=test-secret-key-not-for-production
 
-.PHONY: venv npm browser demo demo-headless test bench clean contracts
+.PHONY: venv npm browser demo demo-headless test test-fast lint format bench clean contracts
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -36,8 +39,24 @@ demo: venv
 demo-headless: venv
 	DFL_EMBEDDED=1 $(PY) manage.py demo --headless --rounds 3 --peers 4
 
-test: venv npm browser
+test: lint npm browser
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+# Pure tests only: with Postgres and Redis addresses that cannot answer, a test that needs a
+# service without being marked `services` fails here instead of passing by luck.
+test-fast: venv
+	DATABASE_URL=postgres://nobody@127.0.0.1:9/none REDIS_URL=redis://127.0.0.1:9/0 SECRET_KEY=fast \
+	  $(PY) -m pytest -q -m "not services and not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DFL_EMBEDDED=1 $(VENV)/bin/mypy
+	PYTHONPATH=platform:. $(VENV)/bin/lint-imports --no-cache
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 contracts: npm
 	node contracts/compile.js

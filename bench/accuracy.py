@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,8 @@ from peers.models import build_model
 from peers.simulate import Evaluator, SimConfig, load_shards, run_simulation, union_eval, union_train
 from peers.training import LR_SCHEDULES, LocalTrainer, mix, scheduled_lr, select_device
 
-FULL = {"rounds": 300, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
-QUICK = {"rounds": 60, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
+FULL: dict[str, Any] = {"rounds": 300, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
+QUICK: dict[str, Any] = {"rounds": 60, "local_steps": 5, "lr": 1.0, "lr_schedule": "cosine"}
 BASELINE_LRS = (0.1, 0.3, 0.5, 1.0)  # the centralized baseline is also shown at its best lr
 
 
@@ -80,7 +81,7 @@ def run_seed(base: SimConfig, device, plan) -> dict[str, dict]:
     seen = base.rounds * base.local_steps * sum(min(base.batch_size, d.samples) for d in datas)
     steps = round(seen / base.batch_size)
     acc, secs = centralized(base, datas, steps, device)
-    rows = {"central": {"accuracy": acc, "seconds": secs, "bytes": 0,
+    rows: dict[str, dict[str, Any]] = {"central": {"accuracy": acc, "seconds": secs, "bytes": 0,
                         "epochs": seen / sum(d.samples for d in datas),
                         "eval_samples": sum(len(d.y_eval) for d in datas)}}
     rows["central"]["by_lr"] = {lr: acc if lr == base.lr else
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-others", action="store_true", help="only ring and centralized (for sweeps)")
     args = parser.parse_args(argv)
 
-    hp = dict(QUICK if args.quick else FULL)
+    hp: dict[str, Any] = dict(QUICK if args.quick else FULL)
     for key in hp:
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     print(f"{LABELS['central']:<28} {central:>9.4f} {'-':>10} {'-':>10} {'-':>8} {0:>9.1f} "
           f"{mean('central', 'seconds'):>7.1f}")
     by_lr = {lr: float(np.mean([rows["central"]["by_lr"][lr] for rows in per_seed])) for lr in BASELINE_LRS}
-    best_lr = max(by_lr, key=by_lr.get)
+    best_lr = max(by_lr, key=lambda lr: by_lr[lr])
     print(f"{'centralized SGD, best lr ' + str(best_lr):<28} {by_lr[best_lr]:>9.4f} {'-':>10} {'-':>10} {'-':>8} "
           f"{0:>9.1f} {'':>7}")
     for key, _, _ in plan:

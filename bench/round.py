@@ -32,6 +32,7 @@ from peers.data import load_local_data
 from peers.federation import InMemoryPlatform
 from peers.protocol import JobConfig
 from peers.wire.signing import NodeKey
+from peers.transport.base import Transport
 from peers.transport.memory import MemoryTransport
 from peers.worker import Peer
 
@@ -45,6 +46,8 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
     from peers.transport.redis import RedisChannelTransport
 
     prefix = f"bench-round-{uuid.uuid4().hex[:8]}:"
+    transports: list[Transport]
+    driver: Transport
     if kind == "memory":
         shared = MemoryTransport()
         transports = [shared] * N

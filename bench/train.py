@@ -61,11 +61,11 @@ class BareLoop:
         self.y = torch.from_numpy(data.y_train).to(device)
         self.n, self.batch, self.device = len(self.y), batch, device
         self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.perm, self.pos = None, self.n
+        self.perm, self.pos = torch.empty(0, dtype=torch.long, device=device), self.n
 
     def train(self, steps: int) -> float:
         self.model.train()
-        loss = None
+        loss = torch.zeros(())
         for _ in range(steps):
             if self.pos + self.batch > self.n:
                 self.perm = torch.randperm(self.n, generator=self.gen, device=self.device)

@@ -87,7 +87,8 @@ class InMemoryPlatform:
                 for rep in reports:
                     for item in rep["rejected"]:
                         if item["reason"] == NO_WEIGHTS_BEFORE_DEADLINE and item["sender"] in position:
-                            cut.add(tuple(sorted((position[rep["node_id"]], position[item["sender"]]))))
+                            a, b = sorted((position[rep["node_id"]], position[item["sender"]]))
+                            cut.add((a, b))
                 results.append(result)
                 if on_round is not None:
                     on_round(result)

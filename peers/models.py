@@ -81,19 +81,23 @@ def build_model(name: str, num_features: int, num_classes: int, *, hidden: int =
         raise ValueError(f"need num_features >= 1 and num_classes >= 1, got {num_features}, {num_classes}")
     if name == "mlp" and hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
-    shape = None
+    shape: tuple[int, ...] = ()
     if name in ("cnn", "resnet"):
         shape = tuple(input_shape) if input_shape else infer_image_shape(num_features)
         if len(shape) != 3 or math.prod(shape) != num_features:
             raise ValueError(f"input_shape {shape} does not hold {num_features} features")
 
+    def image_shape() -> tuple[int, int, int]:
+        channels, height, width = shape
+        return channels, height, width
+
     def make() -> nn.Module:
         if name == "logreg":
             return nn.Linear(num_features, num_classes)
         if name == "cnn":
-            return SmallCNN(shape, num_classes)
+            return SmallCNN(image_shape(), num_classes)
         if name == "resnet":
-            return ResNet(shape, num_classes)
+            return ResNet(image_shape(), num_classes)
         return nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     if seed is None:

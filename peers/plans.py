@@ -2,11 +2,11 @@
 the local simulator, the benchmarks and the tests (stdlib only, like peers.topology)."""
 from __future__ import annotations
 
-from peers.protocol import Neighbour, RoundPlan, node_channel
+from peers.protocol import JobConfig, Neighbour, RoundPlan, node_channel
 
 
 def round_plans(*, job_id: int, round: int, total_rounds: int, members: list[tuple[int, str]],
-                rows: list[dict[int, float]], config: dict, deadline: float,
+                rows: list[dict[int, float]], config: JobConfig, deadline: float,
                 max_payload_bytes: int) -> list[RoundPlan]:
     """One plan per member; members[i] = (node id, Ed25519 public key hex) at position i and
     rows[i] its mixing weights by position (rows[i][i] is the self weight)."""

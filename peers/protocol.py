@@ -151,7 +151,7 @@ _KINDS = {"int": "int", "float": "float", "str": "str", "bytes": "bytes", "dict"
           "dict[str, float]": "dict", "list[Neighbour]": "neighbours", "list[dict]": "rejected",
           "JobConfig": "config"}
 _SCHEMAS: dict[type, dict[str, str]] = {
-    cls: {f.name: _KINDS[f.type] for f in fields(cls)} for cls in (JobConfig, Neighbour, *MESSAGE_TYPES.values())
+    cls: {f.name: _KINDS[str(f.type)] for f in fields(cls)} for cls in (JobConfig, Neighbour, *MESSAGE_TYPES.values())
 }
 
 

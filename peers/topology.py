@@ -193,6 +193,7 @@ def dynamic_graph(base: str, n: int, round: int, every_k: int = 1, seed: int = 0
         raise ValueError(f"cut links must be pairs of positions in 0..{n - 1}")
     draw = (round - 1) // every_k
     rng = random.Random(f"dynamic:{base}:{n}:{d}:{seed}:{draw}")
+    graph: Graph
     for attempt in range(MAX_DRAWS // 10):
         if base == "random_regular":
             # Unrestricted first, so cut links that the draw would not have used change nothing.
@@ -205,7 +206,7 @@ def dynamic_graph(base: str, n: int, round: int, every_k: int = 1, seed: int = 0
             labels = list(range(n))
             rng.shuffle(labels)
             shape = ring(n) if base == "ring" else torus(n)
-            graph: Graph = [set() for _ in range(n)]
+            graph = [set() for _ in range(n)]
             for p, nbrs in enumerate(shape):
                 graph[labels[p]] = {labels[q] for q in nbrs}
         if not any(_pair(i, j) in cut for i, nbrs in enumerate(graph) for j in nbrs):

@@ -54,9 +54,9 @@ class JobState:
     rule_params: dict = field(default_factory=dict)
     last_round: int = 0  # last round this peer completed
     neighbours: dict[int, str] = field(default_factory=dict)  # node id -> public key, latest plan
-    catch_up: dict[int, bytes] = field(default_factory=dict)  # sender -> full model (CATCH_UP_SEQ)
+    catch_up: dict[int, bytes | bytearray] = field(default_factory=dict)  # sender -> full model (CATCH_UP_SEQ)
     decoders: dict[int, WeightsDecoder] = field(default_factory=dict)  # sender -> its decoder
-    payloads: dict[int, dict[int, bytes]] = field(default_factory=dict)  # round -> sender -> bytes
+    payloads: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> bytes
     rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -343,7 +343,7 @@ class Peer:
         """Send our current model to a neighbour that asked for it (signed requests only)."""
         state = self.jobs.get(request.job_id)
         key = state.neighbours.get(request.requester) if state else None
-        if key is None or not verify(key, request_bytes(request.job_id, request.round, request.requester), request.signature):
+        if state is None or key is None or not verify(key, request_bytes(request.job_id, request.round, request.requester), request.signature):
             log.warning("node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id)
             return
         payload = state.encoder.snapshot(state.trainer.state(), request.round - 1)

@@ -1,13 +1,21 @@
 """Shared fixtures. Real services only: PostgreSQL (pytest-django's test database), Redis,
-anvil. A service that cannot be reached fails the run; nothing is skipped."""
+anvil, Chromium. A service that cannot be reached fails the run; nothing is skipped.
+
+Tests that need a service carry the ``services`` marker: set by hand on modules that talk to
+Redis directly, and added here to every test that asks for the database, anvil or the
+production stack. ``make test-fast`` runs the rest with every service address pointing nowhere.
+"""
 import pytest
 import redis
 from django.conf import settings as django_settings
 
 pytest_plugins = ["tests.chain_fixtures", "tests.stack_fixtures"]
 
+SERVICE_FIXTURES = {"db", "transactional_db", "django_db_setup", "client", "admin_client", "live_server",
+                    "anvil", "chain_settings", "stack", "production_stack"}
 
-@pytest.fixture(scope="session", autouse=True)
+
+@pytest.fixture(scope="session")
 def clean_redis():
     """Start from an empty Redis database (the Makefile gives tests their own, db 9)."""
     client = redis.Redis.from_url(django_settings.REDIS_URL)
@@ -20,10 +28,21 @@ def clean_redis():
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _services_for_marked_tests(request):
+    """A test that needs services gets a checked, clean Redis first (once per session)."""
+    if request.node.get_closest_marker("services"):
+        request.getfixturevalue("clean_redis")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests on the production stack run last: its Celery beat acts on every row it sees, and
-    once started the stack runs until the session ends."""
+    """Mark the tests that need services; run those on the production stack last: its Celery
+    beat acts on every row it sees, and once started the stack runs until the session ends."""
     from tests.stack_fixtures import STACK_FIXTURES
+
+    for item in items:
+        if item.get_closest_marker("django_db") or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
     def uses_stack(item) -> bool:
         return any(name in getattr(item, "fixturenames", ()) for name in STACK_FIXTURES)

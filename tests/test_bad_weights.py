@@ -46,7 +46,8 @@ def test_honest_federation_rejects_nothing():
 
 def test_a_diverging_peer_reports_diverged_not_a_loss_of_zero(caplog):
     """A learning rate far too large blows the models up: the reports say so."""
-    reports, peers, _ = asyncio.run(run_federation(2, 1, graph="complete", lr=1e30, local_steps=20))
+    reports, peers, _ = asyncio.run(run_federation(2, 1, graph="complete", lr=1e30, local_steps=20,
+                                                       deadline_s=4))  # nothing comes: don't wait long
     assert len(reports) == 2 and all(rep["diverged"] for rep in reports), reports
     assert "diverged in round 1" in caplog.text
     assert not all(torch.isfinite(t).all() for t in peers[1].final_model.values())

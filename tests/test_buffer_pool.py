@@ -5,11 +5,11 @@ import os
 
 import torch
 
+from peers.transport.memory import MemoryTransport
 from peers.wire.buffers import BufferPool
 from peers.wire.exchange import Completed, Reassembler, send_payload
 from peers.wire.signing import NodeKey
 from peers.wire.tensorbytes import dump, parse
-from peers.transport.memory import MemoryTransport
 
 MB = 1 << 20
 

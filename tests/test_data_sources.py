@@ -19,7 +19,7 @@ def test_image_folder_per_class(tmp_path):
     data = load_local_data(str(tmp_path))
     assert data.input_shape == (3, 32, 32) and data.num_features == 3 * 32 * 32
     assert data.num_classes == 2 and data.samples + len(data.y_eval) == 12
-    assert 0.0 <= data.X_train.min() and data.X_train.max() <= 1.0
+    assert data.X_train.min() >= 0.0 and data.X_train.max() <= 1.0
     red = data.X_train[data.y_train == 0].reshape(-1, 3, 32, 32)[:, 0].mean()
     assert red > 0.9  # channel-first layout kept the colours where they were
 

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_headless_demo_prints_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CHAIN_RPC_URL", "REDIS_URL")}
     env.update(DFL_EMBEDDED="1", DFL_VAR_DIR=str(tmp_path))

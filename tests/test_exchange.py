@@ -7,18 +7,18 @@ import time
 import pytest
 
 from peers.attacks import tamper_payload
-from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.protocol import ProtocolError, WeightsChunk, from_message, header_bytes, to_message
-from peers.wire.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.memory import MemoryTransport
+from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.wire.format import sha256_hex
+from peers.wire.signing import NodeKey
 
 JOB, CHUNK = 7, 512 * 1024
 ALICE, BOB, MALLORY = 1, 2, 3
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
 async def transport(request):
     """Each transfer test runs over both transports: the in-memory one and real Redis."""
     if request.param == "memory":
@@ -57,7 +57,7 @@ async def _drain(transport, channel="dfl.node.9"):
     while True:  # Redis: read until nothing arrives for a moment (a cancelled receive loses nothing)
         try:
             out.append(await asyncio.wait_for(transport.receive(channel), 0.5))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return out
 
 

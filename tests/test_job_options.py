@@ -12,10 +12,10 @@ from jobs.models import CohortMember, Consent, Job, PeerReport, Round
 from jobs.orchestration import build_plans, close_round
 from nodes.models import Node
 from peers import topology
-from peers.wire.compression import get_compressor
 from peers.models import MODEL_CHOICES
 from peers.rules import RULES
 from peers.training import LR_SCHEDULES
+from peers.wire.compression import get_compressor
 
 FORM = {"name": "j", "description": "", "is_public": "on", "dataset": "digits", "model": "mlp", "hidden": 32,
         "topology": "ring", "degree": 4, "redraw_every": 5, "rule": "mean", "byzantine_f": 0, "clip_norm": 10,

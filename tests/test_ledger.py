@@ -12,6 +12,7 @@ from ledger.chain import Chain
 from ledger.models import ContractDeployment, Payout, tokens_text
 from ledger.services import NO_ADDRESS, pay_rewards, settle, split_rewards
 from nodes.models import Node
+from tests.factories import make_node, make_user
 
 WEI = 10**18
 pytestmark = pytest.mark.django_db
@@ -21,16 +22,6 @@ def new_address() -> str:
     return "0x" + secrets.token_hex(20)
 
 
-def make_node(name: str, address: str | None = "") -> Node:
-    user = get_user_model().objects.create_user(f"owner-{name}", password="pw-unused-123")
-    if address is not None:
-        profile = Profile.for_user(user)
-        profile.payout_address = address
-        profile.save()
-    node = Node(owner=user, name=name)
-    node.issue_token()
-    node.save()
-    return node
 
 
 def make_job(reward_per_round=100, status=Job.Status.FINISHED) -> Job:
@@ -52,7 +43,7 @@ def add_round(job: Job, number: int, samples: dict[Node, int], closed: bool = Tr
 
 
 def test_split_rewards_is_exact_and_proportional():
-    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    a, b, c = make_node(make_user(), "a"), make_node(make_user(), "b"), make_node(make_user(), "c")
     job = make_job(reward_per_round=100)
     add_round(job, 1, {a: 500, b: 300, c: 200})  # divides evenly
     add_round(job, 2, {a: 1, b: 1, c: 1})  # 100e18 / 3: one wei left over, to the lowest id
@@ -69,7 +60,7 @@ def test_split_rewards_is_exact_and_proportional():
 
 
 def test_pay_rewards_on_anvil(chain_settings):
-    nodes = [make_node(f"n{i}") for i in range(3)]
+    nodes = [make_node(make_user(), f"n{i}") for i in range(3)]
     job = make_job()
     items = [(node, new_address(), (i + 1) * 10 * WEI + i) for i, node in enumerate(nodes)]
     payouts = pay_rewards(job, items)
@@ -87,7 +78,7 @@ def test_pay_rewards_on_anvil(chain_settings):
 
 
 def test_settle_pays_exactly_once(chain_settings):
-    a, b = make_node("a", new_address()), make_node("b", new_address())
+    a, b = make_node(make_user(payout_address=new_address()), "a"), make_node(make_user(payout_address=new_address()), "b")
     job = make_job(reward_per_round=10)
     add_round(job, 1, {a: 3, b: 1})
     add_round(job, 2, {a: 1, b: 1})
@@ -109,7 +100,7 @@ def test_settle_pays_exactly_once(chain_settings):
 
 
 def test_node_without_address_fails_until_one_is_set(chain_settings):
-    paid, unpaid = make_node("paid", new_address()), make_node("unpaid", None)
+    paid, unpaid = make_node(make_user(payout_address=new_address()), "paid"), make_node(make_user(), "unpaid")
     job = make_job(reward_per_round=10)
     add_round(job, 1, {paid: 1, unpaid: 1})
 
@@ -142,7 +133,7 @@ def test_token_is_redeployed_when_the_chain_lost_it(chain_settings):
 
 def test_eth_tester_deploys_and_transfers(settings):
     settings.CHAIN_RPC_URL = "eth-tester"
-    node = make_node("tester")
+    node = make_node(make_user(), "tester")
     job = make_job()
     address = new_address()
     [payout] = pay_rewards(job, [(node, address, 42 * WEI)])
@@ -154,7 +145,7 @@ def test_eth_tester_deploys_and_transfers(settings):
 
 
 def test_payouts_page_shows_only_what_the_user_may_see(client):
-    mine, theirs = make_node("mine", new_address()), make_node("theirs", new_address())
+    mine, theirs = make_node(make_user(payout_address=new_address()), "mine"), make_node(make_user(payout_address=new_address()), "theirs")
     job = make_job()
     Payout.objects.create(job=job, node=mine, address=new_address(), amount_wei=3 * WEI, tx_hash="0x" + "ab" * 32)
     Payout.objects.create(job=job, node=theirs, address=new_address(), amount_wei=5 * WEI)
@@ -183,7 +174,7 @@ def _signed_but_never_broadcast(job, node, address, amount):
 
 def test_crash_before_broadcast_rebroadcasts_the_same_transaction(chain_settings):
     address = new_address()
-    node = make_node("crash", address)
+    node = make_node(make_user(payout_address=address), "crash")
     job = make_job(reward_per_round=5)
     add_round(job, 1, {node: 10})
     stored = _signed_but_never_broadcast(job, node, address, 5 * WEI)
@@ -199,7 +190,7 @@ def test_crash_before_broadcast_rebroadcasts_the_same_transaction(chain_settings
 
 def test_stored_transaction_whose_nonce_was_taken_is_signed_anew_once(chain_settings):
     address = new_address()
-    node = make_node("replaced", address)
+    node = make_node(make_user(payout_address=address), "replaced")
     job = make_job(reward_per_round=7)
     add_round(job, 1, {node: 10})
     stored = _signed_but_never_broadcast(job, node, address, 7 * WEI)

@@ -23,6 +23,7 @@ def test_image_shape_inference_and_errors():
     assert set(MODEL_CHOICES) == {"logreg", "mlp", "cnn", "resnet"}
 
 
+@pytest.mark.slow
 def test_cnn_learns_digits():
     data = load_local_data("digits:0/1")
     model = build_model("cnn", data.num_features, 10, seed=0, input_shape=data.input_shape)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from jobs.models import CohortMember, Consent, Job, PeerReport, Round
 from nodes.models import Node
+from tests.factories import make_node
 
 pytestmark = pytest.mark.django_db
 
@@ -24,13 +25,9 @@ NODE_FIELDS = ["name", "cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_ca
                "public_key", "token_id", "token_hash"]
 
 
-def make_node(owner, name="n1", **hw) -> tuple[Node, str]:
-    node = Node(owner=owner, name=name)
-    node.apply_hardware({**HARDWARE, **hw})
-    token = node.issue_token()
-    node.public_key = KEY
-    node.save()
-    return node, token
+def registered(owner, name="n1") -> tuple[Node, str]:
+    node = make_node(owner, name, hardware=HARDWARE, public_key=KEY)
+    return node, node.token
 
 
 def row(node: Node) -> dict:
@@ -50,14 +47,14 @@ def owner():
 
 @pytest.fixture
 def node_and_token(owner):
-    return make_node(owner)
+    return registered(owner)
 
 
 @pytest.fixture
 def running(owner, node_and_token):
     """A running job with a cohort of three consenting nodes and round 1 open."""
     node, token = node_and_token
-    others = [make_node(owner, f"n{i}")[0] for i in (2, 3)]
+    others = [registered(owner, f"n{i}")[0] for i in (2, 3)]
     job = Job.objects.create(owner=owner, name="api job", num_peers=3, rounds=2, status=Job.Status.RUNNING,
                              current_round=1, started_at=timezone.now())
     for position, member in enumerate([node, *others]):
@@ -112,7 +109,7 @@ def test_bad_token_is_401_json(client, node_and_token, header):
 
 def test_secret_of_another_node_does_not_authenticate(owner, node_and_token):
     node, token = node_and_token
-    other, other_token = make_node(owner, "other")
+    other, other_token = registered(owner, "other")
     forged = f"dfln_{node.token_id}_{other_token.split('_', 2)[2]}"
     assert Node.authenticate(forged) is None
     assert Node.authenticate(token) == node and Node.authenticate(other_token) == other
@@ -175,7 +172,7 @@ def test_deeply_nested_body_is_400_not_a_crash(owner):
     """In a process where web3 is loaded (the embedded demo serves the site and settles in one
     process) py_ecc has raised the recursion limit to 100000: the JSON parser must refuse deep
     nesting before the C stack overflows and takes the whole server down."""
-    node, token = make_node(owner)
+    node, token = registered(owner)
     before = row(node)
     db = connection.settings_dict
     root = Path(__file__).resolve().parents[1]
@@ -319,7 +316,7 @@ def test_report_with_unparseable_body_is_refused(client, running):
 
 def test_report_from_node_outside_the_cohort_is_refused(client, owner, running):
     job, rnd, _, _, _ = running
-    stranger, stranger_token = make_node(owner, "stranger")
+    stranger, stranger_token = registered(owner, "stranger")
     Consent.objects.create(job=job, node=stranger, granted=True, by=owner)  # consent alone is not membership
     assert_error(post(client, "/api/v1/reports", stranger_token, report_body(job, stranger)), 403, "cohort")
     assert PeerReport.objects.count() == 0

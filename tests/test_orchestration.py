@@ -12,19 +12,14 @@ from jobs.models import Consent, Job, Round
 from nodes.models import Node
 from peers.protocol import PeerReport, RoundPlan, from_message
 from peers.transport.redis import RedisChannelTransport
+from tests.factories import make_node
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_nodes(owner, count, online=True):
-    nodes = []
-    for i in range(count):
-        node = Node(owner=owner, name=f"n{i}", cores=2, ram_gb=4, public_key=f"{i:064x}")
-        node.issue_token()
-        node.last_seen = timezone.now() if online else None
-        node.save()
-        nodes.append(node)
-    return nodes
+    return [make_node(owner, f"n{i}", hardware={"cores": 2, "ram_gb": 4}, public_key=f"{i:064x}", online=online)
+            for i in range(count)]
 
 
 def receive_plans(settings, nodes) -> dict[int, RoundPlan]:

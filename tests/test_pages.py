@@ -11,6 +11,7 @@ from django.test import Client
 from accounts.models import Profile
 from jobs.models import Consent, Job
 from nodes.models import Node
+from tests.factories import make_node
 
 pytestmark = pytest.mark.django_db
 
@@ -36,12 +37,6 @@ def logged_in(user: User, **kwargs) -> Client:
     return client
 
 
-def make_node(owner: User, name: str = "box", hw: dict = CPU_HW) -> Node:
-    node = Node(owner=owner, name=name)
-    node.apply_hardware(hw)
-    node.issue_token()
-    node.save()
-    return node
 
 
 def form_errors(response, field: str) -> list[str]:
@@ -118,12 +113,12 @@ def test_private_job_is_seen_only_by_owner_staff_and_consenting_node_owners():
     staff = make_user("admin", is_staff=True)
     private = Job.objects.create(owner=owner, name="Secret job", is_public=False)
     public = Job.objects.create(owner=owner, name="Open job", is_public=True)
-    Consent.objects.create(job=private, node=make_node(participant), granted=True, by=participant)
+    Consent.objects.create(job=private, node=make_node(participant, "box"), granted=True, by=participant)
 
     url = f"/jobs/{private.id}/"
     as_stranger = logged_in(stranger)
     assert as_stranger.get(url).status_code == 404
-    assert as_stranger.post(f"{url}consent/", {"node": make_node(stranger).id, "grant": "yes"}).status_code == 404
+    assert as_stranger.post(f"{url}consent/", {"node": make_node(stranger, "box").id, "grant": "yes"}).status_code == 404
     for page in ("/jobs/", "/"):
         text = as_stranger.get(page).content.decode()
         assert "Secret job" not in text and "Open job" in text, page
@@ -152,7 +147,7 @@ def test_cannot_consent_with_someone_elses_node():
 def test_consent_rows_are_append_only():
     user = make_user("participant")
     job = Job.objects.create(owner=make_user("owner"), name="job")
-    node = make_node(user)
+    node = make_node(user, "box")
     client = logged_in(user)
 
     granted = client.post(f"/jobs/{job.id}/consent/", {"node": node.id, "grant": "yes"}, follow=True)
@@ -172,7 +167,7 @@ def test_consent_rows_are_append_only():
 def test_malformed_consent_is_refused(data):
     user = make_user("participant")
     job = Job.objects.create(owner=user, name="job")
-    make_node(user)
+    make_node(user, "box")
     response = logged_in(user).post(f"/jobs/{job.id}/consent/", data, follow=True)
     assert response.status_code == 200
     assert "Choose a node" in response.content.decode()
@@ -182,7 +177,7 @@ def test_malformed_consent_is_refused(data):
 def test_node_without_required_hardware_cannot_consent():
     user = make_user("participant")
     job = Job.objects.create(owner=make_user("owner"), name="GPU job", require_cuda=True)
-    cpu_node = make_node(user, "cpu-box", CPU_HW)
+    cpu_node = make_node(user, "cpu-box", hardware=CPU_HW)
     client = logged_in(user)
     page = client.get(f"/jobs/{job.id}/").content.decode()
     assert "hardware too small" in page
@@ -191,7 +186,7 @@ def test_node_without_required_hardware_cannot_consent():
     assert Consent.objects.count() == 0
 
     big_job = Job.objects.create(owner=job.owner, name="big GPU job", min_vram_gb=48)
-    gpu_node = make_node(user, "gpu-box", GPU_HW)
+    gpu_node = make_node(user, "gpu-box", hardware=GPU_HW)
     client.post(f"/jobs/{big_job.id}/consent/", {"node": gpu_node.id, "grant": "yes"})
     assert Consent.objects.count() == 0
     client.post(f"/jobs/{job.id}/consent/", {"node": gpu_node.id, "grant": "yes"})
@@ -202,7 +197,7 @@ def test_node_without_required_hardware_cannot_consent():
 def test_csrf_is_enforced_on_forms():
     user = make_user("owner")
     job = Job.objects.create(owner=user, name="job")
-    node = make_node(user)
+    node = make_node(user, "box")
     client = logged_in(user, enforce_csrf_checks=True)
     assert client.post("/jobs/new/", JOB_FORM).status_code == 403
     assert client.post(f"/jobs/{job.id}/consent/", {"node": node.id, "grant": "yes"}).status_code == 403
@@ -273,7 +268,7 @@ def test_node_token_is_shown_once_and_never_listed():
 
 def test_nodes_of_others_are_404():
     owner, other = make_user("owner"), make_user("other")
-    node = make_node(owner)
+    node = make_node(owner, "box")
     before = Node.objects.values("token_hash").get()
     client = logged_in(other)
     assert client.get(f"/nodes/{node.id}/").status_code == 404

@@ -38,6 +38,7 @@ def test_median_in_the_neighbourhood_resists_a_scaling_attacker():
     assert min(robust_acc) > max(plain_acc) + 0.15, (plain_acc, robust_acc)  # the mean is dragged away
 
 
+@pytest.mark.slow
 def test_late_joiner_pulls_the_current_model_from_a_neighbour(caplog):
     caplog.set_level(logging.INFO, logger="peers.worker")
     # Short deadlines: until node 3 starts, its neighbours wait that long for its weights.

@@ -13,7 +13,7 @@ from jobs.models import Round
 from jobs.orchestration import accept_report, dispatch_plans
 from peers.protocol import PeerReport
 from tests.factories import make_running_job
-from tests.live_clients import in_thread, launch_chromium, log_in_page
+from tests.live_clients import launch_chromium, log_in_page
 from tests.stack_fixtures import NODE_ONLINE_SECONDS
 
 PASSWORD = "a-long-password-1"

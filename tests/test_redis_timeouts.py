@@ -13,6 +13,8 @@ from django.conf import settings
 from hub.celery import app as celery_app
 from peers.transport.redis import RedisChannelTransport
 
+pytestmark = pytest.mark.services  # real Redis
+
 IDLE_S = 7  # past redis-py's 5 s default
 
 

@@ -14,10 +14,12 @@ from channels.exceptions import ChannelFull as ChannelsChannelFull
 from channels_redis.core import RedisChannelLayer
 
 from peers import protocol as p
-from peers.wire.exchange import Completed, Reassembler, send_payload
-from peers.wire.signing import NodeKey
 from peers.transport import ChannelFull, is_channel_full
 from peers.transport.redis import RedisChannelTransport
+from peers.wire.exchange import Completed, Reassembler, send_payload
+from peers.wire.signing import NodeKey
+
+pytestmark = pytest.mark.services  # real Redis
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")  # `make test` uses db 9
 

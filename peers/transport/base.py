@@ -33,3 +33,9 @@ class Transport(Protocol):
     async def receive(self, channel: str) -> dict: ...
 
     async def close(self) -> None: ...
+
+
+class BatchingTransport(Transport, Protocol):
+    """A transport that declares SEND_MANY."""
+
+    async def send_many(self, channel: str, messages: list[dict]) -> int: ...

@@ -34,6 +34,7 @@ def _lean_class():
             want = length + 2
             if length < VIEW_MIN_BYTES or self._pos < len(self._buffer):
                 return await super()._read(length)  # small, or (re)parsing what was read before
+            assert self._stream is not None  # the connection is open while a reply is parsed
             data = await self._stream.readexactly(want)
             self._chunks.append(data)  # as redis-py does: a cancelled reply is parsed again from these
             self._pos += want

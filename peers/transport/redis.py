@@ -198,12 +198,12 @@ class RedisChannelTransport:
                 return
             if not result:
                 return
-            members = [m for m, _ in result[1]]
+            members = [m for m, _ in result[1]]  # type: ignore[misc,str-unpack]  # (key, [[member, score], ...])
         else:
-            result = await self._redis.bzpopmin(key, timeout=self.block_s)
-            if result is None:
+            popped = await self._redis.bzpopmin(key, timeout=self.block_s)
+            if popped is None:
                 return
-            members = [result[1]]
+            members = [popped[1]]
         size = sum(len(m) for m in members) / len(members)
         self._batch[channel] = max(1, min(self.prefetch, int(PREFETCH_BYTES // max(size, 1))))
         self._buffers[channel].extend(members)

@@ -69,7 +69,7 @@ class WeightsDecoder:
         self.public: dict[str, torch.Tensor] | None = None
         self.public_round = -1
 
-    def decode(self, data: bytes) -> dict[str, torch.Tensor]:
+    def decode(self, data: bytes | bytearray) -> dict[str, torch.Tensor]:
         if len(data) > self.max_bytes:
             raise WeightsRejected(f"payload too large: {len(data)} > {self.max_bytes} bytes")
         try:

@@ -346,7 +346,7 @@ def to_bytes(payload: Mapping[str, Tensor], meta: Mapping[str, str]) -> bytes:
     return dump(payload, meta)
 
 
-def from_bytes(data: bytes) -> tuple[Payload, Meta]:
+def from_bytes(data: bytes | bytearray) -> tuple[Payload, Meta]:
     """Inverse of ``to_bytes``; raises ``ValueError`` on a malformed buffer."""
     try:
         return parse(data)

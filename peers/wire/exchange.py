@@ -14,12 +14,13 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from typing import cast
 from dataclasses import dataclass, field
 
 from peers.wire.buffers import BufferPool
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
 from peers.wire.signing import NodeKey, verify
-from peers.transport.base import SEND_MANY, ChannelFull, Transport, has_extension, is_channel_full
+from peers.transport.base import SEND_MANY, BatchingTransport, ChannelFull, Transport, has_extension, is_channel_full
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
 MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
@@ -69,11 +70,12 @@ async def send_payload(
             hasher.update(data)
         if index < count - 1:
             return to_message(dataclasses.replace(chunk, index=index, signature=opening, data=data))
-        closing = dataclasses.replace(chunk, index=index, sha256=sha256 or hasher.hexdigest(), data=data)
+        digest = hasher.hexdigest() if hasher is not None else sha256 or ""
+        closing = dataclasses.replace(chunk, index=index, sha256=digest, data=data)
         closing.signature = key.sign(header_bytes(closing))
         return to_message(closing)
 
-    send_many = transport.send_many if has_extension(transport, SEND_MANY) else None
+    send_many = cast(BatchingTransport, transport).send_many if has_extension(transport, SEND_MANY) else None
     per_call = max(1, BATCH_BYTES // chunk_bytes) if send_many is not None else 1
     built = 0
 
@@ -92,7 +94,7 @@ async def send_payload(
             raise ChannelFull(channel)
         return sent
 
-    batch, ahead = next_batch(), []
+    batch, ahead = next_batch(), list[dict]()
     delay, give_up = 0.005, time.monotonic() + full_retry_s
     while batch:
         in_flight = asyncio.ensure_future(send(batch))

@@ -45,7 +45,7 @@ def describe(state: dict[str, torch.Tensor]) -> Spec:
     return {k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}
 
 
-def unpack_state(data: bytes, expected: Spec, max_bytes: int) -> dict[str, torch.Tensor]:
+def unpack_state(data: bytes | bytearray, expected: Spec, max_bytes: int) -> dict[str, torch.Tensor]:
     """Parse and validate a payload against ``expected``; raises ``WeightsRejected``.
 
     The tensors of a ``bytearray`` payload (what the reassembler hands over) view its memory."""

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -76,6 +77,7 @@ TEMPLATES = [
     },
 ]
 
+DATABASES: dict[str, Any]
 if EMBEDDED and not os.environ.get("DATABASE_URL"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "demo.sqlite3"}}
@@ -104,7 +106,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", ROOT_DIR / "staticfiles"))  # filled by `manage.py collectstatic`
 # plotly.js is served from the plotly package's bundled copy (no CDN, nothing committed twice).
-PLOTLY_JS_DIR = Path(importlib.util.find_spec("plotly").origin).parent / "package_data"
+_plotly = importlib.util.find_spec("plotly")
+if _plotly is None or not _plotly.origin:
+    raise ImportError("plotly is not installed: pip install -c constraints.txt -e '.[platform]'")
+PLOTLY_JS_DIR = Path(_plotly.origin).parent / "package_data"
 STATICFILES_DIRS = [ROOT_DIR / "static", ("vendor/plotly", PLOTLY_JS_DIR)]
 # Development and the embedded demo serve static files from the source tree; production serves
 # only what `collectstatic` put in STATIC_ROOT (the production-stack tests run it as deployers do).
@@ -127,7 +132,7 @@ REDIS_CONNECTION_OPTIONS = {
 # Channel layer: Redis in production and tests, in-memory in the embedded demo.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 if EMBEDDED:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS: dict[str, Any] = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CHANNEL_LAYERS = {
         "default": {

@@ -51,7 +51,7 @@ class JobForm(forms.ModelForm):
     def _post_clean_defaults(self, data) -> None:
         for name in self.OPTIONAL:
             if data.get(name) in (None, ""):
-                data[name] = Job._meta.get_field(name).get_default()
+                data[name] = Job._meta.get_field(name).get_default()  # type: ignore[union-attr]  # a concrete field
 
     LIMITS = {
         "num_peers": (1, 256), "rounds": (1, 1000), "local_steps": (1, 10_000), "hidden": (1, 4096),

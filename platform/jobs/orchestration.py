@@ -6,6 +6,7 @@ outside world (peers over the channel layer, browsers, Celery) only after the co
 import logging
 import math
 from datetime import timedelta
+from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -63,7 +64,7 @@ def start_jobs_for_node(node) -> None:
     """A node came online: any waiting job it consented to may now have its cohort."""
     job_ids = Job.objects.filter(status=Job.Status.WAITING, consents__node=node).values_list("id", flat=True)
     for job_id in set(job_ids):
-        transaction.on_commit(lambda job_id=job_id: queue.start_job(job_id))
+        transaction.on_commit(partial(queue.start_job, job_id))
 
 
 # -- rounds -----------------------------------------------------------------------------------
@@ -141,8 +142,8 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
     _check_report(msg)
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=msg.job_id).first()
-        members = active_members(job) if job else []
-        if not any(m.node_id == node.id for m in members):
+        members = active_members(job) if job is not None else []
+        if job is None or not any(m.node_id == node.id for m in members):
             raise ReportRefused(403, "node is not in this job's active cohort")
         rnd = job.round_set.filter(number=msg.round).first()
         if rnd is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from eth_typing import ChecksumAddress, HexStr
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import TransactionNotFound
 
@@ -57,7 +58,7 @@ class Chain:
             provider = EthereumTesterProvider()
             w3 = Web3(provider)
             # The first funded test account; eth-tester's backend holds its private key.
-            key = provider.ethereum_tester.backend.account_keys[0].to_hex()
+            key = provider.ethereum_tester.backend.account_keys[0].to_hex()  # type: ignore[union-attr]
             return cls(w3, key)
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
         key = settings.CHAIN_PRIVATE_KEY
@@ -72,7 +73,7 @@ class Chain:
         return cls(w3, key)
 
     @property
-    def operator_address(self) -> str:
+    def operator_address(self) -> ChecksumAddress:
         return self._account.address
 
     # -- the reward token -----------------------------------------------------------------------
@@ -131,7 +132,7 @@ class Chain:
     def broadcast(self, raw_tx: str) -> None:
         """Send a signed transaction; sending one the node already has is harmless."""
         try:
-            self.w3.eth.send_raw_transaction(raw_tx)
+            self.w3.eth.send_raw_transaction(HexStr(raw_tx))
         except Exception as exc:
             if "known" not in str(exc).lower():  # "already known": a re-broadcast
                 raise
@@ -153,7 +154,7 @@ class Chain:
 
     def wait(self, tx_hash: str, timeout: float = RECEIPT_TIMEOUT_S):
         """The receipt once mined; raises TransactionFailed if it reverted."""
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.1)
+        receipt = self.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=timeout, poll_latency=0.1)
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {tx_hash} reverted")
         return receipt
@@ -161,7 +162,7 @@ class Chain:
     def receipt(self, tx_hash: str):
         """The receipt if the transaction is mined, else None."""
         try:
-            return self.w3.eth.get_transaction_receipt(tx_hash)
+            return self.w3.eth.get_transaction_receipt(HexStr(tx_hash))
         except TransactionNotFound:
             return None
 

@@ -79,7 +79,7 @@ class Payout(models.Model):
 
     @property
     def amount_text(self) -> str:
-        return tokens_text(self.amount_wei)
+        return tokens_text(int(self.amount_wei))
 
     def as_event(self) -> dict:
         """What the job page shows of a payout (live frames and the first snapshot)."""

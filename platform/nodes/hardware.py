@@ -1,6 +1,7 @@
 """Validation of the hardware report a peer prints with `python -m peers hw`."""
 import json
 import math
+from typing import Any
 
 from . import safejson
 
@@ -36,7 +37,7 @@ def parse_hardware(raw) -> dict:
             raise HardwareError(f"not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise HardwareError("expected a JSON object as printed by `python -m peers hw`")
-    report = {}
+    report: dict[str, Any] = {}
     try:
         report["cpu"] = _text(raw.get("cpu", ""), 200)
         report["cores"] = int(raw["cores"])

@@ -70,7 +70,7 @@ class Node(models.Model):
     def apply_hardware(self, report: dict) -> None:
         """Copy a `peers hw` report onto the node (validated by nodes.hardware.parse_hardware)."""
         gpus = report.get("gpus") or []
-        best = max(gpus, key=lambda g: g.get("vram_gb", 0), default={})
+        best: dict = max(gpus, key=lambda g: g.get("vram_gb", 0), default={})
         self.cpu = str(report.get("cpu", ""))[:200]
         self.cores = int(report.get("cores", 0))
         self.ram_gb = float(report.get("ram_gb", 0))
@@ -81,9 +81,7 @@ class Node(models.Model):
 
     @property
     def is_online(self) -> bool:
-        return bool(self.last_seen) and timezone.now() - self.last_seen < timedelta(
-            seconds=settings.NODE_ONLINE_SECONDS
-        )
+        return self.last_seen is not None and self.last_seen > self.online_cutoff()
 
     @property
     def channel(self) -> str:

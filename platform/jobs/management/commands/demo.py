@@ -155,7 +155,7 @@ class Command(BaseCommand):
                 current, current_peers = await sync_to_async(self._set_up_job)(rounds, opts)
                 self.stdout.write(f"Next job: http://{opts['host']}:{opts['port']}/jobs/{current.id}/")
 
-        reactor.callLater(1.0, lambda: reactor._asyncioEventloop.create_task(jobs_back_to_back()))
+        reactor.callLater(1.0, lambda: reactor._asyncioEventloop.create_task(jobs_back_to_back()))  # type: ignore[arg-type]
         Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=opts["host"], port=opts["port"]),
