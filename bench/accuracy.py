@@ -18,6 +18,7 @@ the federations it is the mean over peers of each peer's own final model ("conse
 accuracy of the average of the peers' models, a model nobody holds, shown to separate the
 optimisation error from the disagreement between peers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def centralized(cfg: SimConfig, datas: list[LocalData], steps: int, device) -> t
     Xtr, ytr = union_train(datas)
     Xev, yev = union_eval(datas)
     data = LocalData(Xtr, ytr, Xev, yev, datas[0].num_features, datas[0].num_classes, input_shape=datas[0].input_shape)
-    model = build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
-                        input_shape=data.input_shape)
+    model = build_model(
+        cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed, input_shape=data.input_shape
+    )
     trainer = LocalTrainer(model, data, lr=cfg.lr, batch_size=cfg.batch_size, device=device, seed=cfg.seed)
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -63,14 +65,24 @@ def centralized(cfg: SimConfig, datas: list[LocalData], steps: int, device) -> t
 
 
 def consensus_accuracy(cfg: SimConfig, datas, states, device) -> float:
-    model = build_model(cfg.model, datas[0].num_features, datas[0].num_classes, hidden=cfg.hidden, seed=cfg.seed,
-                        input_shape=datas[0].input_shape)
+    model = build_model(
+        cfg.model,
+        datas[0].num_features,
+        datas[0].num_classes,
+        hidden=cfg.hidden,
+        seed=cfg.seed,
+        input_shape=datas[0].input_shape,
+    )
     model.load_state_dict(mix([(1.0, s) for s in states]))
     return Evaluator(*union_eval(datas), device).accuracy(model.to(device))
 
 
-LABELS = {"central": "centralized SGD (baseline)", "ring": "ring DPASGD", "complete": "complete-graph DPASGD",
-          "fedavg": "star FedAvg"}
+LABELS = {
+    "central": "centralized SGD (baseline)",
+    "ring": "ring DPASGD",
+    "complete": "complete-graph DPASGD",
+    "fedavg": "star FedAvg",
+}
 PLAN = [("ring", "ring", "mean"), ("complete", "complete", "mean"), ("fedavg", "star", "fedavg")]
 
 
@@ -81,20 +93,31 @@ def run_seed(base: SimConfig, device, plan) -> dict[str, dict]:
     seen = base.rounds * base.local_steps * sum(min(base.batch_size, d.samples) for d in datas)
     steps = round(seen / base.batch_size)
     acc, secs = centralized(base, datas, steps, device)
-    rows: dict[str, dict[str, Any]] = {"central": {"accuracy": acc, "seconds": secs, "bytes": 0,
-                        "epochs": seen / sum(d.samples for d in datas),
-                        "eval_samples": sum(len(d.y_eval) for d in datas)}}
-    rows["central"]["by_lr"] = {lr: acc if lr == base.lr else
-                                centralized(SimConfig(**{**base.__dict__, "lr": lr}), datas, steps, device)[0]
-                                for lr in BASELINE_LRS}
+    rows: dict[str, dict[str, Any]] = {
+        "central": {
+            "accuracy": acc,
+            "seconds": secs,
+            "bytes": 0,
+            "epochs": seen / sum(d.samples for d in datas),
+            "eval_samples": sum(len(d.y_eval) for d in datas),
+        }
+    }
+    rows["central"]["by_lr"] = {
+        lr: acc if lr == base.lr else centralized(SimConfig(**{**base.__dict__, "lr": lr}), datas, steps, device)[0]
+        for lr in BASELINE_LRS
+    }
     print(f"  seed {base.seed}: centralized {acc:.4f} in {secs:.1f} s", flush=True)
     for key, topo, rule in plan:
         cfg = SimConfig(**{**base.__dict__, "topology": topo, "rule": rule})
         res = run_simulation(cfg, datas=datas)
         rows[key] = {
-            "accuracy": res.final_global_accuracy, "consensus": consensus_accuracy(cfg, datas, res.final_states, device),
-            "own_split": res.final_accuracy, "min_own_split": res.rounds[-1].min_accuracy, "gap": res.spectral_gap,
-            "bytes": sum(s.bytes_sent for s in res.rounds), "seconds": res.seconds,
+            "accuracy": res.final_global_accuracy,
+            "consensus": consensus_accuracy(cfg, datas, res.final_states, device),
+            "own_split": res.final_accuracy,
+            "min_own_split": res.rounds[-1].min_accuracy,
+            "gap": res.spectral_gap,
+            "bytes": sum(s.bytes_sent for s in res.rounds),
+            "seconds": res.seconds,
             "curve": [s.global_accuracy for s in res.rounds],
         }
         print(f"  seed {base.seed}: {LABELS[key]} {res.final_global_accuracy:.4f} in {res.seconds:.1f} s", flush=True)
@@ -124,15 +147,24 @@ def main(argv=None) -> int:
     device = select_device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     plan = PLAN[:1] if args.skip_others else PLAN
-    print(f"accuracy: {args.peers} peers, digits {args.partition}, MLP, {hp['rounds']} rounds x "
-          f"{hp['local_steps']} local steps, lr {hp['lr']} ({hp['lr_schedule']}), batch {args.batch_size}; seeds {seeds}; device {card}",
-          flush=True)
+    print(
+        f"accuracy: {args.peers} peers, digits {args.partition}, MLP, {hp['rounds']} rounds x "
+        f"{hp['local_steps']} local steps, lr {hp['lr']} ({hp['lr_schedule']}), batch {args.batch_size}; seeds {seeds}; device {card}",
+        flush=True,
+    )
 
     started = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        base = SimConfig(peers=args.peers, partition=args.partition, seed=seed, device=str(device), model="mlp",
-                         batch_size=args.batch_size, **hp)
+        base = SimConfig(
+            peers=args.peers,
+            partition=args.partition,
+            seed=seed,
+            device=str(device),
+            model="mlp",
+            batch_size=args.batch_size,
+            **hp,
+        )
         per_seed.append(run_seed(base, device, plan))
 
     def mean(key: str, field: str) -> float:
@@ -140,46 +172,73 @@ def main(argv=None) -> int:
 
     central = mean("central", "accuracy")
     epochs = mean("central", "epochs")
-    print(f"\nmean of {len(seeds)} seed(s); {epochs:.0f} epochs over the union of the training data; eval on the "
-          f"union of the peers' eval splits (~{mean('central', 'eval_samples'):.0f} samples)")
+    print(
+        f"\nmean of {len(seeds)} seed(s); {epochs:.0f} epochs over the union of the training data; eval on the "
+        f"union of the peers' eval splits (~{mean('central', 'eval_samples'):.0f} samples)"
+    )
     print(f"{'run':<28} {'accuracy':>9} {'consensus':>10} {'own split':>10} {'gap(W)':>8} {'MB sent':>9} {'s':>7}")
-    print(f"{LABELS['central']:<28} {central:>9.4f} {'-':>10} {'-':>10} {'-':>8} {0:>9.1f} "
-          f"{mean('central', 'seconds'):>7.1f}")
+    print(
+        f"{LABELS['central']:<28} {central:>9.4f} {'-':>10} {'-':>10} {'-':>8} {0:>9.1f} "
+        f"{mean('central', 'seconds'):>7.1f}"
+    )
     by_lr = {lr: float(np.mean([rows["central"]["by_lr"][lr] for rows in per_seed])) for lr in BASELINE_LRS}
     best_lr = max(by_lr, key=lambda lr: by_lr[lr])
-    print(f"{'centralized SGD, best lr ' + str(best_lr):<28} {by_lr[best_lr]:>9.4f} {'-':>10} {'-':>10} {'-':>8} "
-          f"{0:>9.1f} {'':>7}")
+    print(
+        f"{'centralized SGD, best lr ' + str(best_lr):<28} {by_lr[best_lr]:>9.4f} {'-':>10} {'-':>10} {'-':>8} "
+        f"{0:>9.1f} {'':>7}"
+    )
     for key, _, _ in plan:
-        print(f"{LABELS[key]:<28} {mean(key, 'accuracy'):>9.4f} {mean(key, 'consensus'):>10.4f} "
-              f"{mean(key, 'own_split'):>10.4f} {mean(key, 'gap'):>8.4f} {mean(key, 'bytes') / 1e6:>9.1f} "
-              f"{mean(key, 'seconds'):>7.1f}")
+        print(
+            f"{LABELS[key]:<28} {mean(key, 'accuracy'):>9.4f} {mean(key, 'consensus'):>10.4f} "
+            f"{mean(key, 'own_split'):>10.4f} {mean(key, 'gap'):>8.4f} {mean(key, 'bytes') / 1e6:>9.1f} "
+            f"{mean(key, 'seconds'):>7.1f}"
+        )
     for seed, rows in zip(seeds, per_seed):
-        print(f"seed {seed}: ring {rows['ring']['accuracy']:.4f} vs centralized {rows['central']['accuracy']:.4f} "
-              f"({100 * (rows['central']['accuracy'] - rows['ring']['accuracy']):+.2f} points)")
+        print(
+            f"seed {seed}: ring {rows['ring']['accuracy']:.4f} vs centralized {rows['central']['accuracy']:.4f} "
+            f"({100 * (rows['central']['accuracy'] - rows['ring']['accuracy']):+.2f} points)"
+        )
     curve = np.mean([rows["ring"]["curve"] for rows in per_seed], axis=0)
     marks = sorted({0, *range(0, len(curve), max(1, len(curve) // 10)), len(curve) - 1})
     print("ring accuracy by round: " + ", ".join(f"{i + 1}:{curve[i]:.3f}" for i in marks))
-    print("accuracy = mean over peers of each peer's final model on the union eval set; consensus = the average "
-          "of the peers' models (held by nobody); own split = the peers' reported accuracy on their own eval split")
+    print(
+        "accuracy = mean over peers of each peer's final model on the union eval set; consensus = the average "
+        "of the peers' models (held by nobody); own split = the peers' reported accuracy on their own eval split"
+    )
 
     value = mean("ring", "accuracy")
     gap_points = 100 * (central - value)
     result = {
-        "bench": "accuracy", "metric": "final accuracy", "value": round(value, 4),
-        "baseline": round(central, 4), "ratio": round(value / central, 4),
-        "target": "within 1.5 points of centralized", "gap_points": round(gap_points, 2),
+        "bench": "accuracy",
+        "metric": "final accuracy",
+        "value": round(value, 4),
+        "baseline": round(central, 4),
+        "ratio": round(value / central, 4),
+        "target": "within 1.5 points of centralized",
+        "gap_points": round(gap_points, 2),
         "met": bool(gap_points <= 1.5),
         "complete": round(mean("complete", "accuracy"), 4) if not args.skip_others else None,
         "fedavg": round(mean("fedavg", "accuracy"), 4) if not args.skip_others else None,
-        "ring_consensus": round(mean("ring", "consensus"), 4), "ring_own_split": round(mean("ring", "own_split"), 4),
-        "baseline_best_lr": best_lr, "baseline_at_best_lr": round(by_lr[best_lr], 4),
+        "ring_consensus": round(mean("ring", "consensus"), 4),
+        "ring_own_split": round(mean("ring", "own_split"), 4),
+        "baseline_best_lr": best_lr,
+        "baseline_at_best_lr": round(by_lr[best_lr], 4),
         "gap_points_vs_best_lr": round(100 * (by_lr[best_lr] - value), 2),
         "ring_per_seed": [round(rows["ring"]["accuracy"], 4) for rows in per_seed],
         "baseline_per_seed": [round(rows["central"]["accuracy"], 4) for rows in per_seed],
         "spectral_gap_ring": round(mean("ring", "gap"), 4),
-        "device": card, "quick": args.quick, "rounds": hp["rounds"], "local_steps": hp["local_steps"],
-        "lr": hp["lr"], "lr_schedule": hp["lr_schedule"], "batch_size": args.batch_size, "peers": args.peers, "partition": args.partition,
-        "epochs": round(epochs, 1), "seeds": seeds, "seconds": round(time.perf_counter() - started, 1),
+        "device": card,
+        "quick": args.quick,
+        "rounds": hp["rounds"],
+        "local_steps": hp["local_steps"],
+        "lr": hp["lr"],
+        "lr_schedule": hp["lr_schedule"],
+        "batch_size": args.batch_size,
+        "peers": args.peers,
+        "partition": args.partition,
+        "epochs": round(epochs, 1),
+        "seeds": seeds,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))
     return 0

@@ -38,7 +38,12 @@ def layout(total: int) -> list[tuple[str, tuple[int, ...]]]:
     cols = 4096 if total >= 10_000_000 else 1024
     r1 = (total * 2 // 3) // cols
     r2 = max(1, (total - r1 * (cols + 1)) * 9 // 10 // (cols + 1))
-    shapes = [("layer1.weight", (r1, cols)), ("layer1.bias", (r1,)), ("layer2.weight", (r2, cols)), ("layer2.bias", (r2,))]
+    shapes = [
+        ("layer1.weight", (r1, cols)),
+        ("layer1.bias", (r1,)),
+        ("layer2.weight", (r2, cols)),
+        ("layer2.bias", (r2,)),
+    ]
     used = sum(int(np.prod(s)) for _, s in shapes)
     shapes.append(("head.weight", (total - used,)))
     assert all(int(np.prod(s)) > 0 for _, s in shapes) and sum(int(np.prod(s)) for _, s in shapes) == total
@@ -78,7 +83,9 @@ def timed(fn, device: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench aggregate", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_PARAMS:,} params per model instead of {FULL_PARAMS:,}")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_PARAMS:,} params per model instead of {FULL_PARAMS:,}"
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
     args = ap.parse_args(argv)
@@ -122,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     gb = MODELS * params * 4 / 1e9
     print(f"aggregate: {MODELS} models x {params:,} float32 params ({gb:.2f} GB), device {device_name}")
     print(f"median of {args.repeats} repeats after 1 warm-up; inputs built in {setup_s:.1f} s")
-    print(f"checks: mean max|ours - baseline| = {mean_err:.2e}; median vs numpy.median on 100k coords = {median_err:.2e}")
+    print(
+        f"checks: mean max|ours - baseline| = {mean_err:.2e}; median vs numpy.median on 100k coords = {median_err:.2e}"
+    )
     print()
     print(f"{'rule':<8} {'ours [s]':>10} {'baseline [s]':>13} {'ratio':>7}  {'min..max ours':>17}  baseline")
     for name, base_desc in (("mean", "torch.stack(flat).mean(0)"), ("median", "torch.stack(flat).median(0)")):

@@ -52,6 +52,7 @@ JOB, ROUND, SENDER, RECEIVER = 1, 1, 1, 2
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
 def _proc_status() -> dict[str, int]:
     """VmRSS and VmHWM of this process in bytes (Linux)."""
     try:
@@ -79,8 +80,12 @@ def make_state(params: int, seed: int = 0) -> dict[str, torch.Tensor]:
     cols = 1024
     rows1 = (params // 2) // cols
     rows2 = (params // 4) // cols
-    shapes = {"layer1.weight": (rows1, cols), "layer1.bias": (rows1,),
-              "layer2.weight": (rows2, cols), "layer2.bias": (rows2,)}
+    shapes = {
+        "layer1.weight": (rows1, cols),
+        "layer1.bias": (rows1,),
+        "layer2.weight": (rows2, cols),
+        "layer2.bias": (rows2,),
+    }
     used = sum(torch.Size(s).numel() for s in shapes.values())
     shapes["head.weight"] = (params - used,)
     gen = torch.Generator().manual_seed(seed)
@@ -93,16 +98,16 @@ def fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
 
 # -- receiver process -------------------------------------------------------------------------
 
-def _receiver_main(conn, url: str, prefix: str, channel: str, public_key: str, spec: dict,
-                   max_bytes: int) -> None:
+
+def _receiver_main(conn, url: str, prefix: str, channel: str, public_key: str, spec: dict, max_bytes: int) -> None:
     asyncio.run(_receiver(conn, url, prefix, channel, public_key, spec, max_bytes))
 
 
 async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> None:
     import redis
 
-    from peers.wire.exchange import Completed, Reassembler, Rejected
     from peers.transport.redis import RedisChannelTransport
+    from peers.wire.exchange import Completed, Reassembler, Rejected
     from peers.wire.format import all_finite, unpack_state
 
     transport = RedisChannelTransport(url, prefix=prefix, block_s=5)
@@ -154,6 +159,7 @@ async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> 
 
 # -- sender side ------------------------------------------------------------------------------
 
+
 def _reply(conn, proc, timeout: float = 300.0):
     """The receiver's next message; raises if it died or went silent."""
     deadline = time.monotonic() + timeout
@@ -175,8 +181,9 @@ async def _ours_once(transport, conn, proc, channel: str, state: dict, key, seq:
     payload = pack_state(state)
     t_packed = time.perf_counter()
     kw = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
-    await send_payload(transport, channel, job_id=JOB, round=ROUND, sender=SENDER, seq=seq,
-                       payload=payload, key=key, **kw)
+    await send_payload(
+        transport, channel, job_id=JOB, round=ROUND, sender=SENDER, seq=seq, payload=payload, key=key, **kw
+    )
     t_sent = time.perf_counter()
     size = len(payload)
     del payload
@@ -184,9 +191,16 @@ async def _ours_once(transport, conn, proc, channel: str, state: dict, key, seq:
     if not ok:
         raise RuntimeError(f"transfer failed: {fp}")
     t_complete, t_end = times
-    return {"total": t_end - t0, "pack": t_packed - t0, "send": t_sent - t_packed,
-            "complete": t_complete - t0, "unpack": t_end - t_complete, "peak": peak,
-            "fingerprint": fp, "size": size}
+    return {
+        "total": t_end - t0,
+        "pack": t_packed - t0,
+        "send": t_sent - t_packed,
+        "complete": t_complete - t0,
+        "unpack": t_end - t_complete,
+        "peak": peak,
+        "fingerprint": fp,
+        "size": size,
+    }
 
 
 def _baseline_once(raw, conn, proc, key: str, payload: bytes):
@@ -205,9 +219,9 @@ async def run_size(params: int, args, url: str) -> dict:
     import redis
 
     from peers.protocol import node_channel
-    from peers.wire.signing import NodeKey
     from peers.transport.redis import RedisChannelTransport
     from peers.wire.format import describe, pack_state
+    from peers.wire.signing import NodeKey
 
     state = make_state(params)
     expected_fp = fingerprint(state)
@@ -220,8 +234,11 @@ async def run_size(params: int, args, url: str) -> dict:
 
     def receiver():
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_receiver_main, daemon=True,
-                           args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)))
+        proc = ctx.Process(
+            target=_receiver_main,
+            daemon=True,
+            args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)),
+        )
         proc.start()
         return parent, proc
 
@@ -259,12 +276,18 @@ async def run_size(params: int, args, url: str) -> dict:
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     mb = size / 1e6
     row = {
-        "params": params, "bytes": size,
-        "ours_mb_s": mb / med(ours, "total"), "baseline_mb_s": mb / med(base, "total"),
-        "ours_s": med(ours, "total"), "baseline_s": med(base, "total"),
-        "pack_s": med(ours, "pack"), "send_s": med(ours, "send"),
-        "complete_s": med(ours, "complete"), "unpack_s": med(ours, "unpack"),
-        "set_s": med(base, "set"), "get_s": med(base, "get"),
+        "params": params,
+        "bytes": size,
+        "ours_mb_s": mb / med(ours, "total"),
+        "baseline_mb_s": mb / med(base, "total"),
+        "ours_s": med(ours, "total"),
+        "baseline_s": med(base, "total"),
+        "pack_s": med(ours, "pack"),
+        "send_s": med(ours, "send"),
+        "complete_s": med(ours, "complete"),
+        "unpack_s": med(ours, "unpack"),
+        "set_s": med(base, "set"),
+        "get_s": med(base, "get"),
         "peak_rss_bytes": max([first_peak] + [r["peak"] for r in ours]),
         "baseline_peak_rss_bytes": max(r["peak"] for r in base),
     }
@@ -279,15 +302,27 @@ async def run_size(params: int, args, url: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench exchange", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1M and 25M parameters only, 3 repeats")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="recorded only: pack_state/unpack_state work on CPU tensors")
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="recorded only: pack_state/unpack_state work on CPU tensors",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 7, quick 3)")
     ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
-    ap.add_argument("--shared-receiver", action="store_true",
-                    help="the baseline's GET runs in our receiver's process (the earlier method)")
-    ap.add_argument("--params", type=int, action="append", default=None,
-                    help="model size to run (repeatable; default 1M, 25M and 100M, quick: 1M and 25M)")
+    ap.add_argument(
+        "--shared-receiver",
+        action="store_true",
+        help="the baseline's GET runs in our receiver's process (the earlier method)",
+    )
+    ap.add_argument(
+        "--params",
+        type=int,
+        action="append",
+        default=None,
+        help="model size to run (repeatable; default 1M, 25M and 100M, quick: 1M and 25M)",
+    )
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     if args.repeats < 3:
@@ -297,32 +332,44 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [asyncio.run(run_size(p, args, args.url)) for p in sizes]
 
-    print(f"exchange: one state dict A -> B over real Redis ({args.url.rsplit('@', 1)[-1]}), "
-          f"receiver in its own process; median of {args.repeats} repeats after 1 warm-up")
+    print(
+        f"exchange: one state dict A -> B over real Redis ({args.url.rsplit('@', 1)[-1]}), "
+        f"receiver in its own process; median of {args.repeats} repeats after 1 warm-up"
+    )
     print("ours = pack_state + send_payload/RedisChannelTransport + Reassembler + unpack_state (validated);")
     print("baseline = redis-py SET + GET of the same payload bytes (bytes only, no (un)packing)")
     print()
-    hdr = (f"{'params':>11} {'MB':>7} {'ours MB/s':>10} {'base MB/s':>10} {'ratio':>6} | {'pack':>6} "
-           f"{'xfer':>6} {'unpack':>6} {'SET':>6} {'GET':>6} | {'xfer ratio':>10} | {'peak RSS':>9} {'x model':>7}")
+    hdr = (
+        f"{'params':>11} {'MB':>7} {'ours MB/s':>10} {'base MB/s':>10} {'ratio':>6} | {'pack':>6} "
+        f"{'xfer':>6} {'unpack':>6} {'SET':>6} {'GET':>6} | {'xfer ratio':>10} | {'peak RSS':>9} {'x model':>7}"
+    )
     print(hdr)
     for r in rows:
-        print(f"{r['params']:>11,} {r['bytes'] / 1e6:>7.1f} {r['ours_mb_s']:>10.1f} {r['baseline_mb_s']:>10.1f} "
-              f"{r['ratio']:>6.2f} | {r['pack_s']:>6.3f} {r['transport_s']:>6.3f} {r['unpack_s']:>6.3f} "
-              f"{r['set_s']:>6.3f} {r['get_s']:>6.3f} | {r['transport_ratio']:>10.2f} | "
-              f"{r['peak_rss_bytes'] / 1e6:>7.0f}MB {r['peak_x_model']:>7.2f}")
+        print(
+            f"{r['params']:>11,} {r['bytes'] / 1e6:>7.1f} {r['ours_mb_s']:>10.1f} {r['baseline_mb_s']:>10.1f} "
+            f"{r['ratio']:>6.2f} | {r['pack_s']:>6.3f} {r['transport_s']:>6.3f} {r['unpack_s']:>6.3f} "
+            f"{r['set_s']:>6.3f} {r['get_s']:>6.3f} | {r['transport_ratio']:>10.2f} | "
+            f"{r['peak_rss_bytes'] / 1e6:>7.0f}MB {r['peak_x_model']:>7.2f}"
+        )
     print()
     print("times in s; xfer = first chunk sent .. payload reassembled and sha256-checked in the receiver;")
     print("xfer ratio = baseline time / xfer time (transport alone vs SET+GET); peak RSS = receiver's")
     print("VmHWM above its RSS before the transfer (target <= 3x model)")
     last = rows[-1]
     result = {
-        "bench": "exchange", "metric": "MB/s",
-        "value": round(last["ours_mb_s"], 2), "baseline": round(last["baseline_mb_s"], 2),
-        "ratio": round(last["ratio"], 4), "target": ">= 0.8 at every size; peak RSS <= 3x model",
-        "device": args.device, "quick": bool(args.quick), "repeats": args.repeats,
+        "bench": "exchange",
+        "metric": "MB/s",
+        "value": round(last["ours_mb_s"], 2),
+        "baseline": round(last["baseline_mb_s"], 2),
+        "ratio": round(last["ratio"], 4),
+        "target": ">= 0.8 at every size; peak RSS <= 3x model",
+        "device": args.device,
+        "quick": bool(args.quick),
+        "repeats": args.repeats,
         "min_ratio": round(min(r["ratio"] for r in rows), 4),
         "max_peak_x_model": round(max(r["peak_x_model"] for r in rows), 3),
-        "chunk_bytes": args.chunk_bytes, "shared_receiver": bool(args.shared_receiver),
+        "chunk_bytes": args.chunk_bytes,
+        "shared_receiver": bool(args.shared_receiver),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
     print(json.dumps(result))

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import statistics
-import time
 import uuid
 
 import torch
@@ -31,15 +30,24 @@ from peers import topology
 from peers.data import load_local_data
 from peers.federation import InMemoryPlatform
 from peers.protocol import JobConfig
-from peers.wire.signing import NodeKey
 from peers.transport.base import Transport
 from peers.transport.memory import MemoryTransport
+from peers.wire.signing import NodeKey
 from peers.worker import Peer
 
 N = 16
 WARMUP = 2
-CONFIG = JobConfig(model="mlp", hidden=16, lr=0.1, lr_schedule="constant", local_steps=0, batch_size=32, seed=3,
-                   num_features=64, num_classes=10)
+CONFIG = JobConfig(
+    model="mlp",
+    hidden=16,
+    lr=0.1,
+    lr_schedule="constant",
+    local_steps=0,
+    batch_size=32,
+    seed=3,
+    num_features=64,
+    num_classes=10,
+)
 
 
 async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
@@ -62,7 +70,7 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
         results = (await platform.run(peers, driver, lambda r, cut: topology.build("ring", N)))[WARMUP:]
     finally:
         if kind != "memory":
-            for t in {id(t): t for t in transports + [driver]}.values():
+            for t in {id(t): t for t in [*transports, driver]}.values():
                 await t.close()
             import redis
 
@@ -75,10 +83,15 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
     reports = [rep for result in results for rep in result.reports]
     rejected = sum(len(rep["rejected"]) for rep in reports)
     sent = statistics.median(rep["bytes_sent"] for rep in reports)
-    return {"median_ms": statistics.median(times) * 1000, "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))] * 1000,
-            "min_ms": min(times) * 1000, "max_ms": max(times) * 1000,
-            "peer_round_median_ms": statistics.median(rep["duration_s"] for rep in reports) * 1000,
-            "rejected": rejected, "bytes_sent_per_peer": sent}
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))] * 1000,
+        "min_ms": min(times) * 1000,
+        "max_ms": max(times) * 1000,
+        "peer_round_median_ms": statistics.median(rep["duration_s"] for rep in reports) * 1000,
+        "rejected": rejected,
+        "bytes_sent_per_peer": sent,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,25 +115,42 @@ def main(argv: list[str] | None = None) -> int:
             results[kind].append(asyncio.run(federation(kind, rounds, args.url, datasets, keys)))
     med = {k: statistics.median(r["median_ms"] for r in v) for k, v in results.items()}
 
-    print(f"round: {N} peers, ring, tiny MLP ({CONFIG.hidden} hidden), local_steps=0, one process; "
-          f"{runs} run(s) x {rounds} timed rounds after {WARMUP} warm-up rounds, median per run")
+    print(
+        f"round: {N} peers, ring, tiny MLP ({CONFIG.hidden} hidden), local_steps=0, one process; "
+        f"{runs} run(s) x {rounds} timed rounds after {WARMUP} warm-up rounds, median per run"
+    )
     print(f"torch threads {torch.get_num_threads()}; plans from a driver, reports collected in memory")
     print()
-    print(f"{'transport':<10} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8} {'peer round ms':>14} {'rejected':>9}")
+    print(
+        f"{'transport':<10} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8} {'peer round ms':>14} {'rejected':>9}"
+    )
     for kind, rows in results.items():
         for r in rows:
-            print(f"{kind:<10} {r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['min_ms']:>8.1f} {r['max_ms']:>8.1f} "
-                  f"{r['peer_round_median_ms']:>14.1f} {r['rejected']:>9}")
+            print(
+                f"{kind:<10} {r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['min_ms']:>8.1f} {r['max_ms']:>8.1f} "
+                f"{r['peer_round_median_ms']:>14.1f} {r['rejected']:>9}"
+            )
     print()
-    print("round = first plan sent .. 16th report in; peer round = a peer's own run_round duration "
-          "(PeerReport.duration_s)")
+    print(
+        "round = first plan sent .. 16th report in; peer round = a peer's own run_round duration "
+        "(PeerReport.duration_s)"
+    )
     result = {
-        "bench": "round", "metric": "ms per round (median)",
-        "value": round(med["redis"], 2), "baseline": round(med["memory"], 2),
-        "ratio": round(med["redis"] / med["memory"], 4), "target": "value < 50 ms",
-        "device": args.device, "quick": bool(args.quick), "peers": N, "rounds": rounds, "runs": runs,
+        "bench": "round",
+        "metric": "ms per round (median)",
+        "value": round(med["redis"], 2),
+        "baseline": round(med["memory"], 2),
+        "ratio": round(med["redis"] / med["memory"], 4),
+        "target": "value < 50 ms",
+        "device": args.device,
+        "quick": bool(args.quick),
+        "peers": N,
+        "rounds": rounds,
+        "runs": runs,
         "redis_runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in results["redis"]],
-        "memory_runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in results["memory"]],
+        "memory_runs": [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in results["memory"]
+        ],
     }
     print(json.dumps(result))
     return 0

@@ -70,7 +70,7 @@ class BareLoop:
             if self.pos + self.batch > self.n:
                 self.perm = torch.randperm(self.n, generator=self.gen, device=self.device)
                 self.pos = 0
-            idx = self.perm[self.pos:self.pos + self.batch]
+            idx = self.perm[self.pos : self.pos + self.batch]
             self.pos += self.batch
             loss = F.cross_entropy(self.model(self.X[idx]), self.y[idx])
             self.opt.zero_grad(set_to_none=True)
@@ -91,8 +91,14 @@ def run_case(name: str, device: torch.device, quick: bool, repeats: int) -> dict
     features, hidden, classes, batch, samples, steps_full, steps_quick = CASES[name]
     steps = steps_quick if quick else steps_full
     data = make_data(features, classes, samples)
-    ours = LocalTrainer(build_model("mlp", features, classes, hidden=hidden, seed=1), data,
-                        lr=LR, batch_size=batch, device=device, seed=2)
+    ours = LocalTrainer(
+        build_model("mlp", features, classes, hidden=hidden, seed=1),
+        data,
+        lr=LR,
+        batch_size=batch,
+        device=device,
+        seed=2,
+    )
     base = BareLoop(build_model("mlp", features, classes, hidden=hidden, seed=1), data, batch, device, seed=2)
     t_ours, t_base = [], []
     for rep in range(repeats + 1):  # rep 0 is the warm-up
@@ -103,10 +109,19 @@ def run_case(name: str, device: torch.device, quick: bool, repeats: int) -> dict
             t_base.append(b)
     params = sum(p.numel() for p in ours.model.parameters())
     o, b = statistics.median(t_ours), statistics.median(t_base)
-    return {"case": name, "params": params, "batch": batch, "steps": steps,
-            "ours_samples_s": steps * batch / o, "baseline_samples_s": steps * batch / b,
-            "ratio": b / o, "ours_s": o, "baseline_s": b,
-            "ours_min_max": [min(t_ours), max(t_ours)], "baseline_min_max": [min(t_base), max(t_base)]}
+    return {
+        "case": name,
+        "params": params,
+        "batch": batch,
+        "steps": steps,
+        "ours_samples_s": steps * batch / o,
+        "baseline_samples_s": steps * batch / b,
+        "ratio": b / o,
+        "ours_s": o,
+        "baseline_s": b,
+        "ours_min_max": [min(t_ours), max(t_ours)],
+        "baseline_min_max": [min(t_base), max(t_base)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,24 +136,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device available")
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} torch threads)"
+    device_name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} torch threads)"
+    )
 
     rows = [run_case(name, device, args.quick, repeats) for name in CASES]
 
-    print(f"train: LocalTrainer.train vs a bare PyTorch loop, device {device_name}; "
-          f"median of {repeats} interleaved repeats after 1 warm-up")
+    print(
+        f"train: LocalTrainer.train vs a bare PyTorch loop, device {device_name}; "
+        f"median of {repeats} interleaved repeats after 1 warm-up"
+    )
     print()
     print(f"{'case':<10} {'params':>10} {'batch':>6} {'steps':>6} {'ours smp/s':>11} {'bare smp/s':>11} {'ratio':>6}")
     for r in rows:
-        print(f"{r['case']:<10} {r['params']:>10,} {r['batch']:>6} {r['steps']:>6} {r['ours_samples_s']:>11,.0f} "
-              f"{r['baseline_samples_s']:>11,.0f} {r['ratio']:>6.3f}")
+        print(
+            f"{r['case']:<10} {r['params']:>10,} {r['batch']:>6} {r['steps']:>6} {r['ours_samples_s']:>11,.0f} "
+            f"{r['baseline_samples_s']:>11,.0f} {r['ratio']:>6.3f}"
+        )
     print()
     main_row = rows[-1]
     result = {
-        "bench": "train", "metric": "samples/s",
-        "value": round(main_row["ours_samples_s"], 1), "baseline": round(main_row["baseline_samples_s"], 1),
-        "ratio": round(main_row["ratio"], 4), "target": ">= 0.95 for every case",
-        "device": args.device, "device_name": device_name, "quick": bool(args.quick), "repeats": repeats,
+        "bench": "train",
+        "metric": "samples/s",
+        "value": round(main_row["ours_samples_s"], 1),
+        "baseline": round(main_row["baseline_samples_s"], 1),
+        "ratio": round(main_row["ratio"], 4),
+        "target": ">= 0.95 for every case",
+        "device": args.device,
+        "device_name": device_name,
+        "quick": bool(args.quick),
+        "repeats": repeats,
         "min_ratio": round(min(r["ratio"] for r in rows), 4),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }

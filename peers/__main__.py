@@ -1,4 +1,5 @@
 """Command line of the peer: `python -m peers hw|join|shards|simulate`."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ async def _join(args) -> int:
     from peers.client import PlatformClient, PlatformError
     from peers.data import load_local_data
     from peers.hw import detect_hardware
-    from peers.wire.signing import NodeKey
     from peers.training import select_device
     from peers.transport.redis import RedisChannelTransport
+    from peers.wire.signing import NodeKey
     from peers.worker import Peer
 
     log = logging.getLogger("peers")
@@ -48,8 +49,15 @@ async def _join(args) -> int:
     redis_url = args.redis or info["channel_layer"]["url"]
     transport = RedisChannelTransport(redis_url, prefix=info["channel_layer"].get("prefix", "asgi"))
     peer = Peer(info["node_id"], key, data, transport, client, device=device, attack=args.attack)
-    log.info("node %s (%s) joined %s: %d training samples on %s, listening on %s",
-             info["node_id"], info["name"], args.server, data.samples, device, info["channel"])
+    log.info(
+        "node %s (%s) joined %s: %d training samples on %s, listening on %s",
+        info["node_id"],
+        info["name"],
+        args.server,
+        data.samples,
+        device,
+        info["channel"],
+    )
 
     async def heartbeats():
         while True:
@@ -77,12 +85,25 @@ def cmd_simulate(args) -> int:
 
     if "LOG_LEVEL" not in os.environ:  # the progress display replaces the peers' per-round lines
         logging.getLogger("peers").setLevel(logging.WARNING)
-    cfg = SimConfig(peers=args.peers, topology=args.topology, rounds=args.rounds, partition=args.partition,
-                    local_steps=args.local_steps, lr=args.lr, lr_schedule=args.lr_schedule,
-                    model=args.model, hidden=args.hidden,
-                    batch_size=args.batch_size, rule=args.rule, rule_params=args.rule_params,
-                    seed=args.seed, device=args.device,
-                    degree=args.degree, every_k=args.every_k, dynamic_base=args.dynamic_base)
+    cfg = SimConfig(
+        peers=args.peers,
+        topology=args.topology,
+        rounds=args.rounds,
+        partition=args.partition,
+        local_steps=args.local_steps,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        model=args.model,
+        hidden=args.hidden,
+        batch_size=args.batch_size,
+        rule=args.rule,
+        rule_params=args.rule_params,
+        seed=args.seed,
+        device=args.device,
+        degree=args.degree,
+        every_k=args.every_k,
+        dynamic_base=args.dynamic_base,
+    )
     try:
         return simulate_cli(cfg, as_json=args.json)
     except ValueError as exc:
@@ -121,20 +142,28 @@ def main(argv=None) -> int:
 
     sim = sub.add_parser("simulate", help="run a whole federation in this process (no platform)")
     sim.add_argument("--peers", type=int, default=16)
-    sim.add_argument("--topology", default="ring",
-                     help="ring, torus, random_regular (expander), complete, star or dynamic")
+    sim.add_argument(
+        "--topology", default="ring", help="ring, torus, random_regular (expander), complete, star or dynamic"
+    )
     sim.add_argument("--rounds", type=int, default=30)
     sim.add_argument("--partition", default="dirichlet:0.5", help="iid, dirichlet:ALPHA, shards:K or quantity:SIGMA")
     sim.add_argument("--local-steps", type=int, default=20)
     sim.add_argument("--lr", type=float, default=0.1)
-    sim.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
-                     help="cosine: decay from --lr to lr/rounds over the rounds")
+    sim.add_argument(
+        "--lr-schedule",
+        default="cosine",
+        choices=("constant", "cosine"),
+        help="cosine: decay from --lr to lr/rounds over the rounds",
+    )
     sim.add_argument("--batch-size", type=int, default=32)
     sim.add_argument("--model", default="mlp", help="mlp, logreg, cnn or resnet")
     sim.add_argument("--hidden", type=int, default=64)
-    sim.add_argument("--rule", default="mean",
-                     help="aggregation rule of peers.rules (mean, median, krum, ...), or fedavg, fedprox, fedadam with --topology star")
-    sim.add_argument("--rule-params", type=json.loads, default={}, help='JSON object, e.g. \'{"f": 1}\' for krum')
+    sim.add_argument(
+        "--rule",
+        default="mean",
+        help="aggregation rule of peers.rules (mean, median, krum, ...), or fedavg, fedprox, fedadam with --topology star",
+    )
+    sim.add_argument("--rule-params", type=json.loads, default={}, help="JSON object, e.g. '{\"f\": 1}' for krum")
     sim.add_argument("--degree", type=int, default=None, help="random_regular/dynamic degree (default 4)")
     sim.add_argument("--every-k", type=int, default=5, help="dynamic: redraw the graph every k rounds")
     sim.add_argument("--dynamic-base", default="random_regular", help="dynamic: random_regular, ring or torus")
@@ -146,8 +175,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "join" and not args.token:
         parser.error("--token (or DFL_NODE_TOKEN) is required")
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return args.func(args)
 
 

@@ -5,6 +5,7 @@ FedProx (Li et al., 2020) adds mu/2 * ||w - w_global||^2 to every peer's local o
 FedAdam (Reddi et al., 2021) treats avg - global as a pseudo-gradient and steps the global
 model with Adam on the aggregator.
 """
+
 from __future__ import annotations
 
 import contextlib

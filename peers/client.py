@@ -1,4 +1,5 @@
 """HTTP client for the platform's node API (bearer token). Blocking calls run in a thread."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,9 @@ class PlatformClient:
         except ValueError:
             data = {"error": response.text[:200]}
         if response.status_code >= 400:
-            raise PlatformError(f"{method} {path}: HTTP {response.status_code}: {data.get('error', data)}",
-                                response.status_code)
+            raise PlatformError(
+                f"{method} {path}: HTTP {response.status_code}: {data.get('error', data)}", response.status_code
+            )
         return data
 
     def hello(self, hardware: dict, public_key: str) -> dict:

@@ -50,6 +50,7 @@ class LocalData:
 
 # ---------------------------------------------------------------- partitioners
 
+
 def partition_iid(n: int, parts: int, seed: int) -> list[np.ndarray]:
     """Shuffle range(n) and split into `parts` near-equal sorted index arrays."""
     if parts < 1 or n < parts:
@@ -58,8 +59,9 @@ def partition_iid(n: int, parts: int, seed: int) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(perm, parts)]
 
 
-def partition_dirichlet(labels, parts: int, alpha: float, seed: int, min_size: int = 5,
-                        max_attempts: int = 200) -> list[np.ndarray]:
+def partition_dirichlet(
+    labels, parts: int, alpha: float, seed: int, min_size: int = 5, max_attempts: int = 200
+) -> list[np.ndarray]:
     """Label-skewed split: each class is spread over parts with Dirichlet(alpha) proportions.
 
     Resamples until every part holds >= min_size samples (at most `max_attempts` times).
@@ -84,8 +86,10 @@ def partition_dirichlet(labels, parts: int, alpha: float, seed: int, min_size: i
         out = [np.sort(np.concatenate(b)).astype(np.int64) for b in buckets]
         if min(len(p) for p in out) >= min_size:
             return out
-    raise DataError(f"dirichlet(alpha={alpha}) gave a part with < {min_size} samples "
-                    f"after {max_attempts} attempts; use fewer parts or a larger alpha")
+    raise DataError(
+        f"dirichlet(alpha={alpha}) gave a part with < {min_size} samples "
+        f"after {max_attempts} attempts; use fewer parts or a larger alpha"
+    )
 
 
 def partition_label_shards(labels, parts: int, shards_per_part: int, seed: int) -> list[np.ndarray]:
@@ -141,6 +145,7 @@ def _parse_partition(partition: str) -> tuple[str, float]:
 
 # ---------------------------------------------------------------- digits
 
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
@@ -181,6 +186,7 @@ def write_npz_shards(outdir, parts: int, *, seed: int = 0, partition: str = "iid
 
 
 # ---------------------------------------------------------------- validation / split
+
 
 def _check_features(X, what: str) -> np.ndarray:
     X = np.asarray(X)
@@ -236,6 +242,7 @@ def _split(X, y, eval_fraction: float, seed: int):
 
 # ---------------------------------------------------------------- file readers
 
+
 def _read_npz(path: Path):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -283,6 +290,7 @@ def _read_csv(path: Path):
 
 # ---------------------------------------------------------------- entry point
 
+
 def _load_digits_spec(spec: str, seed: int):
     m = _DIGITS_RE.match(spec)
     if not m:
@@ -307,8 +315,9 @@ def _load_synthetic_spec(spec: str, seed: int):
     return X, y, None
 
 
-def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
-                    num_classes: int | None = None) -> LocalData:
+def load_local_data(
+    spec: str, *, eval_fraction: float = 0.2, seed: int = 0, num_classes: int | None = None
+) -> LocalData:
     """Load and validate a peer's local data, split into train/eval (see module docstring)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"bad data spec {spec!r}")
@@ -333,8 +342,7 @@ def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
         path = Path(spec).expanduser()
         ext = path.suffix.lower()
         if ext not in (".npz", ".csv"):
-            raise DataError(f"{spec}: unknown data format {ext or '(no extension)'!r}; "
-                            "use .npz, .csv or digits:I/N")
+            raise DataError(f"{spec}: unknown data format {ext or '(no extension)'!r}; use .npz, .csv or digits:I/N")
         if not path.is_file():
             raise DataError(f"{spec}: file not found")
         X, y, pre = _read_npz(path) if ext == ".npz" else _read_csv(path)
@@ -350,5 +358,6 @@ def load_local_data(spec: str, *, eval_fraction: float = 0.2, seed: int = 0,
         num_classes = max(needed, default_classes or 0)
     elif num_classes < needed:
         raise DataError(f"num_classes={num_classes} but labels go up to {needed - 1}")
-    return LocalData(Xtr, ytr, Xev, yev, num_features=int(X.shape[1]), num_classes=int(num_classes),
-                     input_shape=input_shape)
+    return LocalData(
+        Xtr, ytr, Xev, yev, num_features=int(X.shape[1]), num_classes=int(num_classes), input_shape=input_shape
+    )

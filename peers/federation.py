@@ -7,9 +7,11 @@ sends them over a transport (in memory or Redis), and collects the reports the p
 the platform's report endpoint would. Links whose weights missed a deadline are passed to the
 topology of the next round, as the platform does for dynamic graphs.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,8 +60,15 @@ class InMemoryPlatform:
     def _completion(self, r: int) -> asyncio.Event:
         return self._complete.setdefault(r, asyncio.Event())
 
-    async def run(self, peers: dict, transport, topology: Topology, *, joins_at: dict[int, int] | None = None,
-                  on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+    async def run(
+        self,
+        peers: dict,
+        transport,
+        topology: Topology,
+        *,
+        joins_at: dict[int, int] | None = None,
+        on_round: Callable[[RoundResult], None] | None = None,
+    ) -> list[RoundResult]:
         """Drive every round. ``peers`` maps node id -> Peer, in position order; ``transport``
         sends the plans; ``joins_at`` maps node id -> the first round its peer takes part in (it
         starts then; until then its neighbours' weights wait in its inbox)."""
@@ -75,9 +84,15 @@ class InMemoryPlatform:
                     if node_id not in tasks and joins_at.get(node_id, 1) <= r:
                         tasks[node_id] = asyncio.create_task(peer.run(max_jobs=1))
                 plans = round_plans(
-                    job_id=self.job_id, round=r, total_rounds=self.total_rounds, members=members,
-                    rows=topology(r, frozenset(cut)), config=self.config,
-                    deadline=time.time() + self.round_timeout_s, max_payload_bytes=self.max_payload_bytes)
+                    job_id=self.job_id,
+                    round=r,
+                    total_rounds=self.total_rounds,
+                    members=members,
+                    rows=topology(r, frozenset(cut)),
+                    config=self.config,
+                    deadline=time.time() + self.round_timeout_s,
+                    max_payload_bytes=self.max_payload_bytes,
+                )
                 active = [plan for plan in plans if plan.node_id in tasks]
                 self._expected[r] = len(active)
                 started = time.perf_counter()
@@ -116,7 +131,5 @@ class InMemoryPlatform:
                 raise RuntimeError(f"round {r}: only {len(reported & expected)} of {len(expected)} peers reported")
             complete = self._completion(r)
             complete.clear()
-            try:
-                await asyncio.wait_for(complete.wait(), timeout=1.0)  # the timeout checks for stopped peers
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):  # wake every second to check for stopped peers
+                await asyncio.wait_for(complete.wait(), timeout=1.0)

@@ -40,11 +40,13 @@ def detect_hardware() -> dict:
     if cuda:
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            gpus.append({
-                "name": props.name,
-                "vram_gb": round(props.total_memory / 1024**3, 1),
-                "cuda_capability": f"{props.major}.{props.minor}",
-            })
+            gpus.append(
+                {
+                    "name": props.name,
+                    "vram_gb": round(props.total_memory / 1024**3, 1),
+                    "cuda_capability": f"{props.major}.{props.minor}",
+                }
+            )
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count() or 1,

@@ -3,6 +3,7 @@
 Images are converted to RGB, resized to size x size, scaled to [0, 1] and flattened channel-first
 (3, size, size), so models that need the image shape (cnn, resnet) can restore it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

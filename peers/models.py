@@ -29,8 +29,12 @@ class SmallCNN(nn.Module):
         self.unflatten = nn.Unflatten(1, shape)
         pool = 2 if height >= 16 else 1
         self.features = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pool),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(pool),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
         )
         self.head = nn.Linear(2 * width * 16, num_classes)
 
@@ -43,11 +47,17 @@ class BasicBlock(nn.Module):
         super().__init__()
         # GroupNorm, not BatchNorm: running statistics do not average meaningfully across peers.
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.GroupNorm(8, cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.GroupNorm(8, cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.GroupNorm(8, cout),
         )
-        self.skip = (nn.Identity() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(8, cout)))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(8, cout))
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.skip(x))
@@ -72,8 +82,15 @@ class ResNet(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_model(name: str, num_features: int, num_classes: int, *, hidden: int = 64,
-                seed: int | None = None, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+def build_model(
+    name: str,
+    num_features: int,
+    num_classes: int,
+    *,
+    hidden: int = 64,
+    seed: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> nn.Module:
     """Build a model; with `seed`, every caller gets bit-identical initial weights."""
     if name not in MODEL_CHOICES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CHOICES)}")

@@ -1,13 +1,22 @@
 """Round plans from a topology's mixing rows: one function for the platform's orchestration,
 the local simulator, the benchmarks and the tests (stdlib only, like peers.topology)."""
+
 from __future__ import annotations
 
 from peers.protocol import JobConfig, Neighbour, RoundPlan, node_channel
 
 
-def round_plans(*, job_id: int, round: int, total_rounds: int, members: list[tuple[int, str]],
-                rows: list[dict[int, float]], config: JobConfig, deadline: float,
-                max_payload_bytes: int) -> list[RoundPlan]:
+def round_plans(
+    *,
+    job_id: int,
+    round: int,
+    total_rounds: int,
+    members: list[tuple[int, str]],
+    rows: list[dict[int, float]],
+    config: JobConfig,
+    deadline: float,
+    max_payload_bytes: int,
+) -> list[RoundPlan]:
     """One plan per member; members[i] = (node id, Ed25519 public key hex) at position i and
     rows[i] its mixing weights by position (rows[i][i] is the self weight)."""
     if len(rows) != len(members):
@@ -17,10 +26,20 @@ def round_plans(*, job_id: int, round: int, total_rounds: int, members: list[tup
         row = rows[index]
         neighbours = [
             Neighbour(node_id=other, channel=node_channel(other), weight=row[j], public_key=key)
-            for j, (other, key) in enumerate(members) if j != index and j in row
+            for j, (other, key) in enumerate(members)
+            if j != index and j in row
         ]
-        plans.append(RoundPlan(
-            job_id=job_id, round=round, total_rounds=total_rounds, node_id=node_id, deadline=deadline,
-            config=config, neighbours=neighbours, self_weight=row[index], max_payload_bytes=max_payload_bytes,
-        ))
+        plans.append(
+            RoundPlan(
+                job_id=job_id,
+                round=round,
+                total_rounds=total_rounds,
+                node_id=node_id,
+                deadline=deadline,
+                config=config,
+                neighbours=neighbours,
+                self_weight=row[index],
+                max_payload_bytes=max_payload_bytes,
+            )
+        )
     return plans

@@ -50,7 +50,13 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ProtocolError(f"config.lr must be a positive finite number, got {self.lr}")
-        for name, low in (("hidden", 1), ("local_steps", 0), ("batch_size", 1), ("num_features", 1), ("num_classes", 2)):
+        for name, low in (
+            ("hidden", 1),
+            ("local_steps", 0),
+            ("batch_size", 1),
+            ("num_features", 1),
+            ("num_classes", 2),
+        ):
             if getattr(self, name) < low:
                 raise ProtocolError(f"config.{name} must be at least {low}, got {getattr(self, name)}")
 
@@ -147,9 +153,18 @@ MESSAGE_TYPES: dict[str, type] = {
 
 # Field kinds, derived from the dataclasses' annotations (strings under ``from __future__ import
 # annotations``) and checked by _coerce.
-_KINDS = {"int": "int", "float": "float", "str": "str", "bytes": "bytes", "dict": "dict", "bool": "bool",
-          "dict[str, float]": "dict", "list[Neighbour]": "neighbours", "list[dict]": "rejected",
-          "JobConfig": "config"}
+_KINDS = {
+    "int": "int",
+    "float": "float",
+    "str": "str",
+    "bytes": "bytes",
+    "dict": "dict",
+    "bool": "bool",
+    "dict[str, float]": "dict",
+    "list[Neighbour]": "neighbours",
+    "list[dict]": "rejected",
+    "JobConfig": "config",
+}
 _SCHEMAS: dict[type, dict[str, str]] = {
     cls: {f.name: _KINDS[str(f.type)] for f in fields(cls)} for cls in (JobConfig, Neighbour, *MESSAGE_TYPES.values())
 }
@@ -187,10 +202,7 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
     if kind == "neighbours":
         if not isinstance(value, list):
             raise bad
-        return [
-            n if isinstance(n, Neighbour) else _build(Neighbour, n, f"{where}[{i}]")
-            for i, n in enumerate(value)
-        ]
+        return [n if isinstance(n, Neighbour) else _build(Neighbour, n, f"{where}[{i}]") for i, n in enumerate(value)]
     if kind == "rejected":
         if not isinstance(value, list):
             raise bad
@@ -198,10 +210,12 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
         for i, item in enumerate(value):
             if not isinstance(item, dict) or set(item) != {"sender", "reason"}:
                 raise ProtocolError(f"{where}[{i}]: expected {{'sender', 'reason'}}")
-            out.append({
-                "sender": _coerce(f"{where}[{i}].sender", "int", item["sender"]),
-                "reason": _coerce(f"{where}[{i}].reason", "str", item["reason"]),
-            })
+            out.append(
+                {
+                    "sender": _coerce(f"{where}[{i}].sender", "int", item["sender"]),
+                    "reason": _coerce(f"{where}[{i}].reason", "str", item["reason"]),
+                }
+            )
         return out
     raise AssertionError(kind)
 

@@ -19,6 +19,7 @@ on its own eval split (what the peers report to the platform), and ``global_accu
 mean over peers of each peer's model on the union of all peers' eval splits (the fair figure to
 compare with centralized training under a label-skewed partition).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,15 +33,15 @@ import numpy as np
 import torch
 
 from peers import topology
+from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.data import LocalData, load_local_data
-from peers.models import build_model
 from peers.federation import InMemoryPlatform, RoundResult
+from peers.models import build_model
 from peers.protocol import JobConfig
-from peers.wire.signing import NodeKey
 from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
-from peers.centralized import SERVER_RULES, FedAdam, proximal
 from peers.wire.format import pack_state
+from peers.wire.signing import NodeKey
 
 FEDAVG = "fedavg"
 
@@ -68,17 +69,32 @@ class SimConfig:
 
     def job_config(self, data: LocalData) -> JobConfig:
         """What the platform's Job.config() would send for this run."""
-        return JobConfig(model=self.model, hidden=self.hidden, lr=self.lr, lr_schedule=self.lr_schedule,
-                         local_steps=self.local_steps, batch_size=self.batch_size, seed=self.seed,
-                         num_features=data.num_features, num_classes=data.num_classes, rule=self.rule,
-                         rule_params=dict(self.rule_params))
+        return JobConfig(
+            model=self.model,
+            hidden=self.hidden,
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_features=data.num_features,
+            num_classes=data.num_classes,
+            rule=self.rule,
+            rule_params=dict(self.rule_params),
+        )
 
     def topology_params(self, round: int, cut_links=frozenset()) -> dict:
         if self.topology in ("random_regular", "expander"):
             return {"d": self.degree, "seed": self.seed}
         if self.topology == "dynamic":
-            return {"base": self.dynamic_base, "round": round, "every_k": self.every_k,
-                    "seed": self.seed, "cut_links": cut_links, "d": self.degree}
+            return {
+                "base": self.dynamic_base,
+                "round": round,
+                "every_k": self.every_k,
+                "seed": self.seed,
+                "cut_links": cut_links,
+                "d": self.degree,
+            }
         return {}
 
 
@@ -114,8 +130,14 @@ class SimResult:
     def summary(self) -> dict:
         cfg = self.config
         return {
-            "peers": cfg.peers, "topology": cfg.topology, "rule": cfg.rule, "partition": cfg.partition,
-            "model": cfg.model, "local_steps": cfg.local_steps, "lr": cfg.lr, "seed": cfg.seed,
+            "peers": cfg.peers,
+            "topology": cfg.topology,
+            "rule": cfg.rule,
+            "partition": cfg.partition,
+            "model": cfg.model,
+            "local_steps": cfg.local_steps,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
             "rounds": len(self.rounds),
             "accuracy": [round(s.accuracy, 4) for s in self.rounds],
             "global_accuracy": [round(s.global_accuracy, 4) for s in self.rounds],
@@ -123,7 +145,8 @@ class SimResult:
             "final_global_accuracy": round(self.final_global_accuracy, 4),
             "spectral_gap": round(self.spectral_gap, 6),
             "bytes_sent": sum(s.bytes_sent for s in self.rounds),
-            "seconds": round(self.seconds, 3), "device": self.device,
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
         }
 
 
@@ -158,9 +181,16 @@ class Evaluator:
 
 
 def _stats(r: int, accs, globals_, losses, sent: int, seconds: float) -> RoundStats:
-    return RoundStats(r, float(np.mean(accs)), float(np.min(accs)), float(np.max(accs)),
-                      float(np.mean(globals_)), float(np.nanmean(losses)) if losses else float("nan"),
-                      int(sent), seconds)
+    return RoundStats(
+        r,
+        float(np.mean(accs)),
+        float(np.min(accs)),
+        float(np.max(accs)),
+        float(np.mean(globals_)),
+        float(np.nanmean(losses)) if losses else float("nan"),
+        int(sent),
+        seconds,
+    )
 
 
 def _check(cfg: SimConfig, data: LocalData) -> None:
@@ -176,13 +206,15 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
 
         get_rule(cfg.rule)
     check_lr_schedule(cfg.lr_schedule)
-    build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
-                input_shape=data.input_shape)
+    build_model(
+        cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed, input_shape=data.input_shape
+    )
 
 
 # -- decentralized: real peers over the in-memory transport --------------------------------------
-async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
-                      on_round: Callable[[RoundStats], None] | None) -> tuple[list[RoundStats], float, list[dict]]:
+async def _run_gossip(
+    cfg: SimConfig, datas, evaluator: Evaluator, device, on_round: Callable[[RoundStats], None] | None
+) -> tuple[list[RoundStats], float, list[dict]]:
     from peers.spectral import spectral_gap
     from peers.worker import Peer
 
@@ -203,8 +235,14 @@ async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
 
     def stats_of(result: RoundResult) -> RoundStats:
         got = result.reports
-        return _stats(result.round, [rep["accuracy"] for rep in got], global_acc.get(result.round, [float("nan")]),
-                      [rep["train_loss"] for rep in got], sum(rep["bytes_sent"] for rep in got), result.seconds)
+        return _stats(
+            result.round,
+            [rep["accuracy"] for rep in got],
+            global_acc.get(result.round, [float("nan")]),
+            [rep["train_loss"] for rep in got],
+            sum(rep["bytes_sent"] for rep in got),
+            result.seconds,
+        )
 
     def graph(r: int, cut: frozenset) -> list[dict[int, float]]:
         # Links whose weights missed the deadline: the dynamic topology rewires around them.
@@ -212,8 +250,9 @@ async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
 
     platform.on_report = score
     try:
-        results = await platform.run(peers, transport, graph,
-                                     on_round=(lambda result: on_round(stats_of(result))) if on_round else None)
+        results = await platform.run(
+            peers, transport, graph, on_round=(lambda result: on_round(stats_of(result))) if on_round else None
+        )
     finally:
         await transport.close()
     finals = [final_states[node] for node in sorted(final_states)]
@@ -221,8 +260,9 @@ async def _run_gossip(cfg: SimConfig, datas, evaluator: Evaluator, device,
 
 
 # -- centralized FedAvg over the star -----------------------------------------------------------
-def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
-               on_round: Callable[[RoundStats], None] | None = None) -> tuple[list[RoundStats], list[dict]]:
+def run_fedavg(
+    cfg: SimConfig, datas, evaluator: Evaluator, device, on_round: Callable[[RoundStats], None] | None = None
+) -> tuple[list[RoundStats], list[dict]]:
     """FedAvg: every round each peer starts from the global model, trains `local_steps` SGD steps
     on its shard, uploads to the aggregator (position 0, itself a peer with data), which averages
     the models weighted by training samples and sends the average back to every leaf.
@@ -232,10 +272,17 @@ def run_fedavg(cfg: SimConfig, datas, evaluator: Evaluator, device,
     server = FedAdam(lr=float(cfg.rule_params.get("server_lr", 0.01))) if cfg.rule == "fedadam" else None
     trainers = []
     for i, data in enumerate(datas):
-        model = build_model(cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed,
-                            input_shape=data.input_shape)
-        trainers.append(LocalTrainer(model, data, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-                                     seed=cfg.seed + i + 1))  # as the worker seeds node i + 1
+        model = build_model(
+            cfg.model,
+            data.num_features,
+            data.num_classes,
+            hidden=cfg.hidden,
+            seed=cfg.seed,
+            input_shape=data.input_shape,
+        )
+        trainers.append(
+            LocalTrainer(model, data, lr=cfg.lr, batch_size=cfg.batch_size, device=device, seed=cfg.seed + i + 1)
+        )  # as the worker seeds node i + 1
     global_state = trainers[0].state()
     payload = len(pack_state(global_state))
     leaves = len(trainers) - 1
@@ -280,8 +327,9 @@ def prepare(cfg: SimConfig, datas: list[LocalData] | None = None) -> list[LocalD
     return datas
 
 
-def run_simulation(cfg: SimConfig, on_round: Callable[[RoundStats], None] | None = None,
-                   datas: list[LocalData] | None = None) -> SimResult:
+def run_simulation(
+    cfg: SimConfig, on_round: Callable[[RoundStats], None] | None = None, datas: list[LocalData] | None = None
+) -> SimResult:
     """Run the federation described by `cfg`; `on_round` is called after every round."""
     datas = prepare(cfg, datas)
     device = select_device(cfg.device)
@@ -318,13 +366,22 @@ def simulate_cli(cfg: SimConfig, *, as_json: bool = False) -> int:
 
     console = Console(stderr=as_json)
     datas = prepare(cfg)
-    title = (f"{cfg.peers} peers, {cfg.topology}, {cfg.rule}, {cfg.partition}, "
-             f"{cfg.local_steps} local steps, lr {cfg.lr}" + (f" ({cfg.lr_schedule})" if cfg.lr_schedule != "constant" else ""))
+    title = (
+        f"{cfg.peers} peers, {cfg.topology}, {cfg.rule}, {cfg.partition}, "
+        f"{cfg.local_steps} local steps, lr {cfg.lr}"
+        + (f" ({cfg.lr_schedule})" if cfg.lr_schedule != "constant" else "")
+    )
     progress = Progress(
-        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
-        TextColumn("acc {task.fields[acc]} (min {task.fields[lo]}, max {task.fields[hi]}) "
-                   "global {task.fields[glob]}  {task.fields[sent]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn(
+            "acc {task.fields[acc]} (min {task.fields[lo]}, max {task.fields[hi]}) "
+            "global {task.fields[glob]}  {task.fields[sent]}"
+        ),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
     total_sent = 0
 
@@ -334,9 +391,15 @@ def simulate_cli(cfg: SimConfig, *, as_json: bool = False) -> int:
         def on_round(s: RoundStats) -> None:
             nonlocal total_sent
             total_sent += s.bytes_sent
-            progress.update(task, advance=1, acc=f"{s.accuracy:.3f}", lo=f"{s.min_accuracy:.3f}",
-                            hi=f"{s.max_accuracy:.3f}", glob=f"{s.global_accuracy:.3f}",
-                            sent=_fmt_bytes(total_sent))
+            progress.update(
+                task,
+                advance=1,
+                acc=f"{s.accuracy:.3f}",
+                lo=f"{s.min_accuracy:.3f}",
+                hi=f"{s.max_accuracy:.3f}",
+                glob=f"{s.global_accuracy:.3f}",
+                sent=_fmt_bytes(total_sent),
+            )
 
         result = run_simulation(cfg, on_round, datas)
 
@@ -346,17 +409,36 @@ def simulate_cli(cfg: SimConfig, *, as_json: bool = False) -> int:
     step = max(1, len(result.rounds) // 15)
     for s in result.rounds:
         if s.round == 1 or s.round % step == 0 or s.round == len(result.rounds):
-            table.add_row(str(s.round), f"{s.accuracy:.4f}", f"{s.min_accuracy:.4f}", f"{s.max_accuracy:.4f}",
-                          f"{s.global_accuracy:.4f}", f"{s.train_loss:.4f}", _fmt_bytes(s.bytes_sent),
-                          f"{s.seconds:.2f}")
+            table.add_row(
+                str(s.round),
+                f"{s.accuracy:.4f}",
+                f"{s.min_accuracy:.4f}",
+                f"{s.max_accuracy:.4f}",
+                f"{s.global_accuracy:.4f}",
+                f"{s.train_loss:.4f}",
+                _fmt_bytes(s.bytes_sent),
+                f"{s.seconds:.2f}",
+            )
     console.print(table)
-    console.print(f"final accuracy {result.final_accuracy:.4f} (own split), "
-                  f"{result.final_global_accuracy:.4f} (all eval); spectral gap {result.spectral_gap:.4f}; "
-                  f"{result.seconds:.1f} s on {result.device}")
+    console.print(
+        f"final accuracy {result.final_accuracy:.4f} (own split), "
+        f"{result.final_global_accuracy:.4f} (all eval); spectral gap {result.spectral_gap:.4f}; "
+        f"{result.seconds:.1f} s on {result.device}"
+    )
     if as_json:
         print(json.dumps(result.summary()), flush=True)
     return 0
 
 
-__all__ = ["SimConfig", "SimResult", "RoundStats", "run_simulation", "run_fedavg", "simulate_cli",
-           "load_shards", "union_eval", "union_train", "Evaluator"]
+__all__ = [
+    "Evaluator",
+    "RoundStats",
+    "SimConfig",
+    "SimResult",
+    "load_shards",
+    "run_fedavg",
+    "run_simulation",
+    "simulate_cli",
+    "union_eval",
+    "union_train",
+]

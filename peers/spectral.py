@@ -1,4 +1,5 @@
 """Spectral properties of mixing matrices (numpy; kept apart from the stdlib-only topology)."""
+
 from __future__ import annotations
 
 import numpy as np

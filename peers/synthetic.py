@@ -5,6 +5,7 @@ local models differ) and its own inputs x ~ N(v_k, Sigma) with v_k ~ N(B_k, 1), 
 (beta: how much the local data differ), Sigma diagonal with Sigma_jj = j^-1.2; labels are
 argmax(softmax(W_k x + b_k)). Sample counts per device follow a lognormal power law.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,17 @@ DIM = 60
 CLASSES = 10
 
 
-def synthetic_federated(alpha: float, beta: float, parts: int, *, seed: int = 0, dim: int = DIM,
-                        classes: int = CLASSES, mean_samples: float = 4.0,
-                        min_samples: int = 50) -> list[tuple[np.ndarray, np.ndarray]]:
+def synthetic_federated(
+    alpha: float,
+    beta: float,
+    parts: int,
+    *,
+    seed: int = 0,
+    dim: int = DIM,
+    classes: int = CLASSES,
+    mean_samples: float = 4.0,
+    min_samples: int = 50,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """`parts` (X float32 (n_k, dim), y int64 (n_k,)) shards, one per device."""
     if alpha < 0 or beta < 0:
         raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")

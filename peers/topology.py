@@ -11,6 +11,7 @@ and ``dynamic`` (a random regular graph redrawn every k rounds, avoiding cut lin
 spectral gap of W (how fast gossip averaging mixes) is in :mod:`peers.spectral`, which needs
 numpy and so lives apart from this module.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -58,8 +59,12 @@ def torus(n: int) -> Graph:
     graph = []
     for p in range(n):
         r, c = divmod(p, cols)
-        nbrs = {((r - 1) % rows) * cols + c, ((r + 1) % rows) * cols + c,
-                r * cols + (c - 1) % cols, r * cols + (c + 1) % cols}
+        nbrs = {
+            ((r - 1) % rows) * cols + c,
+            ((r + 1) % rows) * cols + c,
+            r * cols + (c - 1) % cols,
+            r * cols + (c + 1) % cols,
+        }
         graph.append(nbrs - {p})
     return graph
 
@@ -104,8 +109,9 @@ def _regular_pairing(n: int, d: int, rng: random.Random, forbidden: frozenset[Li
         open_ = [i for i in range(n) if free[i]]
         if not open_:
             return graph
-        candidates = [(a, b) for x, a in enumerate(open_) for b in open_[x + 1:]
-                      if b not in graph[a] and (a, b) not in forbidden]
+        candidates = [
+            (a, b) for x, a in enumerate(open_) for b in open_[x + 1 :] if b not in graph[a] and (a, b) not in forbidden
+        ]
         if not candidates:
             return None
         # Weight a pair by its free stubs so the draw is close to uniform over regular graphs.
@@ -137,8 +143,9 @@ def default_degree(n: int) -> int:
     return max(d, 0)
 
 
-def random_regular(n: int, d: int | None = None, seed: int = 0, *,
-                   forbidden: Iterable = (), max_draws: int = MAX_DRAWS) -> Graph:
+def random_regular(
+    n: int, d: int | None = None, seed: int = 0, *, forbidden: Iterable = (), max_draws: int = MAX_DRAWS
+) -> Graph:
     """Random connected d-regular graph (an expander with high probability for d >= 3).
 
     Needs d < n and n * d even (d defaults to :func:`default_degree`); draws again, from the
@@ -154,16 +161,26 @@ def random_regular(n: int, d: int | None = None, seed: int = 0, *,
         graph = _regular_pairing(n, d, rng, forbidden)
         if graph is not None and is_connected(graph):
             return graph
-    raise ValueError(f"no connected {d}-regular graph on {n} peers found in {max_draws} draws"
-                     + (f" avoiding {len(forbidden)} cut link(s)" if forbidden else ""))
+    raise ValueError(
+        f"no connected {d}-regular graph on {n} peers found in {max_draws} draws"
+        + (f" avoiding {len(forbidden)} cut link(s)" if forbidden else "")
+    )
 
 
 # -- dynamic ------------------------------------------------------------------------------------
 DYNAMIC_BASES = ("random_regular", "ring", "torus")
 
 
-def dynamic_graph(base: str, n: int, round: int, every_k: int = 1, seed: int = 0,
-                  cut_links: Iterable = frozenset(), *, d: int | None = None) -> Graph:
+def dynamic_graph(
+    base: str,
+    n: int,
+    round: int,
+    every_k: int = 1,
+    seed: int = 0,
+    cut_links: Iterable = frozenset(),
+    *,
+    d: int | None = None,
+) -> Graph:
     """The graph used in `round` (1-based) of a topology that is redrawn every `every_k` rounds.
 
     Rounds 1..k use draw 0, rounds k+1..2k draw 1, and so on; each draw is a fresh random graph
@@ -198,8 +215,7 @@ def dynamic_graph(base: str, n: int, round: int, every_k: int = 1, seed: int = 0
         if base == "random_regular":
             # Unrestricted first, so cut links that the draw would not have used change nothing.
             try:
-                graph = random_regular(n, d, rng.getrandbits(64), forbidden=cut if attempt else (),
-                                       max_draws=50)
+                graph = random_regular(n, d, rng.getrandbits(64), forbidden=cut if attempt else (), max_draws=50)
             except ValueError:
                 continue
         else:
@@ -267,8 +283,16 @@ def renormalise(row: dict[int, float], missing: set[int], self_index: int | None
 
 
 # -- by name ------------------------------------------------------------------------------------
-def _dynamic(n: int, *, base: str = "random_regular", round: int = 1, every_k: int = 1,
-             seed: int = 0, cut_links: Iterable = frozenset(), d: int | None = None) -> Graph:
+def _dynamic(
+    n: int,
+    *,
+    base: str = "random_regular",
+    round: int = 1,
+    every_k: int = 1,
+    seed: int = 0,
+    cut_links: Iterable = frozenset(),
+    d: int | None = None,
+) -> Graph:
     return dynamic_graph(base, n, round, every_k, seed, cut_links, d=d)
 
 

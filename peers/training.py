@@ -26,8 +26,9 @@ def select_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {spec!r} requested but CUDA is not available "
-                               f"(torch {torch.__version__}); use 'cpu' or 'auto'")
+            raise RuntimeError(
+                f"device {spec!r} requested but CUDA is not available (torch {torch.__version__}); use 'cpu' or 'auto'"
+            )
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise RuntimeError(f"device {spec!r} requested but only {torch.cuda.device_count()} GPU(s) present")
@@ -82,9 +83,18 @@ def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
 class LocalTrainer:
     """Minibatch SGD over a peer's LocalData; tensors live on `device` for the trainer's lifetime."""
 
-    def __init__(self, model: nn.Module, data: LocalData, *, lr: float, batch_size: int,
-                 device: torch.device | str, seed: int = 0, weight_decay: float = 0.0,
-                 momentum: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: LocalData,
+        *,
+        lr: float,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+    ):
         if data.samples == 0:
             raise ValueError("no training samples")
         if lr <= 0 or batch_size < 1:
@@ -93,8 +103,7 @@ class LocalTrainer:
         self.model = model.to(self.device)
         self.data = data
         self.batch_size = min(batch_size, data.samples)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
-                                         weight_decay=weight_decay)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.X = _to_device(data.X_train.astype(np.float32, copy=False), self.device)
         self.y = _to_device(data.y_train.astype(np.int64, copy=False), self.device)
         self.X_eval = _to_device(data.X_eval.astype(np.float32, copy=False), self.device)
@@ -120,7 +129,7 @@ class LocalTrainer:
         if self._cursor + self.batch_size > len(self._order):
             self._order = torch.randperm(self.data.samples, generator=self.generator, device=self.device)
             self._cursor = 0
-        idx = self._order[self._cursor:self._cursor + self.batch_size]
+        idx = self._order[self._cursor : self._cursor + self.batch_size]
         self._cursor += self.batch_size
         return idx
 
@@ -152,7 +161,7 @@ class LocalTrainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for s in range(0, n, EVAL_BATCH):
-            X, y = self.X_eval[s:s + EVAL_BATCH], self.y_eval[s:s + EVAL_BATCH]
+            X, y = self.X_eval[s : s + EVAL_BATCH], self.y_eval[s : s + EVAL_BATCH]
             with self._autocast():
                 logits = self.model(X)
             logits = logits.float()
@@ -162,8 +171,9 @@ class LocalTrainer:
 
     def state(self) -> dict[str, torch.Tensor]:
         """Detached CPU float32 copies of the model's state."""
-        return {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
-                for k, v in self.model.state_dict().items()}
+        return {
+            k: v.detach().to(device="cpu", dtype=torch.float32, copy=True) for k, v in self.model.state_dict().items()
+        }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Copy `state` (same names and shapes) into the model in place."""

@@ -5,6 +5,7 @@ The peer is transport-agnostic: `transport` is anything with async send/receive 
 channel-layer client, the in-memory transport, or the platform's own channel layer in the
 embedded demo) and `reporter` anything with `async report(message: dict)`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,19 +18,27 @@ from typing import Any, Protocol
 import torch
 
 from peers.attacks import corrupt, tamper_payload, unchecked_payload
-from peers.wire.codec import WeightsDecoder, WeightsEncoder
 from peers.data import LocalData
-from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.models import build_model
 from peers.protocol import (
-    NO_WEIGHTS_BEFORE_DEADLINE, ModelRequest, PeerReport, ProtocolError, RoundPlan, WeightsChunk, from_message, node_channel,
-    request_bytes, to_message,
+    NO_WEIGHTS_BEFORE_DEADLINE,
+    ModelRequest,
+    PeerReport,
+    ProtocolError,
+    RoundPlan,
+    WeightsChunk,
+    from_message,
+    node_channel,
+    request_bytes,
+    to_message,
 )
 from peers.rules import get_rule
-from peers.wire.signing import NodeKey, verify
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
+from peers.wire.codec import WeightsDecoder, WeightsEncoder
+from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, sha256_hex
+from peers.wire.signing import NodeKey, verify
 
 log = logging.getLogger("peers.worker")
 
@@ -73,8 +82,18 @@ class Reporter(Protocol):
 
 
 class Peer:
-    def __init__(self, node_id: int, key: NodeKey, data: LocalData, transport: Transport, reporter: Reporter, *,
-                 device: str | torch.device = "cpu", attack: str = "none", deadline_margin_s: float = 2.0):
+    def __init__(
+        self,
+        node_id: int,
+        key: NodeKey,
+        data: LocalData,
+        transport: Transport,
+        reporter: Reporter,
+        *,
+        device: str | torch.device = "cpu",
+        attack: str = "none",
+        deadline_margin_s: float = 2.0,
+    ):
         self.node_id = node_id
         self.key = key
         self.data = data
@@ -161,8 +180,13 @@ class Peer:
             state.payloads.setdefault(result.round, {})[result.sender] = result.payload
             state.arrived.set()
         elif isinstance(result, Rejected):
-            log.warning("node %s rejected weights from %s (round %s): %s",
-                        self.node_id, result.sender, result.round, result.reason)
+            log.warning(
+                "node %s rejected weights from %s (round %s): %s",
+                self.node_id,
+                result.sender,
+                result.round,
+                result.reason,
+            )
             state.rejected.setdefault(result.round, {})[result.sender] = result.reason
             state.arrived.set()
 
@@ -173,17 +197,31 @@ class Peer:
         if state is None:
             cfg = plan.config
             if cfg.num_features != self.data.num_features:
-                raise ValueError(f"local data has {self.data.num_features} features, the job expects {cfg.num_features}")
+                raise ValueError(
+                    f"local data has {self.data.num_features} features, the job expects {cfg.num_features}"
+                )
             get_rule(cfg.rule)  # unknown rules and schedules fail here, before any training
             check_lr_schedule(cfg.lr_schedule)
-            model = build_model(cfg.model, self.data.num_features, cfg.num_classes, hidden=cfg.hidden,
-                                seed=cfg.seed, input_shape=self.data.input_shape)
-            trainer = LocalTrainer(model, self.data, lr=cfg.lr, batch_size=cfg.batch_size,
-                                   device=self.device, seed=cfg.seed + self.node_id)
+            model = build_model(
+                cfg.model,
+                self.data.num_features,
+                cfg.num_classes,
+                hidden=cfg.hidden,
+                seed=cfg.seed,
+                input_shape=self.data.input_shape,
+            )
+            trainer = LocalTrainer(
+                model, self.data, lr=cfg.lr, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed + self.node_id
+            )
             reassembler = Reassembler(neighbour_keys, plan.job_id, plan.max_payload_bytes)
             state = self.jobs[plan.job_id] = JobState(
-                trainer, reassembler, describe(trainer.state()), WeightsEncoder(cfg.compression),
-                plan.max_payload_bytes, rule=cfg.rule, rule_params=dict(cfg.rule_params),
+                trainer,
+                reassembler,
+                describe(trainer.state()),
+                WeightsEncoder(cfg.compression),
+                plan.max_payload_bytes,
+                rule=cfg.rule,
+                rule_params=dict(cfg.rule_params),
             )
         state.neighbours = neighbour_keys
         state.reassembler.trust(neighbour_keys)
@@ -192,8 +230,12 @@ class Peer:
     async def run_round(self, plan: RoundPlan) -> None:
         if plan.deadline <= time.time() or self._superseded(plan):
             # A plan that waited in our inbox while we were down: the platform has moved on.
-            log.info("node %s: round %s of job %s closed while this peer was away; skipping it",
-                     self.node_id, plan.round, plan.job_id)
+            log.info(
+                "node %s: round %s of job %s closed while this peer was away; skipping it",
+                self.node_id,
+                plan.round,
+                plan.job_id,
+            )
             if plan.round >= plan.total_rounds:
                 self.jobs.pop(plan.job_id, None)
                 self.jobs_done += 1
@@ -212,8 +254,7 @@ class Peer:
         cfg = plan.config
 
         steps = cfg.local_steps
-        state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule,
-                                          plan.round, plan.total_rounds))
+        state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule, plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         local = state.trainer.state()
@@ -229,8 +270,9 @@ class Peer:
             try:
                 weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
             except WeightsRejected as exc:
-                log.warning("node %s rejected weights from %s (round %s): %s",
-                            self.node_id, n.node_id, plan.round, exc.reason)
+                log.warning(
+                    "node %s rejected weights from %s (round %s): %s", self.node_id, n.node_id, plan.round, exc.reason
+                )
                 rejected[n.node_id] = exc.reason
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
@@ -241,33 +283,59 @@ class Peer:
         state.trainer.load_state(mixed)
         state.last_round = plan.round
         evaluation = await asyncio.to_thread(state.trainer.evaluate)
-        diverged = not (all(all_finite(t) for t in mixed.values()) and math.isfinite(trained.loss)
-                        and (evaluation.samples == 0 or math.isfinite(evaluation.loss)))
+        diverged = not (
+            all(all_finite(t) for t in mixed.values())
+            and math.isfinite(trained.loss)
+            and (evaluation.samples == 0 or math.isfinite(evaluation.loss))
+        )
         if diverged:
-            log.warning("node %s diverged in round %s of job %s (non-finite model or loss)",
-                        self.node_id, plan.round, plan.job_id)
+            log.warning(
+                "node %s diverged in round %s of job %s (non-finite model or loss)",
+                self.node_id,
+                plan.round,
+                plan.job_id,
+            )
 
         report = PeerReport(
-            job_id=plan.job_id, round=plan.round, node_id=self.node_id,
+            job_id=plan.job_id,
+            round=plan.round,
+            node_id=self.node_id,
             # JSON carries no NaN: the numbers become 0.0 and `diverged` says they mean nothing.
-            train_loss=_finite(trained.loss), eval_loss=_finite(evaluation.loss),
-            accuracy=_finite(evaluation.accuracy), samples=self.data.samples,
-            eval_samples=evaluation.samples, model_hash=sha256_hex(pack_state(mixed)),
-            bytes_sent=bytes_sent, bytes_received=sum(len(p) for p in received.values()),
+            train_loss=_finite(trained.loss),
+            eval_loss=_finite(evaluation.loss),
+            accuracy=_finite(evaluation.accuracy),
+            samples=self.data.samples,
+            eval_samples=evaluation.samples,
+            model_hash=sha256_hex(pack_state(mixed)),
+            bytes_sent=bytes_sent,
+            bytes_received=sum(len(p) for p in received.values()),
             duration_s=time.perf_counter() - started,
-            rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())], diverged=diverged,
+            rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
+            diverged=diverged,
         )
         try:
             await self.reporter.report(to_message(report))
         except Exception as exc:
             if getattr(exc, "status", None) == 409:  # the round closed first (deadline, or we restarted)
-                log.info("node %s: round %s of job %s closed before this report arrived (%s)",
-                         self.node_id, plan.round, plan.job_id, exc)
+                log.info(
+                    "node %s: round %s of job %s closed before this report arrived (%s)",
+                    self.node_id,
+                    plan.round,
+                    plan.job_id,
+                    exc,
+                )
             else:
                 log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
-        log.info("node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
-                 self.node_id, plan.job_id, plan.round, plan.total_rounds, report.accuracy,
-                 len(weighted) - 1, len(plan.neighbours))
+        log.info(
+            "node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
+            self.node_id,
+            plan.job_id,
+            plan.round,
+            plan.total_rounds,
+            report.accuracy,
+            len(weighted) - 1,
+            len(plan.neighbours),
+        )
         if plan.round >= plan.total_rounds:
             self.jobs.pop(plan.job_id, None)
             self.jobs_done += 1
@@ -295,8 +363,17 @@ class Peer:
         if self.attack == "bad-hash":
             payload = tamper_payload(payload)
         sends = [
-            send_payload(self.transport, n.channel, job_id=plan.job_id, round=plan.round, sender=self.node_id,
-                         seq=ROUND_SEQ, payload=payload, key=self.key, sha256=digest)
+            send_payload(
+                self.transport,
+                n.channel,
+                job_id=plan.job_id,
+                round=plan.round,
+                sender=self.node_id,
+                seq=ROUND_SEQ,
+                payload=payload,
+                key=self.key,
+                sha256=digest,
+            )
             for n in plan.neighbours
         ]
         results = await asyncio.gather(*sends, return_exceptions=True)
@@ -312,7 +389,9 @@ class Peer:
         if not plan.neighbours:
             return
         signature = self.key.sign(request_bytes(plan.job_id, plan.round, self.node_id))
-        request = to_message(ModelRequest(job_id=plan.job_id, round=plan.round, requester=self.node_id, signature=signature))
+        request = to_message(
+            ModelRequest(job_id=plan.job_id, round=plan.round, requester=self.node_id, signature=signature)
+        )
         for n in plan.neighbours:
             try:
                 await self.transport.send(n.channel, request)
@@ -334,23 +413,40 @@ class Peer:
             state.arrived.clear()
             try:
                 await asyncio.wait_for(state.arrived.wait(), timeout=max(0.01, give_up - time.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
-        log.warning("node %s: no neighbour sent the current model of job %s; starting from the initial one",
-                    self.node_id, plan.job_id)
+        log.warning(
+            "node %s: no neighbour sent the current model of job %s; starting from the initial one",
+            self.node_id,
+            plan.job_id,
+        )
 
     async def _answer_model_request(self, request: ModelRequest) -> None:
         """Send our current model to a neighbour that asked for it (signed requests only)."""
         state = self.jobs.get(request.job_id)
         key = state.neighbours.get(request.requester) if state else None
-        if state is None or key is None or not verify(key, request_bytes(request.job_id, request.round, request.requester), request.signature):
-            log.warning("node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id)
+        if (
+            state is None
+            or key is None
+            or not verify(key, request_bytes(request.job_id, request.round, request.requester), request.signature)
+        ):
+            log.warning(
+                "node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id
+            )
             return
         payload = state.encoder.snapshot(state.trainer.state(), request.round - 1)
         try:
             # Labelled with the round the model comes from, so it never collides with round updates.
-            await send_payload(self.transport, node_channel(request.requester), job_id=request.job_id,
-                               round=request.round - 1, sender=self.node_id, seq=CATCH_UP_SEQ, payload=payload, key=self.key)
+            await send_payload(
+                self.transport,
+                node_channel(request.requester),
+                job_id=request.job_id,
+                round=request.round - 1,
+                sender=self.node_id,
+                seq=CATCH_UP_SEQ,
+                payload=payload,
+                key=self.key,
+            )
         except Exception as exc:
             log.warning("node %s could not send its model to %s: %s", self.node_id, request.requester, exc)
 
@@ -370,7 +466,7 @@ class Peer:
             state.arrived.clear()
             try:
                 await asyncio.wait_for(state.arrived.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
 

@@ -1,4 +1,5 @@
 """A tiny form-filling HTTP client: what a person does in the browser, minus the rendering."""
+
 import re
 
 import requests
@@ -19,16 +20,20 @@ class Browser:
         page = self.get(form_page or path).text
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert token, f"no CSRF token on {form_page or path}"
-        response = self.session.post(
-            self.base + path, data={"csrfmiddlewaretoken": token.group(1), **data}, timeout=30
-        )
+        response = self.session.post(self.base + path, data={"csrfmiddlewaretoken": token.group(1), **data}, timeout=30)
         response.raise_for_status()
         return response
 
     def sign_up(self, username: str, password: str, payout_address: str = "") -> None:
-        response = self.submit("/accounts/signup/", {
-            "username": username, "password1": password, "password2": password, "payout_address": payout_address,
-        })
+        response = self.submit(
+            "/accounts/signup/",
+            {
+                "username": username,
+                "password1": password,
+                "password2": password,
+                "payout_address": payout_address,
+            },
+        )
         assert "Log out" in response.text, response.text[:2000]
 
     def log_in(self, username: str, password: str) -> None:

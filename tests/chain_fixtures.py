@@ -1,4 +1,5 @@
 """A real anvil for the session. Missing binary or a failed start fails the tests, never skips."""
+
 import json
 import os
 import platform
@@ -20,7 +21,9 @@ def anvil_binary() -> str | None:
     """$ANVIL_BIN, the npm @foundry-rs/anvil platform binary, or anvil on PATH."""
     if os.environ.get("ANVIL_BIN"):
         return os.environ["ANVIL_BIN"]
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), ""
+    )
     npm_bin = ROOT / "node_modules" / "@foundry-rs" / f"anvil-{platform.system().lower()}-{arch}" / "bin" / "anvil"
     if npm_bin.is_file():
         return str(npm_bin)
@@ -53,7 +56,8 @@ def anvil():
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -5,14 +5,25 @@ Tests that need a service carry the ``services`` marker: set by hand on modules 
 Redis directly, and added here to every test that asks for the database, anvil or the
 production stack. ``make test-fast`` runs the rest with every service address pointing nowhere.
 """
+
 import pytest
 import redis
 from django.conf import settings as django_settings
 
 pytest_plugins = ["tests.chain_fixtures", "tests.stack_fixtures"]
 
-SERVICE_FIXTURES = {"db", "transactional_db", "django_db_setup", "client", "admin_client", "live_server",
-                    "anvil", "chain_settings", "stack", "production_stack"}
+SERVICE_FIXTURES = {
+    "db",
+    "transactional_db",
+    "django_db_setup",
+    "client",
+    "admin_client",
+    "live_server",
+    "anvil",
+    "chain_settings",
+    "stack",
+    "production_stack",
+}
 
 
 @pytest.fixture(scope="session")

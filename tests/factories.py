@@ -1,4 +1,5 @@
 """Rows that several tests start from, made with the ORM."""
+
 import secrets
 from datetime import timedelta
 
@@ -21,8 +22,9 @@ def make_user(username: str | None = None, *, payout_address: str | None = None,
     return user
 
 
-def make_node(owner, name: str = "node", *, hardware: dict | None = None, public_key: str = "",
-              online: bool = False) -> Node:
+def make_node(
+    owner, name: str = "node", *, hardware: dict | None = None, public_key: str = "", online: bool = False
+) -> Node:
     """A registered node; its API token in clear is ``node.token`` (the database has its hash)."""
     node = Node(owner=owner, name=name, public_key=public_key)
     node.apply_hardware(hardware or CPU_HARDWARE)
@@ -32,15 +34,35 @@ def make_node(owner, name: str = "node", *, hardware: dict | None = None, public
     return node
 
 
-def make_running_job(owner, cohort_size: int = 2, is_public: bool = True, name: str = "live job",
-                     rounds: int = 2, node_names: list[str] | None = None, **job_fields):
+def make_running_job(
+    owner,
+    cohort_size: int = 2,
+    is_public: bool = True,
+    name: str = "live job",
+    rounds: int = 2,
+    node_names: list[str] | None = None,
+    **job_fields,
+):
     """A running job with consenting cohort members and round 1 open: (job, round, nodes)."""
-    job = Job.objects.create(owner=owner, name=name, is_public=is_public, num_peers=cohort_size, rounds=rounds,
-                             status=Job.Status.RUNNING, current_round=1, started_at=timezone.now(), **job_fields)
+    job = Job.objects.create(
+        owner=owner,
+        name=name,
+        is_public=is_public,
+        num_peers=cohort_size,
+        rounds=rounds,
+        status=Job.Status.RUNNING,
+        current_round=1,
+        started_at=timezone.now(),
+        **job_fields,
+    )
     nodes = []
     for position in range(cohort_size):
-        node = make_node(owner, node_names[position] if node_names else f"{name}-node-{position}",
-                         hardware={"cpu": "c", "cores": 2, "ram_gb": 4}, public_key="ab" * 32)
+        node = make_node(
+            owner,
+            node_names[position] if node_names else f"{name}-node-{position}",
+            hardware={"cpu": "c", "cores": 2, "ram_gb": 4},
+            public_key="ab" * 32,
+        )
         Consent.objects.create(job=job, node=node, granted=True, by=owner)
         CohortMember.objects.create(job=job, node=node, position=position)
         nodes.append(node)

@@ -1,5 +1,6 @@
 """Real Peers over MemoryTransport, driven by the one in-memory driver (peers.federation), with
 the settings the tests share."""
+
 from dataclasses import replace
 
 from peers import topology
@@ -10,8 +11,17 @@ from peers.transport.memory import MemoryTransport
 from peers.wire.signing import NodeKey
 from peers.worker import Peer
 
-BASE_CONFIG = JobConfig(model="mlp", hidden=32, lr=0.3, lr_schedule="constant", local_steps=30, batch_size=32,
-                        seed=11, num_features=64, num_classes=10)
+BASE_CONFIG = JobConfig(
+    model="mlp",
+    hidden=32,
+    lr=0.3,
+    lr_schedule="constant",
+    local_steps=30,
+    batch_size=32,
+    seed=11,
+    num_features=64,
+    num_classes=10,
+)
 
 
 async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, **config):
@@ -22,8 +32,17 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
     attacks = attacks or {}
     platform = InMemoryPlatform(replace(BASE_CONFIG, **config), rounds, round_timeout_s=deadline_s)
     transport = MemoryTransport()
-    peers = {i: Peer(i, NodeKey.generate(), load_local_data(f"digits:{i - 1}/{n}"), transport, platform,
-                     attack=attacks.get(i, "none")) for i in range(1, n + 1)}
+    peers = {
+        i: Peer(
+            i,
+            NodeKey.generate(),
+            load_local_data(f"digits:{i - 1}/{n}"),
+            transport,
+            platform,
+            attack=attacks.get(i, "none"),
+        )
+        for i in range(1, n + 1)
+    }
     final_models = {}
 
     def keep_final_model(message: dict) -> None:  # the peer releases the job once it reported the last round

@@ -1,6 +1,7 @@
 """Clients that watch a job the way viewers do, on a live server: a websocket client
 (`websockets`, as an independent program would) and headless Chromium (playwright, driving
 Debian's chromium: nothing is downloaded)."""
+
 import json
 import os
 import threading
@@ -12,16 +13,26 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def open_job_socket(base_url: str, job_id: int, session_cookie: str):
     """A logged-in viewer's websocket, without the client-side pings a browser does not send
     either (so nothing but the server's own traffic keeps it alive)."""
-    return connect(base_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}/", origin=base_url,
-                   additional_headers={"Cookie": f"sessionid={session_cookie}"}, ping_interval=None,
-                   open_timeout=10)
+    return connect(
+        base_url.replace("http", "ws", 1) + f"/ws/jobs/{job_id}/",
+        origin=base_url,
+        additional_headers={"Cookie": f"sessionid={session_cookie}"},
+        ping_interval=None,
+        open_timeout=10,
+    )
 
 
 class JobWatcher:
@@ -78,8 +89,12 @@ def watch_page_errors(page) -> list[str]:
     """Collect what a person would see go wrong: script errors, console errors, failed requests."""
     errors = []
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("console", lambda msg: errors.append(f"console: {msg.text} {msg.location.get('url', '')}")
-            if msg.type == "error" else None)
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console: {msg.text} {msg.location.get('url', '')}") if msg.type == "error" else None
+        ),
+    )
     page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
     return errors
 

@@ -7,6 +7,7 @@ from a clean environment (PATH, HOME and the documented DFL_NODE_TOKEN only).
 The stack shares pytest-django's PostgreSQL test database, so tests set up rows with the ORM
 and check them the same way. Beat acts on every row it sees, so tests that use the stack run
 after all the others (conftest orders them last)."""
+
 import os
 import re
 import signal
@@ -69,8 +70,11 @@ class Proc:
 def base_env(home: Path) -> dict:
     """What any process on a fresh machine has: a PATH (with this virtualenv first) and a HOME."""
     venv_bin = str(Path(sys.executable).parent)
-    return {"PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]), "HOME": str(home),
-            "LANG": "C.UTF-8"}
+    return {
+        "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+    }
 
 
 def production_env(chain_url: str, base_url: str, static_root: Path, home: Path) -> dict:
@@ -103,8 +107,9 @@ class ProductionStack:
         self.peers: list[Proc] = []
 
     def manage(self, *args: str) -> str:
-        run = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                             text=True, timeout=300)
+        run = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300
+        )
         assert run.returncode == 0, f"manage.py {' '.join(args)}:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
         return run.stdout
 
@@ -118,8 +123,12 @@ class ProductionStack:
         the token in DFL_NODE_TOKEN, nothing of the platform's environment."""
         home = home or Path(tempfile.mkdtemp(prefix="peer-home-", dir=self.tmp))
         env = {**base_env(home), "DFL_NODE_TOKEN": token}
-        proc = Proc(f"peer-{len(self.peers)}", [sys.executable, "-m", "peers", "join", "--server", self.url,
-                                                "--data", data, "--max-jobs", "1", *extra], env, cwd=home)
+        proc = Proc(
+            f"peer-{len(self.peers)}",
+            [sys.executable, "-m", "peers", "join", "--server", self.url, "--data", data, "--max-jobs", "1", *extra],
+            env,
+            cwd=home,
+        )
         proc.home = home
         self.peers.append(proc)
         return proc

@@ -1,5 +1,6 @@
 """A neighbour sending NaN, mis-shaped or hash-mismatched weights is rejected with a logged
 reason that reaches the report, and the round still completes with everyone else."""
+
 import asyncio
 import logging
 
@@ -12,9 +13,14 @@ N = 4
 ATTACKER = 4
 
 
-@pytest.mark.parametrize("attack, reason", [
-    ("nan", "non-finite"), ("shape", "wrong shape"), ("bad-hash", "sha256 mismatch"),
-])
+@pytest.mark.parametrize(
+    "attack, reason",
+    [
+        ("nan", "non-finite"),
+        ("shape", "wrong shape"),
+        ("bad-hash", "sha256 mismatch"),
+    ],
+)
 def test_bad_weights_are_rejected_and_the_round_completes(attack, reason, caplog):
     caplog.set_level(logging.WARNING, logger="peers.worker")
     reports, peers, _ = asyncio.run(run_federation(N, 2, attacks={ATTACKER: attack}))
@@ -46,8 +52,9 @@ def test_honest_federation_rejects_nothing():
 
 def test_a_diverging_peer_reports_diverged_not_a_loss_of_zero(caplog):
     """A learning rate far too large blows the models up: the reports say so."""
-    reports, peers, _ = asyncio.run(run_federation(2, 1, graph="complete", lr=1e30, local_steps=20,
-                                                       deadline_s=4))  # nothing comes: don't wait long
+    reports, peers, _ = asyncio.run(
+        run_federation(2, 1, graph="complete", lr=1e30, local_steps=20, deadline_s=4)
+    )  # nothing comes: don't wait long
     assert len(reports) == 2 and all(rep["diverged"] for rep in reports), reports
     assert "diverged in round 1" in caplog.text
     assert not all(torch.isfinite(t).all() for t in peers[1].final_model.values())

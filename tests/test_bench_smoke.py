@@ -10,7 +10,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = {"bench", "metric", "value", "baseline", "ratio", "target", "device", "quick", "median_ratio", "params", "models", "repeats"}
+REQUIRED = {
+    "bench",
+    "metric",
+    "value",
+    "baseline",
+    "ratio",
+    "target",
+    "device",
+    "quick",
+    "median_ratio",
+    "params",
+    "models",
+    "repeats",
+}
 
 
 @pytest.mark.slow
@@ -18,7 +31,11 @@ def test_bench_aggregate_quick_prints_json_last_line():
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "aggregate", "--quick", "--repeats", "3"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
@@ -35,5 +52,7 @@ def test_bench_aggregate_quick_prints_json_last_line():
 
 
 def test_bench_dispatcher_lists_benchmarks_on_unknown_name():
-    proc = subprocess.run([sys.executable, "-m", "bench", "no_such_bench"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "no_such_bench"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "available: " in proc.stderr and "aggregate" in proc.stderr

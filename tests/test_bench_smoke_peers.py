@@ -23,8 +23,9 @@ REQUIRED = {"bench", "metric", "value", "baseline", "ratio", "target", "device",
 def test_quick_benchmark_prints_json_last_line(name):
     env = dict(os.environ)
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    proc = subprocess.run([sys.executable, "-m", "bench", name, "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", name, "--quick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) > 1, proc.stdout  # a table first

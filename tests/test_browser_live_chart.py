@@ -1,6 +1,7 @@
 """A real browser (Debian's chromium driven by playwright) on the real stack (daphne, a Celery
 worker, Redis, PostgreSQL): a participant logs in through the login page, opens a running job,
 and the chart follows the reports as they are accepted, without a reload."""
+
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,20 @@ CHART_STATE = """() => {
 
 
 def report(job: Job, node: Node, accuracy: float, loss: float) -> PeerReport:
-    return PeerReport(job_id=job.id, round=1, node_id=node.id, train_loss=loss, eval_loss=loss, accuracy=accuracy,
-                      samples=300, eval_samples=100, model_hash="e" * 64, bytes_sent=1, bytes_received=1,
-                      duration_s=0.5)
+    return PeerReport(
+        job_id=job.id,
+        round=1,
+        node_id=node.id,
+        train_loss=loss,
+        eval_loss=loss,
+        accuracy=accuracy,
+        samples=300,
+        eval_samples=100,
+        model_hash="e" * 64,
+        bytes_sent=1,
+        bytes_received=1,
+        duration_s=0.5,
+    )
 
 
 def trace(state: dict, name: str) -> dict:
@@ -44,8 +56,9 @@ def trace(state: dict, name: str) -> dict:
 
 def test_chart_updates_live_in_a_real_browser(stack):
     owner = User.objects.create_user("watcher", password=PASSWORD)
-    job, _, (alpha, beta) = make_running_job(owner, name="Digits, live", rounds=3, node_names=["alpha", "beta"],
-                                             description="Browser test job")
+    job, _, (alpha, beta) = make_running_job(
+        owner, name="Digits, live", rounds=3, node_names=["alpha", "beta"], description="Browser test job"
+    )
 
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
@@ -59,8 +72,9 @@ def test_chart_updates_live_in_a_real_browser(stack):
 
             # The socket is open and the snapshot drawn: an empty chart (two mean traces, no points).
             page.wait_for_function("() => document.getElementById('chart').dataset.updates === '1'", timeout=WAIT_MS)
-            page.wait_for_function("() => document.getElementById('live-state').textContent.startsWith('Live')",
-                                   timeout=WAIT_MS)
+            page.wait_for_function(
+                "() => document.getElementById('live-state').textContent.startsWith('Live')", timeout=WAIT_MS
+            )
             before = page.evaluate(CHART_STATE)
             assert [t["name"] for t in before["traces"]] == ["mean accuracy", "mean loss"]
             assert all(t["x"] == [] for t in before["traces"])
@@ -79,8 +93,9 @@ def test_chart_updates_live_in_a_real_browser(stack):
             # The last report completes the round; the Celery worker closes it and opens round 2:
             # a report frame, a round frame and a status frame arrive, still without a reload.
             in_thread(accept_report, beta, report(job, beta, 0.75, 0.8))
-            page.wait_for_function("() => Number(document.getElementById('chart').dataset.updates) >= 5",
-                                   timeout=WAIT_MS)
+            page.wait_for_function(
+                "() => Number(document.getElementById('chart').dataset.updates) >= 5", timeout=WAIT_MS
+            )
             state = page.evaluate(CHART_STATE)
             assert trace(state, "beta accuracy")["y"] == [0.75]
             assert trace(state, "mean accuracy")["x"] == [1]

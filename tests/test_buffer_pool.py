@@ -76,8 +76,17 @@ def _transfer(reassembler, key, payload, seq):
     transport = MemoryTransport()
 
     async def run():
-        await send_payload(transport, "dfl.node.2", job_id=1, round=1, sender=1, seq=seq, payload=payload,
-                           key=key, chunk_bytes=64 * 1024)
+        await send_payload(
+            transport,
+            "dfl.node.2",
+            job_id=1,
+            round=1,
+            sender=1,
+            seq=seq,
+            payload=payload,
+            key=key,
+            chunk_bytes=64 * 1024,
+        )
         results = []
         while transport.pending("dfl.node.2"):
             result = reassembler.feed(await transport.receive("dfl.node.2"))

@@ -1,5 +1,6 @@
 """Centralized baselines through the star: FedAvg, FedProx, FedAdam; and the check that
 DPASGD with tau = 1 on the complete graph behaves like FedAvg."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """compose.yaml stays valid and runs the same commands the README documents."""
+
 from pathlib import Path
 
 import yaml
@@ -29,7 +30,7 @@ def test_compose_file_describes_the_real_services():
 def production_section() -> str:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("## Production")
-    return readme[start:readme.index("\n## ", start + 1)]
+    return readme[start : readme.index("\n## ", start + 1)]
 
 
 def test_readme_production_section_documents_every_setting():
@@ -47,7 +48,13 @@ def test_readme_production_section_documents_every_setting():
     assert undocumented == []
     readme = (ROOT / "README.md").read_text()
     assert [name for name in compose["services"]["peer"]["environment"] if f"`{name}`" not in readme] == []
-    for step in ("manage.py migrate", "manage.py collectstatic", "daphne", "celery -A hub worker", "celery -A hub beat"):
+    for step in (
+        "manage.py migrate",
+        "manage.py collectstatic",
+        "daphne",
+        "celery -A hub worker",
+        "celery -A hub beat",
+    ):
         assert step in section
     assert "Payouts" in section and "first settlement" in section  # where the token comes from and shows
 

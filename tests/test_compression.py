@@ -142,7 +142,10 @@ def test_topk_error_feedback_sum_converges(feedback):
 
 def test_wire_bytes_shrink_by_the_expected_factor():
     st = {"w": torch.randn(1000, 1000)}
-    size = {spec: get_compressor(spec).wire_bytes(*get_compressor(spec).compress(st)) for spec in ("none", "fp16", "bf16", "int8", "int8:affine", "topk:0.01", "topk:0.1")}
+    size = {
+        spec: get_compressor(spec).wire_bytes(*get_compressor(spec).compress(st))
+        for spec in ("none", "fp16", "bf16", "int8", "int8:affine", "topk:0.01", "topk:0.1")
+    }
     dense = 4 * 1_000_000
     assert dense <= size["none"] < dense + 1000
     assert size["fp16"] / size["none"] == pytest.approx(0.5, abs=0.001)
@@ -160,7 +163,7 @@ def test_get_compressor_parses_and_rejects():
     assert get_compressor("int8:affine").affine
     assert get_compressor("topk:0.01").fraction == 0.01 and get_compressor("topk:1").fraction == 1.0
     for bad in ("zip", "topk", "topk:", "topk:abc", "topk:0", "topk:-0.1", "topk:1.5", "topk:nan", "int4", ""):
-        with pytest.raises(ValueError, match="topk|unknown compressor"):
+        with pytest.raises(ValueError, match=r"topk|unknown compressor"):
             get_compressor(bad)
     with pytest.raises(ValueError, match="expected one of: none, fp16, bf16, int8"):
         get_compressor("gzip")
@@ -185,7 +188,7 @@ def test_decompress_rejects_malformed_payloads():
     with pytest.raises(ValueError, match="layout"):
         decompress(payload, {"compressor": meta["compressor"], "layout": "[1, 2"})
     p8, m8 = get_compressor("int8").compress(st)
-    with pytest.raises(ValueError, match="expected torch.int8"):
+    with pytest.raises(ValueError, match=r"expected torch\.int8"):
         decompress(dict(p8, **{"v/w": p8["v/w"].to(torch.int16)}), m8)
     with pytest.raises(ValueError, match="bad scale"):
         decompress(dict(p8, **{"s/w": torch.tensor(float("inf"))}), m8)

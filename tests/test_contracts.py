@@ -1,4 +1,5 @@
 """The committed contract artifacts are exactly what the pinned compiler makes of the sources."""
+
 import json
 import shutil
 import subprocess
@@ -18,7 +19,9 @@ def node() -> str:
 
 
 def test_committed_artifacts_match_a_fresh_compile():
-    result = subprocess.run([node(), "contracts/compile.js", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [node(), "contracts/compile.js", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -34,7 +37,9 @@ def test_check_names_a_stale_artifact(tmp_path):
     artifact = json.loads(ARTIFACT.read_text())
     artifact["bytecode"] = artifact["bytecode"][:-2] + "00"
     stale.write_text(json.dumps(artifact, indent=2) + "\n")
-    result = subprocess.run([node(), "contracts/compile.js", "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [node(), "contracts/compile.js", "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert "platform/ledger/artifacts/RewardToken.json" in result.stderr
 

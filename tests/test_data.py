@@ -93,8 +93,7 @@ def test_npz_round_trip(tmp_path):
 def test_npz_pre_split(tmp_path):
     p = tmp_path / "pre.npz"
     rng = np.random.default_rng(0)
-    np.savez(p, X=rng.random((20, 3)), y=np.arange(20) % 3,
-             X_eval=rng.random((5, 3)), y_eval=np.array([0, 1, 2, 3, 0]))
+    np.savez(p, X=rng.random((20, 3)), y=np.arange(20) % 3, X_eval=rng.random((5, 3)), y_eval=np.array([0, 1, 2, 3, 0]))
     d = load_local_data(str(p))
     assert d.samples == 20 and len(d.y_eval) == 5
     assert d.num_classes == 4  # max label over train and eval + 1
@@ -125,28 +124,31 @@ def _npz(tmp_path, **arrays):
     return str(p)
 
 
-@pytest.mark.parametrize("make_spec, match", [
-    (lambda t: str(t / "nope.npz"), "not found"),
-    (lambda t: str(t / "nope.csv"), "not found"),
-    (lambda t: (t / "x.txt").write_text("1,2\n") and str(t / "x.txt"), "unknown data format"),
-    (lambda t: _npz(t, X=np.zeros((4, 2))), "missing array"),
-    (lambda t: _npz(t, X=np.zeros(4), y=np.zeros(4, int)), "2-D"),
-    (lambda t: _npz(t, X=np.zeros((4, 2)), y=np.zeros(3, int)), "labels"),
-    (lambda t: _npz(t, X=np.array([[0.0, np.nan], [1, 2]]), y=np.array([0, 1])), "NaN"),
-    (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0, -1])), "non-negative"),
-    (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0.0, 1.5])), "non-negative integers"),
-    (lambda t: _npz(t, X=np.zeros((0, 2)), y=np.zeros(0, int)), "empty"),
-    (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0, 1]), X_eval=np.zeros((1, 2))), "together"),
-    (lambda t: (t / "e.csv").write_text("a,label\n") and str(t / "e.csv"), "empty"),
-    (lambda t: (t / "n.csv").write_text("a,label\nfoo,1\n") and str(t / "n.csv"), "non-numeric"),
-    (lambda t: (t / "m.csv").write_text("a,label\nnan,1\n2,0\n") and str(t / "m.csv"), "NaN"),
-    (lambda t: (t / "l.csv").write_text("a,label\n1,0.5\n2,0\n") and str(t / "l.csv"), "integers"),
-    (lambda t: "digits:3/3", "0 <= I < N"),
-    (lambda t: "digits:0", "bad digits spec"),
-    (lambda t: "digits:0/2:zipf", "unknown partition"),
-    (lambda t: "digits:0/2:dirichlet:-1", "alpha"),
-    (lambda t: "", "bad data spec"),
-])
+@pytest.mark.parametrize(
+    "make_spec, match",
+    [
+        (lambda t: str(t / "nope.npz"), "not found"),
+        (lambda t: str(t / "nope.csv"), "not found"),
+        (lambda t: (t / "x.txt").write_text("1,2\n") and str(t / "x.txt"), "unknown data format"),
+        (lambda t: _npz(t, X=np.zeros((4, 2))), "missing array"),
+        (lambda t: _npz(t, X=np.zeros(4), y=np.zeros(4, int)), "2-D"),
+        (lambda t: _npz(t, X=np.zeros((4, 2)), y=np.zeros(3, int)), "labels"),
+        (lambda t: _npz(t, X=np.array([[0.0, np.nan], [1, 2]]), y=np.array([0, 1])), "NaN"),
+        (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0, -1])), "non-negative"),
+        (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0.0, 1.5])), "non-negative integers"),
+        (lambda t: _npz(t, X=np.zeros((0, 2)), y=np.zeros(0, int)), "empty"),
+        (lambda t: _npz(t, X=np.zeros((2, 2)), y=np.array([0, 1]), X_eval=np.zeros((1, 2))), "together"),
+        (lambda t: (t / "e.csv").write_text("a,label\n") and str(t / "e.csv"), "empty"),
+        (lambda t: (t / "n.csv").write_text("a,label\nfoo,1\n") and str(t / "n.csv"), "non-numeric"),
+        (lambda t: (t / "m.csv").write_text("a,label\nnan,1\n2,0\n") and str(t / "m.csv"), "NaN"),
+        (lambda t: (t / "l.csv").write_text("a,label\n1,0.5\n2,0\n") and str(t / "l.csv"), "integers"),
+        (lambda t: "digits:3/3", "0 <= I < N"),
+        (lambda t: "digits:0", "bad digits spec"),
+        (lambda t: "digits:0/2:zipf", "unknown partition"),
+        (lambda t: "digits:0/2:dirichlet:-1", "alpha"),
+        (lambda t: "", "bad data spec"),
+    ],
+)
 def test_data_errors(tmp_path, make_spec, match):
     with pytest.raises(DataError, match=match):
         load_local_data(make_spec(tmp_path))

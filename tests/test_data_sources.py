@@ -1,4 +1,5 @@
 """Local data beyond npz/csv: image folders, FedProx Synthetic, label-shard and quantity skew."""
+
 import numpy as np
 import pytest
 from PIL import Image

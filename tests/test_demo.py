@@ -1,4 +1,5 @@
 """`python manage.py demo --headless` runs the embedded job and ends with a JSON line."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_headless_demo_prints_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CHAIN_RPC_URL", "REDIS_URL")}
     env.update(DFL_EMBEDDED="1", DFL_VAR_DIR=str(tmp_path))
-    run = subprocess.run([sys.executable, "manage.py", "demo", "--headless", "--rounds", "3", "--peers", "4"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--headless", "--rounds", "3", "--peers", "4"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["status"] == "settled"

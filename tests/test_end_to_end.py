@@ -4,6 +4,7 @@ environment): a job creator's forms, four `python -m peers join` processes from 
 environment exchanging weights through Redis, a real browser and an independent websocket client
 watching the job page from before it starts until it is settled, and the payouts read back from
 anvil."""
+
 import re
 import secrets
 import subprocess
@@ -37,8 +38,14 @@ PAGE_STATE = """() => ({
 
 def participant_command(tmp_path: Path, *args: str) -> str:
     """A command a participant runs on their own machine (nothing of the platform's environment)."""
-    return subprocess.run([sys.executable, "-m", "peers", *args], check=True, capture_output=True, text=True,
-                          env=base_env(tmp_path), cwd=tmp_path).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "peers", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=base_env(tmp_path),
+        cwd=tmp_path,
+    ).stdout
 
 
 def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
@@ -49,13 +56,28 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     # A job creator signs up and creates a job.
     creator = Browser(stack.url)
     creator.sign_up("creator", "a-long-password-1")
-    page = creator.submit("/jobs/new/", {
-        "name": "Digits on four peers", "description": "", "is_public": "on", "dataset": "digits",
-        "model": "mlp", "hidden": 64, "topology": "ring", "num_peers": PEERS, "rounds": ROUNDS,
-        # constant lr: with the cosine default a 4-round job ends at lr/4 and near 0.8 accuracy
-        "local_steps": 15, "lr": 0.2, "lr_schedule": "constant", "batch_size": 32, "round_timeout_s": 90,
-        "min_vram_gb": 0, "reward_per_round": 100,
-    })
+    page = creator.submit(
+        "/jobs/new/",
+        {
+            "name": "Digits on four peers",
+            "description": "",
+            "is_public": "on",
+            "dataset": "digits",
+            "model": "mlp",
+            "hidden": 64,
+            "topology": "ring",
+            "num_peers": PEERS,
+            "rounds": ROUNDS,
+            # constant lr: with the cosine default a 4-round job ends at lr/4 and near 0.8 accuracy
+            "local_steps": 15,
+            "lr": 0.2,
+            "lr_schedule": "constant",
+            "batch_size": 32,
+            "round_timeout_s": 90,
+            "min_vram_gb": 0,
+            "reward_per_round": 100,
+        },
+    )
     job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
     assert "Waiting for peers" in page.text
 
@@ -70,8 +92,9 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
             view = context.new_page()
             errors = watch_page_errors(view)
             view.goto(f"{stack.url}/jobs/{job_id}/")
-            view.wait_for_function("() => document.getElementById('live-state').textContent.startsWith('Live')",
-                                   timeout=20_000)
+            view.wait_for_function(
+                "() => document.getElementById('live-state').textContent.startsWith('Live')", timeout=20_000
+            )
 
             # Participants sign up, register a node (hardware from the peer itself), consent, start a peer.
             addresses = []
@@ -83,15 +106,17 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
                 token_page = person.submit("/nodes/register/", {"name": f"node-{i}", "hardware_json": hw})
                 token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)
                 node_id = int(re.search(r"/nodes/(\d+)/", token_page.text).group(1))
-                consent = person.submit(f"/jobs/{job_id}/consent/", {"node": node_id, "grant": "yes"},
-                                        form_page=f"/jobs/{job_id}/")
+                consent = person.submit(
+                    f"/jobs/{job_id}/consent/", {"node": node_id, "grant": "yes"}, form_page=f"/jobs/{job_id}/"
+                )
                 assert "consents to train" in consent.text
                 stack.peer(token, shards[i])
 
             # The worker forms the cohort when the peers say hello; the rounds run; the job is
             # settled: the page follows all of it without a reload.
-            view.wait_for_function("() => document.getElementById('job-status').textContent === 'Settled'",
-                                   timeout=SETTLED_WITHIN_MS)
+            view.wait_for_function(
+                "() => document.getElementById('job-status').textContent === 'Settled'", timeout=SETTLED_WITHIN_MS
+            )
             view.wait_for_timeout(300)  # let plotly finish drawing before the picture
             view.screenshot(path=str(SCREENSHOT), full_page=True)
             seen = view.evaluate(PAGE_STATE)
@@ -139,12 +164,16 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     statuses = [f["data"]["status"] for f in watcher.frames if f["kind"] == "status"]
     assert statuses[0] == "running" and statuses[-1] == "settled" and "finished" in statuses
     reports = [(f["data"]["round"], f["data"]["node"]) for f in watcher.frames if f["kind"] == "report"]
-    assert sorted(reports) == sorted({(r.round.number, r.node_id) for r in rounds[0].job.round_set.all()
-                                      for r in r.reports.all()}) and len(reports) == ROUNDS * PEERS
+    assert (
+        sorted(reports)
+        == sorted({(r.round.number, r.node_id) for r in rounds[0].job.round_set.all() for r in r.reports.all()})
+        and len(reports) == ROUNDS * PEERS
+    )
     assert [f["data"]["round"] for f in watcher.frames if f["kind"] == "round"] == list(range(1, ROUNDS + 1))
     settled = [f for f in watcher.frames if f["kind"] == "status" and f["data"]["status"] == "settled"][-1]
     assert [(p["node"], p["amount"], p["tx_hash"]) for p in settled["data"]["payouts"]] == [
-        (p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts]
+        (p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts
+    ]
 
     # The payouts page lists each payout with its transaction, and where the token lives.
     listing = creator.get("/payouts/").text

@@ -44,8 +44,18 @@ def _reassembler(keys, max_bytes=8 << 20):
 
 
 async def _send(transport, keys, payload, *, sender=ALICE, seq=0, round=1, job=JOB, key=None, **kw):
-    return await send_payload(transport, "dfl.node.9", job_id=job, round=round, sender=sender, seq=seq,
-                              payload=payload, key=key or keys[sender], chunk_bytes=CHUNK, **kw)
+    return await send_payload(
+        transport,
+        "dfl.node.9",
+        job_id=job,
+        round=round,
+        sender=sender,
+        seq=seq,
+        payload=payload,
+        key=key or keys[sender],
+        chunk_bytes=CHUNK,
+        **kw,
+    )
 
 
 async def _drain(transport, channel="dfl.node.9"):
@@ -187,8 +197,9 @@ async def test_too_large_and_bad_index(keys, transport):
 
     # a validly signed header whose index is out of range
     key = keys[ALICE]
-    chunk = WeightsChunk(job_id=JOB, round=1, sender=ALICE, seq=1, index=5, count=2, size=10,
-                         sha256="0" * 64, signature=b"", data=b"x")
+    chunk = WeightsChunk(
+        job_id=JOB, round=1, sender=ALICE, seq=1, index=5, count=2, size=10, sha256="0" * 64, signature=b"", data=b"x"
+    )
     chunk.signature = key.sign(header_bytes(chunk))
     r = _reassembler(keys)
     assert r.feed(chunk) == Rejected(ALICE, 1, "index out of range: 5 not in [0, 2)")
@@ -221,15 +232,17 @@ async def test_digest_travels_signed_in_the_last_chunk_only(keys, transport):
     # a digest on any other chunk, or a last chunk without one, kills the transfer (both validly signed)
     r = _reassembler(keys)
     assert r.feed(signed(msgs[0], sha256=sha256_hex(payload))) == Rejected(
-        ALICE, 1, "the sha256 must come with the last chunk, and only with it")
+        ALICE, 1, "the sha256 must come with the last chunk, and only with it"
+    )
     assert r.feed(msgs[1]) is None and r.pending() == []
     r = _reassembler(keys)
-    assert _feed_all(r, msgs[:3] + [signed(msgs[3], sha256="")]) == [
-        Rejected(ALICE, 1, "the sha256 must come with the last chunk, and only with it")]
+    assert _feed_all(r, [*msgs[:3], signed(msgs[3], sha256="")]) == [
+        Rejected(ALICE, 1, "the sha256 must come with the last chunk, and only with it")
+    ]
     # a closing digest signed by someone else is a forgery: dropped, and the real one still completes
     r = _reassembler(keys)
     forged = signed(msgs[3], key=keys[MALLORY], sha256="ab" * 32)
-    assert _feed_all(r, msgs[:3] + [forged]) == [Rejected(ALICE, 1, "bad signature")]
+    assert _feed_all(r, [*msgs[:3], forged]) == [Rejected(ALICE, 1, "bad signature")]
     assert _feed_all(r, msgs[3:]) == [Completed(ALICE, 1, 0, payload)]
 
 
@@ -280,8 +293,9 @@ async def test_backpressure_with_slow_receiver(keys):
     receiver = asyncio.create_task(slow_receiver())
     await asyncio.sleep(0)
     chunk = 64 * 1024  # 48 chunks through a 5-slot channel
-    sent = await send_payload(t, "dfl.node.9", job_id=JOB, round=1, sender=ALICE, seq=0,
-                              payload=payload, key=keys[ALICE], chunk_bytes=chunk)
+    sent = await send_payload(
+        t, "dfl.node.9", job_id=JOB, round=1, sender=ALICE, seq=0, payload=payload, key=keys[ALICE], chunk_bytes=chunk
+    )
     assert sent == len(payload) and full_seen > 0
     assert await asyncio.wait_for(receiver, 10) == Completed(ALICE, 1, 0, payload)
 

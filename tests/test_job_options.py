@@ -1,5 +1,6 @@
 """The job form offers exactly what the peers implement, rejects impossible combinations, and
 the dynamic topology routes around links that missed a deadline."""
+
 from datetime import timedelta
 
 import pytest
@@ -17,10 +18,29 @@ from peers.rules import RULES
 from peers.training import LR_SCHEDULES
 from peers.wire.compression import get_compressor
 
-FORM = {"name": "j", "description": "", "is_public": "on", "dataset": "digits", "model": "mlp", "hidden": 32,
-        "topology": "ring", "degree": 4, "redraw_every": 5, "rule": "mean", "byzantine_f": 0, "clip_norm": 10,
-        "compression": "none", "num_peers": 8, "rounds": 5, "local_steps": 10, "lr": 0.1, "batch_size": 32,
-        "round_timeout_s": 60, "min_vram_gb": 0, "reward_per_round": 10}
+FORM = {
+    "name": "j",
+    "description": "",
+    "is_public": "on",
+    "dataset": "digits",
+    "model": "mlp",
+    "hidden": 32,
+    "topology": "ring",
+    "degree": 4,
+    "redraw_every": 5,
+    "rule": "mean",
+    "byzantine_f": 0,
+    "clip_norm": 10,
+    "compression": "none",
+    "num_peers": 8,
+    "rounds": 5,
+    "local_steps": 10,
+    "lr": 0.1,
+    "batch_size": 32,
+    "round_timeout_s": 60,
+    "min_vram_gb": 0,
+    "reward_per_round": 10,
+}
 
 
 def test_platform_choices_exist_on_the_peer_side():
@@ -32,23 +52,29 @@ def test_platform_choices_exist_on_the_peer_side():
         get_compressor(spec)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"rule": "krum", "byzantine_f": 1}, "rule"),        # ring: 3 inputs, Krum f=1 needs 5
-    ({"rule": "bulyan", "byzantine_f": 1, "topology": "torus"}, "rule"),  # 5 inputs, needs 7
-    ({"topology": "expander", "degree": 9}, "topology"),  # degree >= number of peers
-    ({"rule": "norm_clip", "clip_norm": 0}, "clip_norm"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"rule": "krum", "byzantine_f": 1}, "rule"),  # ring: 3 inputs, Krum f=1 needs 5
+        ({"rule": "bulyan", "byzantine_f": 1, "topology": "torus"}, "rule"),  # 5 inputs, needs 7
+        ({"topology": "expander", "degree": 9}, "topology"),  # degree >= number of peers
+        ({"rule": "norm_clip", "clip_norm": 0}, "clip_norm"),
+    ],
+)
 def test_impossible_combinations_are_refused(changes, field):
     form = JobForm({**FORM, **changes})
     assert not form.is_valid() and field in form.errors
 
 
-@pytest.mark.parametrize("changes", [
-    {"rule": "krum", "byzantine_f": 1, "topology": "complete"},
-    {"rule": "bulyan", "byzantine_f": 1, "topology": "complete"},
-    {"topology": "dynamic", "degree": 3, "compression": "topk:0.1", "rule": "median"},
-    {"topology": "star", "dataset": "synthetic", "model": "logreg"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"rule": "krum", "byzantine_f": 1, "topology": "complete"},
+        {"rule": "bulyan", "byzantine_f": 1, "topology": "complete"},
+        {"topology": "dynamic", "degree": 3, "compression": "topk:0.1", "rule": "median"},
+        {"topology": "star", "dataset": "synthetic", "model": "logreg"},
+    ],
+)
 def test_possible_combinations_are_accepted(changes):
     form = JobForm({**FORM, **changes})
     assert form.is_valid(), form.errors
@@ -73,8 +99,16 @@ def test_dynamic_topology_cuts_links_that_missed_the_deadline():
     slow = plan["neighbours"][0]["node_id"]
     for node in nodes:
         PeerReport.objects.create(
-            round=first, node=node, train_loss=1, eval_loss=1, accuracy=0.5, samples=10, eval_samples=5,
-            model_hash="ab" * 32, rejected=[{"sender": slow, "reason": "no weights before the deadline"}] if node == nodes[0] else [])
+            round=first,
+            node=node,
+            train_loss=1,
+            eval_loss=1,
+            accuracy=0.5,
+            samples=10,
+            eval_samples=5,
+            model_hash="ab" * 32,
+            rejected=[{"sender": slow, "reason": "no weights before the deadline"}] if node == nodes[0] else [],
+        )
     close_round(first.id)
     job.refresh_from_db()
     assert sorted([nodes[0].id, slow]) in job.cut_links

@@ -2,6 +2,7 @@
 peers never pull in Django, the control plane never pulls in torch, the wire protocol
 depends only on the standard library and msgpack, and the import contracts in `.importlinter`
 are kept."""
+
 import ast
 import configparser
 import json
@@ -73,18 +74,27 @@ def test_peers_never_load_django():
         "for info in pkgutil.walk_packages(peers.__path__, 'peers.'):\n"
         "    importlib.import_module(info.name)\n"
         "    imported.append(info.name)\n"
-        "banned = ('django', 'channels', 'celery', 'web3') + %r\n"
+        f"banned = ('django', 'channels', 'celery', 'web3') + {PLATFORM_APPS!r}\n"
         "print(json.dumps({'django': sorted(m for m in sys.modules if m == 'django' or m.startswith('django.')),\n"
         "                  'banned': sorted(m for m in sys.modules if m.split('.')[0] in banned),\n"
-        "                  'imported': imported}))" % (PLATFORM_APPS,),
+        "                  'imported': imported}))",
         PYTHONPATH=os.pathsep.join(["platform", "."]),
     )
     assert out["django"] == [], f"peers imported Django modules: {out['django'][:10]}"
     assert out["banned"] == [], f"peers imported platform-side modules: {out['banned'][:10]}"
     imported = set(out["imported"])
     assert imported == peers_modules_on_disk(), sorted(imported ^ peers_modules_on_disk())
-    for name in ("peers.simulate", "peers.client", "peers.images", "peers.plans", "peers.topology", "peers.hw",
-                 "peers.wire.exchange", "peers.transport.redis", "peers.rules.krum"):
+    for name in (
+        "peers.simulate",
+        "peers.client",
+        "peers.images",
+        "peers.plans",
+        "peers.topology",
+        "peers.hw",
+        "peers.wire.exchange",
+        "peers.transport.redis",
+        "peers.rules.krum",
+    ):
         assert name in imported
     for package in ("peers.wire.", "peers.transport.", "peers.rules."):
         assert sum(m.startswith(package) for m in imported) >= 3, package
@@ -93,8 +103,24 @@ def test_peers_never_load_django():
 def test_control_plane_never_loads_torch():
     modules = []
     for app in ("accounts", "nodes", "jobs", "ledger", "live", "hub"):
-        for name in ("models", "views", "urls", "consumers", "tasks", "orchestration", "api", "api_urls",
-                     "forms", "routing", "broadcast", "snapshot", "services", "chain", "admin", "hardware"):
+        for name in (
+            "models",
+            "views",
+            "urls",
+            "consumers",
+            "tasks",
+            "orchestration",
+            "api",
+            "api_urls",
+            "forms",
+            "routing",
+            "broadcast",
+            "snapshot",
+            "services",
+            "chain",
+            "admin",
+            "hardware",
+        ):
             if (ROOT / "platform" / app / f"{name}.py").exists():
                 modules.append(f"{app}.{name}")
     modules += ["hub.asgi", "hub.celery"]
@@ -150,7 +176,9 @@ def test_import_contracts_are_kept():
     env = {k: v for k, v in os.environ.items() if k not in LINT_ENV_DROP}
     env["PYTHONPATH"] = os.pathsep.join(["platform", "."])
     proc = subprocess.run(lint_imports_command(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"lint-imports failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"lint-imports failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+    )
     assert "0 broken" in proc.stdout, proc.stdout[-8000:]
 
 
@@ -190,5 +218,8 @@ def test_orchestration_queues_tasks_it_does_not_import():
         SECRET_KEY="layout-test",
     )
     assert out["before"] == [], f"importing orchestration loaded {out['before']}"
-    assert out["resolved"] == out["names"] == ["jobs.tasks.start_job", "jobs.tasks.close_round_task",
-                                               "ledger.tasks.settle_job"]
+    assert (
+        out["resolved"]
+        == out["names"]
+        == ["jobs.tasks.start_job", "jobs.tasks.close_round_task", "ledger.tasks.settle_job"]
+    )

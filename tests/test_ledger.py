@@ -1,4 +1,5 @@
 """Rewards on a real chain: split exactness, exactly-once payouts on anvil, and eth-tester."""
+
 import secrets
 from datetime import timedelta
 
@@ -22,8 +23,6 @@ def new_address() -> str:
     return "0x" + secrets.token_hex(20)
 
 
-
-
 def make_job(reward_per_round=100, status=Job.Status.FINISHED) -> Job:
     owner = get_user_model().objects.create_user(f"job-owner-{secrets.token_hex(3)}", password="pw-unused-123")
     return Job.objects.create(owner=owner, name="digits", reward_per_round=reward_per_round, status=status)
@@ -31,13 +30,21 @@ def make_job(reward_per_round=100, status=Job.Status.FINISHED) -> Job:
 
 def add_round(job: Job, number: int, samples: dict[Node, int], closed: bool = True) -> Round:
     rnd = Round.objects.create(
-        job=job, number=number, deadline=timezone.now() + timedelta(minutes=1),
+        job=job,
+        number=number,
+        deadline=timezone.now() + timedelta(minutes=1),
         status=Round.Status.CLOSED if closed else Round.Status.OPEN,
     )
     for node, n in samples.items():
         PeerReport.objects.create(
-            round=rnd, node=node, train_loss=1.0, eval_loss=1.0, accuracy=0.5,
-            samples=n, eval_samples=10, model_hash="0" * 64,
+            round=rnd,
+            node=node,
+            train_loss=1.0,
+            eval_loss=1.0,
+            accuracy=0.5,
+            samples=n,
+            eval_samples=10,
+            model_hash="0" * 64,
         )
     return rnd
 
@@ -78,7 +85,10 @@ def test_pay_rewards_on_anvil(chain_settings):
 
 
 def test_settle_pays_exactly_once(chain_settings):
-    a, b = make_node(make_user(payout_address=new_address()), "a"), make_node(make_user(payout_address=new_address()), "b")
+    a, b = (
+        make_node(make_user(payout_address=new_address()), "a"),
+        make_node(make_user(payout_address=new_address()), "b"),
+    )
     job = make_job(reward_per_round=10)
     add_round(job, 1, {a: 3, b: 1})
     add_round(job, 2, {a: 1, b: 1})
@@ -145,7 +155,10 @@ def test_eth_tester_deploys_and_transfers(settings):
 
 
 def test_payouts_page_shows_only_what_the_user_may_see(client):
-    mine, theirs = make_node(make_user(payout_address=new_address()), "mine"), make_node(make_user(payout_address=new_address()), "theirs")
+    mine, theirs = (
+        make_node(make_user(payout_address=new_address()), "mine"),
+        make_node(make_user(payout_address=new_address()), "theirs"),
+    )
     job = make_job()
     Payout.objects.create(job=job, node=mine, address=new_address(), amount_wei=3 * WEI, tx_hash="0x" + "ab" * 32)
     Payout.objects.create(job=job, node=theirs, address=new_address(), amount_wei=5 * WEI)
@@ -168,8 +181,9 @@ def _signed_but_never_broadcast(job, node, address, amount):
     """What a settlement leaves behind when it dies between storing and broadcasting."""
     chain = Chain.from_settings()
     tx_hash, raw = chain.sign_transfer(address, amount)
-    return Payout.objects.create(job=job, node=node, address=address, amount_wei=amount,
-                                 status=Payout.Status.SENT, tx_hash=tx_hash, raw_tx=raw)
+    return Payout.objects.create(
+        job=job, node=node, address=address, amount_wei=amount, status=Payout.Status.SENT, tx_hash=tx_hash, raw_tx=raw
+    )
 
 
 def test_crash_before_broadcast_rebroadcasts_the_same_transaction(chain_settings):

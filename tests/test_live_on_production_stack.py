@@ -4,6 +4,7 @@ redis-py 8 gives every connection a 5 s socket timeout and channels_redis blocks
 channel, so daphne used to close every idle websocket with 1011 after ~5 s: a viewer of a quiet
 job flickered between "Live" and "reconnecting" and never saw it start. The embedded demo and a
 busy test cannot see that; these tests sit idle on the real thing."""
+
 import json
 import time
 
@@ -44,9 +45,23 @@ def test_idle_viewer_stays_connected_and_gets_the_next_update(stack):
         assert time.monotonic() - started >= IDLE_S
         assert socket.state is State.OPEN
 
-        accept_report(nodes[0], PeerReport(
-            job_id=job.id, round=1, node_id=nodes[0].id, train_loss=0.4, eval_loss=0.5, accuracy=0.7, samples=10,
-            eval_samples=5, model_hash="a" * 64, bytes_sent=1, bytes_received=1, duration_s=0.1))
+        accept_report(
+            nodes[0],
+            PeerReport(
+                job_id=job.id,
+                round=1,
+                node_id=nodes[0].id,
+                train_loss=0.4,
+                eval_loss=0.5,
+                accuracy=0.7,
+                samples=10,
+                eval_samples=5,
+                model_hash="a" * 64,
+                bytes_sent=1,
+                bytes_received=1,
+                duration_s=0.1,
+            ),
+        )
         frame = json.loads(socket.recv(timeout=10))  # on the same connection
         assert frame["kind"] == "report" and frame["data"]["accuracy"] == 0.7
     daphne = next(p for p in stack.services if p.name == "daphne")
@@ -72,11 +87,16 @@ def test_viewer_of_a_waiting_job_sees_it_start(stack):
 
         # The nodes' peers say hello (as `python -m peers join` does): the worker forms the cohort.
         for i, token in enumerate(tokens):
-            response = requests.post(f"{stack.url}/api/v1/node/hello", json={"public_key": f"{i + 1:02x}" * 32},
-                                     headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            response = requests.post(
+                f"{stack.url}/api/v1/node/hello",
+                json={"public_key": f"{i + 1:02x}" * 32},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
             assert response.status_code == 200, response.text
-        started = watcher.wait_for(lambda f: f["kind"] == "status" and f["data"]["status"] == "running", 30,
-                                   "the job starting")
+        started = watcher.wait_for(
+            lambda f: f["kind"] == "status" and f["data"]["status"] == "running", 30, "the job starting"
+        )
         assert started["data"]["current_round"] == 1
         cohort = started["data"]["cohort"]
         assert sorted(m["name"] for m in cohort) == ["starter-0", "starter-1"]

@@ -29,8 +29,18 @@ def session_cookie(user: User) -> tuple[bytes, bytes]:
 
 def report(job, node, accuracy: float, round_number: int = 1) -> PeerReport:
     return PeerReport(
-        job_id=job.id, round=round_number, node_id=node.id, train_loss=0.5, eval_loss=0.6, accuracy=accuracy,
-        samples=200, eval_samples=50, model_hash="d" * 64, bytes_sent=10, bytes_received=20, duration_s=0.3,
+        job_id=job.id,
+        round=round_number,
+        node_id=node.id,
+        train_loss=0.5,
+        eval_loss=0.6,
+        accuracy=accuracy,
+        samples=200,
+        eval_samples=50,
+        model_hash="d" * 64,
+        bytes_sent=10,
+        bytes_received=20,
+        duration_s=0.3,
     )
 
 
@@ -43,7 +53,7 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
     def setup():
         owner = User.objects.create_user("owner", password="x-long-password")
         viewer = User.objects.create_user("viewer", password="x-long-password")
-        job, rnd, nodes = make_running_job(owner, cohort_size=2)
+        job, _rnd, nodes = make_running_job(owner, cohort_size=2)
         other_job, _, _ = make_running_job(owner, cohort_size=1, name="other job")
         first = accept_report(nodes[1], report(job, nodes[1], 0.40))  # before the viewer connects
         return job, nodes, other_job, session_cookie(viewer), first
@@ -69,8 +79,15 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
         frame = await viewer.receive_json_from(timeout=TIMEOUT)
         assert frame["kind"] == "report"
         assert frame["data"] == {
-            "round": 1, "node": nodes[0].id, "node_name": nodes[0].name, "train_loss": 0.5, "eval_loss": 0.6,
-            "accuracy": 0.80, "samples": 200, "rejected": [], "diverged": False,
+            "round": 1,
+            "node": nodes[0].id,
+            "node_name": nodes[0].name,
+            "train_loss": 0.5,
+            "eval_loss": 0.6,
+            "accuracy": 0.80,
+            "samples": 200,
+            "rejected": [],
+            "diverged": False,
         }
         assert saved.pk != first.pk
 

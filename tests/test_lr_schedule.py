@@ -1,6 +1,7 @@
 """The learning-rate schedule: the rule itself, peers following it, and the job option."""
 
 import asyncio
+import itertools
 import math
 
 import pytest
@@ -16,7 +17,7 @@ def test_constant_keeps_the_rate():
 def test_cosine_starts_at_lr_ends_at_lr_over_rounds_and_only_decreases():
     rates = [scheduled_lr(1.0, "cosine", r, 50) for r in range(1, 51)]
     assert rates[0] == 1.0 and math.isclose(rates[-1], 1.0 / 50)
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in itertools.pairwise(rates))
     assert math.isclose(scheduled_lr(1.0, "cosine", 26, 51), (1.0 + 1.0 / 51) / 2)  # halfway: the midpoint
     assert scheduled_lr(0.5, "cosine", 1, 1) == 0.5  # a one-round job trains at its rate
     assert scheduled_lr(1.0, "cosine", 99, 10) == pytest.approx(0.1)  # past the end: stays at the floor

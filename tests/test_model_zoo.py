@@ -1,4 +1,5 @@
 """Every model of the zoo builds deterministically, takes flattened inputs, and learns."""
+
 import pytest
 import torch
 

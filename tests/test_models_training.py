@@ -46,8 +46,7 @@ def test_mlp_learns_digits_shard():
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data = load_local_data("digits:0/1", seed=0)
     model = build_model("mlp", data.num_features, data.num_classes, seed=0)
-    trainer = LocalTrainer(model, data, lr=0.1, batch_size=32, device=select_device("auto"),
-                           seed=0, momentum=0.9)
+    trainer = LocalTrainer(model, data, lr=0.1, batch_size=32, device=select_device("auto"), seed=0, momentum=0.9)
     before = trainer.evaluate()
     assert before.samples == len(data.y_eval)
     res = trainer.train(200)
@@ -62,16 +61,14 @@ def test_state_round_trip_and_determinism():
     data = load_local_data("digits:0/4", seed=0)
 
     def run():
-        t = LocalTrainer(build_model("logreg", 64, 10, seed=1), data, lr=0.05, batch_size=16,
-                         device="cpu", seed=3)
+        t = LocalTrainer(build_model("logreg", 64, 10, seed=1), data, lr=0.05, batch_size=16, device="cpu", seed=3)
         t.train(20)
         return t
 
     t1, t2 = run(), run()
     s1, s2 = t1.state(), t2.state()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)  # same seeds -> same trajectory
-    assert all(v.device.type == "cpu" and v.dtype == torch.float32 and not v.requires_grad
-               for v in s1.values())
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 and not v.requires_grad for v in s1.values())
     s1["weight"].zero_()  # a copy: the model is unaffected
     assert t1.model.weight.abs().sum() > 0
     t1.load_state(s1)

@@ -1,5 +1,6 @@
 """The node-facing JSON API (/api/v1/): bearer-token authentication, hello, and round reports.
 Bad input gets a 4xx JSON error with a reason, and nothing is written."""
+
 import json
 import os
 import subprocess
@@ -21,8 +22,19 @@ pytestmark = pytest.mark.django_db
 
 HARDWARE = {"cpu": "Test CPU", "cores": 8, "ram_gb": 31.5, "gpus": [], "cuda": False, "torch": "2.x", "os": "Linux"}
 KEY = "ab" * 32
-NODE_FIELDS = ["name", "cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware",
-               "public_key", "token_id", "token_hash"]
+NODE_FIELDS = [
+    "name",
+    "cpu",
+    "cores",
+    "ram_gb",
+    "gpu_name",
+    "vram_gb",
+    "cuda_capability",
+    "hardware",
+    "public_key",
+    "token_id",
+    "token_hash",
+]
 
 
 def registered(owner, name="n1") -> tuple[Node, str]:
@@ -55,8 +67,15 @@ def running(owner, node_and_token):
     """A running job with a cohort of three consenting nodes and round 1 open."""
     node, token = node_and_token
     others = [registered(owner, f"n{i}")[0] for i in (2, 3)]
-    job = Job.objects.create(owner=owner, name="api job", num_peers=3, rounds=2, status=Job.Status.RUNNING,
-                             current_round=1, started_at=timezone.now())
+    job = Job.objects.create(
+        owner=owner,
+        name="api job",
+        num_peers=3,
+        rounds=2,
+        status=Job.Status.RUNNING,
+        current_round=1,
+        started_at=timezone.now(),
+    )
     for position, member in enumerate([node, *others]):
         Consent.objects.create(job=job, node=member, granted=True, by=owner)
         CohortMember.objects.create(job=job, node=member, position=position)
@@ -66,9 +85,20 @@ def running(owner, node_and_token):
 
 def report_body(job, node, round_number=1, **overrides) -> dict:
     body = {
-        "job_id": job.id, "round": round_number, "node_id": node.id, "train_loss": 0.7, "eval_loss": 0.8,
-        "accuracy": 0.61, "samples": 300, "eval_samples": 60, "model_hash": "c" * 64,
-        "bytes_sent": 1000, "bytes_received": 2000, "duration_s": 1.5, "rejected": [], "diverged": False,
+        "job_id": job.id,
+        "round": round_number,
+        "node_id": node.id,
+        "train_loss": 0.7,
+        "eval_loss": 0.8,
+        "accuracy": 0.61,
+        "samples": 300,
+        "eval_samples": 60,
+        "model_hash": "c" * 64,
+        "bytes_sent": 1000,
+        "bytes_received": 2000,
+        "duration_s": 1.5,
+        "rejected": [],
+        "diverged": False,
     }
     body.update(overrides)
     return body
@@ -85,24 +115,29 @@ def assert_error(response, status: int, *words: str) -> str:
 
 
 # -- authentication ---------------------------------------------------------------------------
-@pytest.mark.parametrize("header", [
-    None,                                   # no Authorization header at all
-    "",                                     # empty
-    "Basic dXNlcjpwYXNz",                   # another scheme
-    "Bearer ",                              # empty token
-    "Bearer nonsense",                      # garbled: no structure
-    "Bearer dfln_abcdef123456_wrongsecret", # well formed but unknown
-    "Bearer xxxx_abcdef123456_secret",      # wrong prefix
-    "Bearer dfln_\x00\x00_secret",          # NUL bytes must not reach the database
-    "Bearer dfln_" + "é" * 12 + "_secret",  # non-ASCII
-    "Bearer dfln_" + "a" * 5000 + "_s",     # far too long
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,  # no Authorization header at all
+        "",  # empty
+        "Basic dXNlcjpwYXNz",  # another scheme
+        "Bearer ",  # empty token
+        "Bearer nonsense",  # garbled: no structure
+        "Bearer dfln_abcdef123456_wrongsecret",  # well formed but unknown
+        "Bearer xxxx_abcdef123456_secret",  # wrong prefix
+        "Bearer dfln_\x00\x00_secret",  # NUL bytes must not reach the database
+        "Bearer dfln_" + "é" * 12 + "_secret",  # non-ASCII
+        "Bearer dfln_" + "a" * 5000 + "_s",  # far too long
+    ],
+)
 def test_bad_token_is_401_json(client, node_and_token, header):
     node, _ = node_and_token
     before = row(node)
     kwargs = {} if header is None else {"HTTP_AUTHORIZATION": header}
-    for response in (client.get("/api/v1/node", **kwargs),
-                     client.post("/api/v1/node/heartbeat", data="{}", content_type="application/json", **kwargs)):
+    for response in (
+        client.get("/api/v1/node", **kwargs),
+        client.post("/api/v1/node/heartbeat", data="{}", content_type="application/json", **kwargs),
+    ):
         assert_error(response, 401, "token")
     assert row(node) == before
 
@@ -136,14 +171,17 @@ def test_token_is_stored_hashed_and_rotates(client, owner, node_and_token):
 
 
 # -- hello ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("body,raw,words", [
-    ("{not json", True, ["JSON"]),
-    (b"\xff\xfe\x00", True, ["JSON"]),
-    ("[1, 2, 3]", True, ["object"]),
-    ('"a string"', True, ["object"]),
-    ("[" * 100_000, True, ["JSON", "nested"]),
-    ('{"a": ' * 65 + "1" + "}" * 65, True, ["JSON", "nested"]),
-])
+@pytest.mark.parametrize(
+    "body,raw,words",
+    [
+        ("{not json", True, ["JSON"]),
+        (b"\xff\xfe\x00", True, ["JSON"]),
+        ("[1, 2, 3]", True, ["object"]),
+        ('"a string"', True, ["object"]),
+        ("[" * 100_000, True, ["JSON", "nested"]),
+        ('{"a": ' * 65 + "1" + "}" * 65, True, ["JSON", "nested"]),
+    ],
+)
 def test_hello_unparseable_body_is_400_and_changes_nothing(client, node_and_token, body, raw, words):
     node, token = node_and_token
     before = row(node)
@@ -176,36 +214,49 @@ def test_deeply_nested_body_is_400_not_a_crash(owner):
     before = row(node)
     db = connection.settings_dict
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "hub.settings", "SECRET_KEY": "x",
-           "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
-           "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"}
-    proc = subprocess.run([sys.executable, "-c", DEEP_BODY_SCRIPT, token], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hub.settings",
+        "SECRET_KEY": "x",
+        "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DEEP_BODY_SCRIPT, token], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, f"the server process died ({proc.returncode}):\n{proc.stderr[-3000:]}"
     results = list(json.loads(proc.stdout.strip().splitlines()[-1]).values())
     assert [status for status, _ in results] == [400, 400, 400], results
     assert all("nested" in message for _, message in results), results
-    assert {k: v for k, v in row(node).items() if k != "last_seen"} == {k: v for k, v in before.items() if k != "last_seen"}
+    assert {k: v for k, v in row(node).items() if k != "last_seen"} == {
+        k: v for k, v in before.items() if k != "last_seen"
+    }
 
 
-@pytest.mark.parametrize("body,words", [
-    ({"hardware": HARDWARE}, ["public_key"]),
-    ({"hardware": HARDWARE, "public_key": "zz" * 32}, ["public_key"]),
-    ({"hardware": HARDWARE, "public_key": "ab" * 31}, ["public_key"]),
-    ({"hardware": HARDWARE, "public_key": "AB" * 32}, ["public_key"]),
-    ({"hardware": HARDWARE, "public_key": 12345}, ["public_key"]),
-    ({"hardware": "{oops", "public_key": "cd" * 32}, ["hardware", "JSON"]),
-    ({"hardware": [1, 2], "public_key": "cd" * 32}, ["hardware"]),
-    ({"hardware": {"cpu": "x", "ram_gb": 8}, "public_key": "cd" * 32}, ["hardware", "cores"]),
-    ({"hardware": {**HARDWARE, "cores": "many"}, "public_key": "cd" * 32}, ["hardware"]),
-    ({"hardware": {**HARDWARE, "cores": 0}, "public_key": "cd" * 32}, ["hardware", "cores"]),
-    ({"hardware": {**HARDWARE, "ram_gb": -1}, "public_key": "cd" * 32}, ["hardware", "ram_gb"]),
-    ({"hardware": {**HARDWARE, "gpus": "one"}, "public_key": "cd" * 32}, ["hardware", "gpus"]),
-    ({"hardware": {**HARDWARE, "gpus": [{"name": "g", "vram_gb": "big"}]}, "public_key": "cd" * 32}, ["hardware"]),
-    ({"hardware": {**HARDWARE, "cores": 10**12}, "public_key": "cd" * 32}, ["hardware", "cores"]),
-    ({"hardware": {**HARDWARE, "cpu": "evil\x00cpu"}, "public_key": "cd" * 32}, ["hardware", "NUL"]),
-    ({"hardware": {**HARDWARE, "gpus": [{"name": "g", "vram_gb": -4}]}, "public_key": "cd" * 32}, ["hardware", "vram_gb"]),
-])
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ({"hardware": HARDWARE}, ["public_key"]),
+        ({"hardware": HARDWARE, "public_key": "zz" * 32}, ["public_key"]),
+        ({"hardware": HARDWARE, "public_key": "ab" * 31}, ["public_key"]),
+        ({"hardware": HARDWARE, "public_key": "AB" * 32}, ["public_key"]),
+        ({"hardware": HARDWARE, "public_key": 12345}, ["public_key"]),
+        ({"hardware": "{oops", "public_key": "cd" * 32}, ["hardware", "JSON"]),
+        ({"hardware": [1, 2], "public_key": "cd" * 32}, ["hardware"]),
+        ({"hardware": {"cpu": "x", "ram_gb": 8}, "public_key": "cd" * 32}, ["hardware", "cores"]),
+        ({"hardware": {**HARDWARE, "cores": "many"}, "public_key": "cd" * 32}, ["hardware"]),
+        ({"hardware": {**HARDWARE, "cores": 0}, "public_key": "cd" * 32}, ["hardware", "cores"]),
+        ({"hardware": {**HARDWARE, "ram_gb": -1}, "public_key": "cd" * 32}, ["hardware", "ram_gb"]),
+        ({"hardware": {**HARDWARE, "gpus": "one"}, "public_key": "cd" * 32}, ["hardware", "gpus"]),
+        ({"hardware": {**HARDWARE, "gpus": [{"name": "g", "vram_gb": "big"}]}, "public_key": "cd" * 32}, ["hardware"]),
+        ({"hardware": {**HARDWARE, "cores": 10**12}, "public_key": "cd" * 32}, ["hardware", "cores"]),
+        ({"hardware": {**HARDWARE, "cpu": "evil\x00cpu"}, "public_key": "cd" * 32}, ["hardware", "NUL"]),
+        (
+            {"hardware": {**HARDWARE, "gpus": [{"name": "g", "vram_gb": -4}]}, "public_key": "cd" * 32},
+            ["hardware", "vram_gb"],
+        ),
+    ],
+)
 def test_hello_bad_fields_are_400_and_change_nothing(client, node_and_token, body, words):
     node, token = node_and_token
     before = row(node)
@@ -219,18 +270,29 @@ def test_hello_bad_fields_are_400_and_change_nothing(client, node_and_token, bod
 def test_hello_non_finite_hardware_is_400(client, node_and_token, value):
     node, token = node_and_token
     before = row(node)
-    for field in ('"ram_gb": %s' % value, '"ram_gb": 8, "gpus": [{"name": "g", "vram_gb": %s}]' % value):
-        raw = '{"public_key": "%s", "hardware": {"cpu": "x", "cores": 2, %s}}' % ("cd" * 32, field)
+    for field in (f'"ram_gb": {value}', f'"ram_gb": 8, "gpus": [{{"name": "g", "vram_gb": {value}}}]'):
+        raw = '{{"public_key": "{}", "hardware": {{"cpu": "x", "cores": 2, {}}}}}'.format("cd" * 32, field)
         assert_error(post(client, "/api/v1/node/hello", token, raw, raw=True), 400, "hardware")
-    assert {k: v for k, v in row(node).items() if k != "last_seen"} == {k: v for k, v in before.items() if k != "last_seen"}
+    assert {k: v for k, v in row(node).items() if k != "last_seen"} == {
+        k: v for k, v in before.items() if k != "last_seen"
+    }
 
 
 def test_good_hello_updates_hardware_key_and_last_seen(client, node_and_token):
     node, token = node_and_token
     assert row(node)["last_seen"] is None
-    hw = {"cpu": "Big CPU", "cores": 32, "ram_gb": 128.0, "cuda": True, "torch": "2.x", "os": "Linux",
-          "gpus": [{"name": "small", "vram_gb": 8, "cuda_capability": "7.5"},
-                   {"name": "H100", "vram_gb": 80, "cuda_capability": "9.0"}]}
+    hw = {
+        "cpu": "Big CPU",
+        "cores": 32,
+        "ram_gb": 128.0,
+        "cuda": True,
+        "torch": "2.x",
+        "os": "Linux",
+        "gpus": [
+            {"name": "small", "vram_gb": 8, "cuda_capability": "7.5"},
+            {"name": "H100", "vram_gb": 80, "cuda_capability": "9.0"},
+        ],
+    }
     response = post(client, "/api/v1/node/hello", token, {"hardware": hw, "public_key": "ef" * 32})
     assert response.status_code == 200, response.content
     info = response.json()
@@ -263,36 +325,39 @@ def _without(d: dict, key: str) -> dict:
     return {k: v for k, v in d.items() if k != key}
 
 
-@pytest.mark.parametrize("change,status,words", [
-    (lambda b: _without(b, "accuracy"), 400, ["missing", "accuracy"]),
-    (lambda b: _without(b, "model_hash"), 400, ["missing", "model_hash"]),
-    (lambda b: {**b, "samples": "300"}, 400, ["samples"]),
-    (lambda b: {**b, "samples": 3.5}, 400, ["samples"]),
-    (lambda b: {**b, "samples": True}, 400, ["samples"]),
-    (lambda b: {**b, "accuracy": "high"}, 400, ["accuracy"]),
-    (lambda b: {**b, "round": None}, 400, ["round"]),
-    (lambda b: {**b, "surprise": 1}, 400, ["unexpected", "surprise"]),
-    (lambda b: {**b, "type": "peer.heartbeat"}, 400, []),
-    (lambda b: {**b, "type": "no.such.type"}, 400, ["unknown"]),
-    (lambda b: {**b, "rejected": [{"sender": 1}]}, 400, ["rejected"]),
-    (lambda b: {**b, "rejected": [{"sender": 1, "reason": "bad\x00sig"}]}, 400, ["rejected"]),
-    (lambda b: {**b, "rejected": [{"sender": 2**80, "reason": "x"}]}, 400, ["rejected"]),
-    (lambda b: {**b, "diverged": "no"}, 400, ["diverged"]),
-    (lambda b: {**b, "accuracy": 1.5}, 400, ["accuracy"]),
-    (lambda b: {**b, "accuracy": -0.1}, 400, ["accuracy"]),
-    (lambda b: {**b, "samples": -1}, 400, ["samples"]),
-    (lambda b: {**b, "samples": 2**31}, 400, ["samples"]),
-    (lambda b: {**b, "bytes_sent": 2**70}, 400, ["bytes_sent"]),
-    (lambda b: {**b, "model_hash": "short"}, 400, ["model_hash"]),
-    (lambda b: {**b, "model_hash": "z" * 64}, 400, ["model_hash"]),
-    (lambda b: {**b, "model_hash": "\x00" * 64}, 400, ["model_hash"]),
-    (lambda b: {**b, "round": 2}, 404, ["round 2"]),
-    (lambda b: {**b, "round": 2**40}, 404, ["round"]),
-    (lambda b: {**b, "job_id": 10**9}, 403, ["cohort"]),
-    (lambda b: {**b, "node_id": b["node_id"] + 1000}, 403, ["another node"]),
-])
+@pytest.mark.parametrize(
+    "change,status,words",
+    [
+        (lambda b: _without(b, "accuracy"), 400, ["missing", "accuracy"]),
+        (lambda b: _without(b, "model_hash"), 400, ["missing", "model_hash"]),
+        (lambda b: {**b, "samples": "300"}, 400, ["samples"]),
+        (lambda b: {**b, "samples": 3.5}, 400, ["samples"]),
+        (lambda b: {**b, "samples": True}, 400, ["samples"]),
+        (lambda b: {**b, "accuracy": "high"}, 400, ["accuracy"]),
+        (lambda b: {**b, "round": None}, 400, ["round"]),
+        (lambda b: {**b, "surprise": 1}, 400, ["unexpected", "surprise"]),
+        (lambda b: {**b, "type": "peer.heartbeat"}, 400, []),
+        (lambda b: {**b, "type": "no.such.type"}, 400, ["unknown"]),
+        (lambda b: {**b, "rejected": [{"sender": 1}]}, 400, ["rejected"]),
+        (lambda b: {**b, "rejected": [{"sender": 1, "reason": "bad\x00sig"}]}, 400, ["rejected"]),
+        (lambda b: {**b, "rejected": [{"sender": 2**80, "reason": "x"}]}, 400, ["rejected"]),
+        (lambda b: {**b, "diverged": "no"}, 400, ["diverged"]),
+        (lambda b: {**b, "accuracy": 1.5}, 400, ["accuracy"]),
+        (lambda b: {**b, "accuracy": -0.1}, 400, ["accuracy"]),
+        (lambda b: {**b, "samples": -1}, 400, ["samples"]),
+        (lambda b: {**b, "samples": 2**31}, 400, ["samples"]),
+        (lambda b: {**b, "bytes_sent": 2**70}, 400, ["bytes_sent"]),
+        (lambda b: {**b, "model_hash": "short"}, 400, ["model_hash"]),
+        (lambda b: {**b, "model_hash": "z" * 64}, 400, ["model_hash"]),
+        (lambda b: {**b, "model_hash": "\x00" * 64}, 400, ["model_hash"]),
+        (lambda b: {**b, "round": 2}, 404, ["round 2"]),
+        (lambda b: {**b, "round": 2**40}, 404, ["round"]),
+        (lambda b: {**b, "job_id": 10**9}, 403, ["cohort"]),
+        (lambda b: {**b, "node_id": b["node_id"] + 1000}, 403, ["another node"]),
+    ],
+)
 def test_malformed_report_is_refused_and_not_stored(client, running, change, status, words):
-    job, rnd, node, token, _ = running
+    job, _rnd, node, token, _ = running
     assert_error(post(client, "/api/v1/reports", token, change(report_body(job, node))), status, *words)
     assert PeerReport.objects.count() == 0
 
@@ -300,7 +365,7 @@ def test_malformed_report_is_refused_and_not_stored(client, running, change, sta
 @pytest.mark.parametrize("name", ["accuracy", "train_loss", "eval_loss", "duration_s"])
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_metric_in_raw_body_is_refused(client, running, name, value):
-    job, rnd, node, token, _ = running
+    job, _rnd, node, token, _ = running
     raw = json.dumps(report_body(job, node, **{name: 0.5})).replace(f'"{name}": 0.5', f'"{name}": {value}')
     assert value in raw
     assert_error(post(client, "/api/v1/reports", token, raw, raw=True), 400, name, "finite")
@@ -315,7 +380,7 @@ def test_report_with_unparseable_body_is_refused(client, running):
 
 
 def test_report_from_node_outside_the_cohort_is_refused(client, owner, running):
-    job, rnd, _, _, _ = running
+    job, _rnd, _, _, _ = running
     stranger, stranger_token = registered(owner, "stranger")
     Consent.objects.create(job=job, node=stranger, granted=True, by=owner)  # consent alone is not membership
     assert_error(post(client, "/api/v1/reports", stranger_token, report_body(job, stranger)), 403, "cohort")
@@ -323,20 +388,20 @@ def test_report_from_node_outside_the_cohort_is_refused(client, owner, running):
 
 
 def test_report_from_member_who_revoked_consent_is_refused(client, owner, running):
-    job, rnd, node, token, _ = running
+    job, _rnd, node, token, _ = running
     Consent.objects.create(job=job, node=node, granted=False, by=owner)
     assert_error(post(client, "/api/v1/reports", token, report_body(job, node)), 403, "cohort")
     assert PeerReport.objects.count() == 0
 
 
 def test_report_on_behalf_of_another_member_is_refused(client, running):
-    job, rnd, node, token, others = running
+    job, _rnd, _node, token, others = running
     assert_error(post(client, "/api/v1/reports", token, report_body(job, others[0])), 403, "another node")
     assert PeerReport.objects.count() == 0
 
 
 def test_duplicate_report_is_refused_and_first_kept(client, running):
-    job, rnd, node, token, _ = running
+    job, _rnd, node, token, _ = running
     assert post(client, "/api/v1/reports", token, report_body(job, node)).status_code == 201
     assert_error(post(client, "/api/v1/reports", token, report_body(job, node, accuracy=0.99)), 409, "duplicate")
     assert list(PeerReport.objects.values_list("node_id", "accuracy")) == [(node.id, 0.61)]
@@ -350,7 +415,7 @@ def test_report_for_closed_round_is_refused(client, running):
 
 
 def test_report_needs_post_and_token(client, running):
-    job, rnd, node, token, _ = running
+    job, _rnd, node, token, _ = running
     assert client.get("/api/v1/reports", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 405
     assert_error(post(client, "/api/v1/reports", None, report_body(job, node)), 401)
     assert PeerReport.objects.count() == 0

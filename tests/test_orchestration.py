@@ -1,5 +1,6 @@
 """Round orchestration against real PostgreSQL and Redis: cohorts, plans as the peers receive
 them, deadlines with stragglers, consent revocation, and a round nobody reported."""
+
 import asyncio
 from datetime import timedelta
 
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_nodes(owner, count, online=True):
-    return [make_node(owner, f"n{i}", hardware={"cores": 2, "ram_gb": 4}, public_key=f"{i:064x}", online=online)
-            for i in range(count)]
+    return [
+        make_node(owner, f"n{i}", hardware={"cores": 2, "ram_gb": 4}, public_key=f"{i:064x}", online=online)
+        for i in range(count)
+    ]
 
 
 def receive_plans(settings, nodes) -> dict[int, RoundPlan]:
@@ -29,13 +32,25 @@ def receive_plans(settings, nodes) -> dict[int, RoundPlan]:
             return {n.id: from_message(await asyncio.wait_for(transport.receive(n.channel), 5)) for n in nodes}
         finally:
             await transport.close()
+
     return asyncio.run(read())
 
 
 def report(job, node, round_number):
-    return PeerReport(job_id=job.id, round=round_number, node_id=node.id, train_loss=1.0, eval_loss=0.9,
-                      accuracy=0.5, samples=100, eval_samples=20, model_hash="ab" * 32, bytes_sent=10,
-                      bytes_received=10, duration_s=0.1)
+    return PeerReport(
+        job_id=job.id,
+        round=round_number,
+        node_id=node.id,
+        train_loss=1.0,
+        eval_loss=0.9,
+        accuracy=0.5,
+        samples=100,
+        eval_samples=20,
+        model_hash="ab" * 32,
+        bytes_sent=10,
+        bytes_received=10,
+        duration_s=0.1,
+    )
 
 
 @pytest.fixture
@@ -102,7 +117,7 @@ def test_deadline_closes_round_without_stragglers_and_revocation_shrinks_the_rin
 
 
 def test_round_without_reports_fails_the_job(job_with_consents, settings):
-    job, nodes = job_with_consents
+    job, _nodes = job_with_consents
     orchestration.start_job_if_ready(job.id)
     Round.objects.filter(job=job).update(deadline=timezone.now() - timedelta(seconds=1))
     orchestration.enforce_deadlines()

@@ -1,5 +1,6 @@
 """The server-rendered pages: sign-up, jobs, consent, nodes, access control, CSRF and static files.
 Bad input shows an error on the page and writes nothing."""
+
 import json
 import re
 
@@ -18,12 +19,29 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "a-long-password-1"
 ADDRESS = "0x" + "ab12" * 10
 CPU_HW = {"cpu": "Test CPU", "cores": 4, "ram_gb": 16.0, "gpus": [], "cuda": False}
-GPU_HW = {"cpu": "Test CPU", "cores": 16, "ram_gb": 64.0, "cuda": True,
-          "gpus": [{"name": "Test GPU", "vram_gb": 24, "cuda_capability": "8.6"}]}
+GPU_HW = {
+    "cpu": "Test CPU",
+    "cores": 16,
+    "ram_gb": 64.0,
+    "cuda": True,
+    "gpus": [{"name": "Test GPU", "vram_gb": 24, "cuda_capability": "8.6"}],
+}
 JOB_FORM = {
-    "name": "Digits", "description": "", "is_public": "on", "dataset": "digits", "model": "mlp",
-    "hidden": 64, "topology": "ring", "num_peers": 4, "rounds": 5, "local_steps": 20, "lr": 0.1,
-    "batch_size": 32, "round_timeout_s": 120, "min_vram_gb": 0, "reward_per_round": 100,
+    "name": "Digits",
+    "description": "",
+    "is_public": "on",
+    "dataset": "digits",
+    "model": "mlp",
+    "hidden": 64,
+    "topology": "ring",
+    "num_peers": 4,
+    "rounds": 5,
+    "local_steps": 20,
+    "lr": 0.1,
+    "batch_size": 32,
+    "round_timeout_s": 120,
+    "min_vram_gb": 0,
+    "reward_per_round": 100,
 }
 
 
@@ -37,17 +55,21 @@ def logged_in(user: User, **kwargs) -> Client:
     return client
 
 
-
-
 def form_errors(response, field: str) -> list[str]:
     return list(response.context["form"].errors.get(field, []))
 
 
 # -- sign-up ----------------------------------------------------------------------------------
 def test_signup_creates_user_and_profile_and_logs_in(client):
-    response = client.post("/accounts/signup/", {
-        "username": "alice", "password1": PASSWORD, "password2": PASSWORD, "payout_address": ADDRESS,
-    })
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "alice",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "payout_address": ADDRESS,
+        },
+    )
     assert response.status_code == 302 and response.url == "/"
     user = User.objects.get(username="alice")
     assert user.check_password(PASSWORD)
@@ -57,15 +79,24 @@ def test_signup_creates_user_and_profile_and_logs_in(client):
     assert "Log out" in home.content.decode() and "alice" in home.content.decode()
 
 
-@pytest.mark.parametrize("address,message", [
-    ("0x1234", "Enter an address like 0x followed by 40 hex digits."),
-    ("0x" + "zz" * 20, "The address must be hexadecimal."),
-    ("ab" * 21, "Enter an address like 0x followed by 40 hex digits."),
-])
+@pytest.mark.parametrize(
+    "address,message",
+    [
+        ("0x1234", "Enter an address like 0x followed by 40 hex digits."),
+        ("0x" + "zz" * 20, "The address must be hexadecimal."),
+        ("ab" * 21, "Enter an address like 0x followed by 40 hex digits."),
+    ],
+)
 def test_signup_with_bad_payout_address_shows_error_and_creates_nothing(client, address, message):
-    response = client.post("/accounts/signup/", {
-        "username": "bob", "password1": PASSWORD, "password2": PASSWORD, "payout_address": address,
-    })
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "bob",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "payout_address": address,
+        },
+    )
     assert response.status_code == 200
     assert message in form_errors(response, "payout_address")
     assert message in response.content.decode()
@@ -93,8 +124,15 @@ def test_job_creation_form_validates_and_creates_nothing_on_error():
     assert form_errors(response, "lr") == ["Must be greater than 0 and at most 10."]
     assert Job.objects.count() == 0
 
-    for bad in ({"lr": "nan"}, {"lr": "inf"}, {"lr": -1}, {"min_vram_gb": -2}, {"round_timeout_s": 1},
-                {"dataset": "imagenet"}, {"name": ""}):
+    for bad in (
+        {"lr": "nan"},
+        {"lr": "inf"},
+        {"lr": -1},
+        {"min_vram_gb": -2},
+        {"round_timeout_s": 1},
+        {"dataset": "imagenet"},
+        {"name": ""},
+    ):
         response = client.post("/jobs/new/", {**JOB_FORM, **bad})
         assert response.status_code == 200 and response.context["form"].errors, bad
         assert Job.objects.count() == 0, bad
@@ -105,7 +143,14 @@ def test_job_creation_with_good_form_creates_the_job():
     response = logged_in(user).post("/jobs/new/", JOB_FORM)
     job = Job.objects.get()
     assert response.status_code == 302 and response.url == f"/jobs/{job.id}/"
-    assert (job.owner, job.name, job.rounds, job.num_peers, job.lr, job.status) == (user, "Digits", 5, 4, 0.1, "waiting")
+    assert (job.owner, job.name, job.rounds, job.num_peers, job.lr, job.status) == (
+        user,
+        "Digits",
+        5,
+        4,
+        0.1,
+        "waiting",
+    )
 
 
 def test_private_job_is_seen_only_by_owner_staff_and_consenting_node_owners():
@@ -118,7 +163,9 @@ def test_private_job_is_seen_only_by_owner_staff_and_consenting_node_owners():
     url = f"/jobs/{private.id}/"
     as_stranger = logged_in(stranger)
     assert as_stranger.get(url).status_code == 404
-    assert as_stranger.post(f"{url}consent/", {"node": make_node(stranger, "box").id, "grant": "yes"}).status_code == 404
+    assert (
+        as_stranger.post(f"{url}consent/", {"node": make_node(stranger, "box").id, "grant": "yes"}).status_code == 404
+    )
     for page in ("/jobs/", "/"):
         text = as_stranger.get(page).content.decode()
         assert "Secret job" not in text and "Open job" in text, page
@@ -204,8 +251,12 @@ def test_csrf_is_enforced_on_forms():
     assert client.post(f"/nodes/{node.id}/token/").status_code == 403
     assert client.post("/nodes/register/", {"name": "n2", "hardware_json": json.dumps(CPU_HW)}).status_code == 403
     assert client.post("/accounts/profile/", {"payout_address": ADDRESS}).status_code == 403
-    assert Client(enforce_csrf_checks=True).post("/accounts/signup/", {
-        "username": "eve", "password1": PASSWORD, "password2": PASSWORD}).status_code == 403
+    assert (
+        Client(enforce_csrf_checks=True)
+        .post("/accounts/signup/", {"username": "eve", "password1": PASSWORD, "password2": PASSWORD})
+        .status_code
+        == 403
+    )
     assert Job.objects.count() == 1 and Consent.objects.count() == 0 and Node.objects.count() == 1
     assert not User.objects.filter(username="eve").exists()
     assert Node.objects.get().token_hash == node.token_hash
@@ -218,15 +269,18 @@ def test_csrf_is_enforced_on_forms():
 
 
 # -- nodes ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("hardware,message", [
-    ("{not json", "Hardware report: not valid JSON"),
-    ("[1, 2]", "Hardware report: expected a JSON object"),
-    ('{"cpu": "x", "ram_gb": 8}', "Hardware report: missing field &#x27;cores&#x27;"),
-    ('{"cores": 0, "ram_gb": 8}', "Hardware report: cores must be between"),
-    ('{"cores": 2, "ram_gb": NaN}', "Hardware report: ram_gb must be a finite number"),
-    ("", "This field is required."),
-    ("[" * 200_000, "Hardware report: not valid JSON (JSON nested deeper than 64 levels)"),
-])
+@pytest.mark.parametrize(
+    "hardware,message",
+    [
+        ("{not json", "Hardware report: not valid JSON"),
+        ("[1, 2]", "Hardware report: expected a JSON object"),
+        ('{"cpu": "x", "ram_gb": 8}', "Hardware report: missing field &#x27;cores&#x27;"),
+        ('{"cores": 0, "ram_gb": 8}', "Hardware report: cores must be between"),
+        ('{"cores": 2, "ram_gb": NaN}', "Hardware report: ram_gb must be a finite number"),
+        ("", "This field is required."),
+        ("[" * 200_000, "Hardware report: not valid JSON (JSON nested deeper than 64 levels)"),
+    ],
+)
 def test_node_registration_with_invalid_hardware_shows_error(hardware, message):
     client = logged_in(make_user("participant"))
     response = client.post("/nodes/register/", {"name": "box", "hardware_json": hardware})
@@ -278,7 +332,9 @@ def test_nodes_of_others_are_404():
 
 
 # -- anonymous access -------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/jobs/", "/jobs/new/", "/nodes/", "/nodes/register/", "/payouts/", "/accounts/profile/"])
+@pytest.mark.parametrize(
+    "path", ["/jobs/", "/jobs/new/", "/nodes/", "/nodes/register/", "/payouts/", "/accounts/profile/"]
+)
 def test_anonymous_users_are_sent_to_login(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -303,13 +359,18 @@ def test_job_page_loads_plotly_from_our_static_files():
     assert '<script src="/static/vendor/plotly/plotly.min.js"></script>' in page
     assert '<script src="/static/js/job_live.js"></script>' in page
     assert 'id="chart"' in page
-    snapshot = json.loads(re.search(r'<script id="job-snapshot" type="application/json">(.*?)</script>', page, re.S).group(1))
+    snapshot = json.loads(
+        re.search(r'<script id="job-snapshot" type="application/json">(.*?)</script>', page, re.S).group(1)
+    )
     assert snapshot["job"] == job.id and snapshot["status"] == "waiting" and snapshot["reports"] == []
 
     path = finders.find("vendor/plotly/plotly.min.js")
     assert path, "plotly.min.js is not found by the staticfiles finders"
-    for url, needle in (("/static/vendor/plotly/plotly.min.js", b"plotly"), ("/static/js/job_live.js", b"WebSocket"),
-                        ("/static/css/site.css", b"{")):
+    for url, needle in (
+        ("/static/vendor/plotly/plotly.min.js", b"plotly"),
+        ("/static/js/job_live.js", b"WebSocket"),
+        ("/static/css/site.css", b"{"),
+    ):
         response = Client().get(url)  # static files need no login
         assert response.status_code == 200, url
         body = b"".join(response.streaming_content) if response.streaming else response.content

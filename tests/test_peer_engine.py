@@ -1,5 +1,6 @@
 """The peer engine's options, end to end in memory: compression on the wire, robust rules in
 the neighbourhood, a late joiner pulling the current model, and the codec's own guarantees."""
+
 import asyncio
 import logging
 

@@ -6,6 +6,7 @@ install with dependencies, from pip's usual indexes, wheel directory and cache) 
 command line from a directory outside the checkout. The venv (~1 GB with torch) is removed at the
 end rather than left among pytest's retained temporary directories. Deselect with ``-m "not slow"``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,11 @@ PLATFORM_ONLY = ("django", "web3", "celery", "channels")
 
 def _clean_env() -> dict[str, str]:
     """The environment minus anything that would let the venv see the checkout or the main venv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "PYTHONSTARTUP")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "PYTHONSTARTUP")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     env["PIP_NO_INPUT"] = "1"
     return env
@@ -52,8 +56,11 @@ def peer_venv(tmp_path):
         assert made.returncode == 0, made.stderr
         py = venv / "bin" / "python"
         # --no-compile: byte-compiling torch would double the time and the disk written, and prove nothing.
-        pip = _run([str(py), "-m", "pip", "install", "--quiet", "--no-compile", "-c", "constraints.txt", ".[peer]"],
-                   cwd=src, env=env)
+        pip = _run(
+            [str(py), "-m", "pip", "install", "--quiet", "--no-compile", "-c", "constraints.txt", ".[peer]"],
+            cwd=src,
+            env=env,
+        )
         assert pip.returncode == 0, f"pip install .[peer] failed:\n{pip.stdout}\n{pip.stderr}"
         yield py
     finally:
@@ -106,7 +113,10 @@ def test_peer_cli_imports_nothing_of_the_platform():
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.rsplit("\0", 1)[1])
     platform_apps = [p.name for p in (ROOT / "platform").iterdir() if (p / "__init__.py").exists()]
-    forbidden = set(PLATFORM_ONLY) | {"channels_redis", "daphne", "eth_tester", "eth", "psycopg", "plotly",
-                                      "whitenoise", "dj_database_url"} | set(platform_apps)
+    forbidden = (
+        set(PLATFORM_ONLY)
+        | {"channels_redis", "daphne", "eth_tester", "eth", "psycopg", "plotly", "whitenoise", "dj_database_url"}
+        | set(platform_apps)
+    )
     leaked = sorted(m for m in loaded if m.split(".")[0] in forbidden)
     assert not leaked, f"`python -m peers join --help` imported platform-side modules: {leaked}"

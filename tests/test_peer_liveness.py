@@ -1,6 +1,7 @@
 """What an operator sees when a peer dies, on the production stack: a SIGKILLed peer's node
 leaves "online" after at most two missed heartbeats, the job page names the peer the round waits
 for, and the restarted peer, finding the round it missed closed, says so at INFO (no ERROR)."""
+
 import time
 from datetime import timedelta
 
@@ -24,8 +25,9 @@ WAITING_ON = "() => document.getElementById('waiting-on').textContent"
 
 def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
     owner = User.objects.create_user("operator", password=PASSWORD)
-    job, round_one, (alpha, beta) = make_running_job(owner, cohort_size=2, name="watched job", rounds=2,
-                                                     node_names=["alpha", "beta"], round_timeout_s=25)
+    job, round_one, (alpha, beta) = make_running_job(
+        owner, cohort_size=2, name="watched job", rounds=2, node_names=["alpha", "beta"], round_timeout_s=25
+    )
     token = alpha.issue_token()
     alpha.save()
     peer = stack.peer(token, "digits:0/2")
@@ -37,17 +39,20 @@ def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             log_in_page(page, stack.url, f"/jobs/{job.id}/", "operator", PASSWORD)
             # alpha's peer is up; beta's never came: the page says whom round 1 waits for.
-            page.wait_for_function(f"() => ({WAITING_ON})() === 'Round 1 is waiting for alpha, beta (offline).'",
-                                   timeout=20_000)
+            page.wait_for_function(
+                f"() => ({WAITING_ON})() === 'Round 1 is waiting for alpha, beta (offline).'", timeout=20_000
+            )
 
             killed_at = time.monotonic()
             peer.kill()
             page.wait_for_function(
-                f"() => ({WAITING_ON})() === 'Round 1 is waiting for alpha (offline), beta (offline).'",
-                timeout=60_000)
+                f"() => ({WAITING_ON})() === 'Round 1 is waiting for alpha (offline), beta (offline).'", timeout=60_000
+            )
             gone_after = time.monotonic() - killed_at
-            states = page.evaluate("() => Array.from(document.querySelectorAll('#peers tr'))"
-                                   ".map(r => [r.cells[1].textContent, r.cells[3].textContent])")
+            states = page.evaluate(
+                "() => Array.from(document.querySelectorAll('#peers tr'))"
+                ".map(r => [r.cells[1].textContent, r.cells[3].textContent])"
+            )
             assert states == [["alpha", "offline"], ["beta", "offline"]]
             assert page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
         finally:
@@ -58,9 +63,23 @@ def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
     # While alpha is down its round-1 plan waits in its inbox; beta reports and the deadline
     # closes round 1 (beat), which opens round 2 with a plan for alpha too.
     dispatch_plans(round_one)
-    accept_report(beta, PeerReport(
-        job_id=job.id, round=1, node_id=beta.id, train_loss=0.5, eval_loss=0.5, accuracy=0.5, samples=100,
-        eval_samples=20, model_hash="b" * 64, bytes_sent=0, bytes_received=0, duration_s=1.0))
+    accept_report(
+        beta,
+        PeerReport(
+            job_id=job.id,
+            round=1,
+            node_id=beta.id,
+            train_loss=0.5,
+            eval_loss=0.5,
+            accuracy=0.5,
+            samples=100,
+            eval_samples=20,
+            model_hash="b" * 64,
+            bytes_sent=0,
+            bytes_received=0,
+            duration_s=1.0,
+        ),
+    )
     Round.objects.filter(pk=round_one.pk).update(deadline=timezone.now() - timedelta(seconds=1))
     deadline = time.monotonic() + 30
     while not Round.objects.filter(job=job, number=2).exists():
@@ -69,8 +88,9 @@ def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
 
     # alpha restarts (same machine, same key): it skips the closed round at INFO and trains round 2.
     again = stack.peer(token, "digits:0/2", home=peer.home)
-    again.wait_for(r"INFO .*round 1 of job \d+ closed (while this peer was away|before this report arrived)",
-                   timeout=60)
+    again.wait_for(
+        r"INFO .*round 1 of job \d+ closed (while this peer was away|before this report arrived)", timeout=60
+    )
     assert again.popen.wait(timeout=90) == 0, again.output()[-3000:]
     assert " ERROR " not in again.output(), again.output()[-3000:]
     assert StoredReport.objects.filter(round__job=job, round__number=2, node=alpha).exists(), again.output()[-3000:]

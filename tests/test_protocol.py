@@ -14,20 +14,47 @@ from peers.wire.signing import NodeKey, verify
 
 def _plan():
     return p.RoundPlan(
-        job_id=3, round=2, total_rounds=10, node_id=5, deadline=1_700_000_000.5,
+        job_id=3,
+        round=2,
+        total_rounds=10,
+        node_id=5,
+        deadline=1_700_000_000.5,
         config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
         neighbours=[p.Neighbour(node_id=6, channel="dfl.node.6", weight=0.25, public_key="ab" * 32)],
-        self_weight=0.75, max_payload_bytes=1 << 20,
+        self_weight=0.75,
+        max_payload_bytes=1 << 20,
     )
 
 
 SAMPLES = [
     _plan(),
-    p.WeightsChunk(job_id=3, round=2, sender=5, seq=1, index=0, count=2, size=10,
-                   sha256="00" * 32, signature=b"\x01" * 64, data=b"\x00\xff" * 3),
-    p.PeerReport(job_id=3, round=2, node_id=5, train_loss=0.5, eval_loss=0.6, accuracy=0.9,
-                 samples=100, eval_samples=20, model_hash="cd" * 32, bytes_sent=10,
-                 bytes_received=20, duration_s=1.5, rejected=[{"sender": 6, "reason": "bad signature"}]),
+    p.WeightsChunk(
+        job_id=3,
+        round=2,
+        sender=5,
+        seq=1,
+        index=0,
+        count=2,
+        size=10,
+        sha256="00" * 32,
+        signature=b"\x01" * 64,
+        data=b"\x00\xff" * 3,
+    ),
+    p.PeerReport(
+        job_id=3,
+        round=2,
+        node_id=5,
+        train_loss=0.5,
+        eval_loss=0.6,
+        accuracy=0.9,
+        samples=100,
+        eval_samples=20,
+        model_hash="cd" * 32,
+        bytes_sent=10,
+        bytes_received=20,
+        duration_s=1.5,
+        rejected=[{"sender": 6, "reason": "bad signature"}],
+    ),
     p.Heartbeat(node_id=5, ts=1_700_000_000.0, status="training"),
     p.JobEvent(job_id=3, event="round.closed", detail={"round": 2, "nodes": [1, 2]}),
 ]
@@ -78,14 +105,17 @@ def test_missing_and_unexpected_field():
     _err(msg, "unexpected field.*extra")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("node_id", True),         # bool is not an int
-    ("node_id", 1.0),          # float is not an int
-    ("node_id", "1"),
-    ("ts", "now"),
-    ("ts", False),
-    ("status", b"idle"),       # bytes is not str
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("node_id", True),  # bool is not an int
+        ("node_id", 1.0),  # float is not an int
+        ("node_id", "1"),
+        ("ts", "now"),
+        ("ts", False),
+        ("status", b"idle"),  # bytes is not str
+    ],
+)
 def test_wrong_field_type(field, value):
     msg = p.to_message(SAMPLES[3])
     msg[field] = value
@@ -152,9 +182,14 @@ def test_sign_and_verify():
     assert not verify(other.public_key_hex, b"hello", sig)
     assert not verify(key.public_key_hex, b"hello", sig[:-1] + bytes([sig[-1] ^ 1]))
     # malformed inputs never raise
-    for pk, data, s in [("zz", b"hello", sig), (key.public_key_hex[:-2], b"hello", sig),
-                        (key.public_key_hex, b"hello", b""), (None, b"hello", sig),
-                        (key.public_key_hex, "hello", sig), (key.public_key_hex, b"hello", "sig")]:
+    for pk, data, s in [
+        ("zz", b"hello", sig),
+        (key.public_key_hex[:-2], b"hello", sig),
+        (key.public_key_hex, b"hello", b""),
+        (None, b"hello", sig),
+        (key.public_key_hex, "hello", sig),
+        (key.public_key_hex, b"hello", "sig"),
+    ]:
         assert verify(pk, data, s) is False
 
 
@@ -193,9 +228,13 @@ def test_job_config_travels_in_the_plan_and_is_checked():
     wire = p.to_message(plan)
     assert wire["config"]["lr_schedule"] == "cosine"  # every field goes on the wire, defaults included
     assert p.decode(p.encode(plan)).config == plan.config
-    for bad, message in [({"lr": float("nan")}, "config.lr must be a positive finite number"),
-                         ({"lr": 0}, "config.lr must be a positive"), ({"batch_size": 0}, "config.batch_size"),
-                         ({"num_classes": 1}, "config.num_classes"), ({"hidden": True}, "expected int")]:
+    for bad, message in [
+        ({"lr": float("nan")}, "config.lr must be a positive finite number"),
+        ({"lr": 0}, "config.lr must be a positive"),
+        ({"batch_size": 0}, "config.batch_size"),
+        ({"num_classes": 1}, "config.num_classes"),
+        ({"hidden": True}, "expected int"),
+    ]:
         with pytest.raises(p.ProtocolError, match=message):
             p.from_message({**wire, "config": {**wire["config"], **bad}})
     with pytest.raises(p.ProtocolError, match="missing field"):

@@ -3,6 +3,7 @@
 options every idle websocket died with 1011 after ~5 s. Checked on the connections the code
 really builds (channel layer, Celery broker, the peers' transport), then by idling on real Redis
 past the old limit."""
+
 import asyncio
 import time
 

@@ -51,10 +51,15 @@ async def layer(prefix):
 
 def _plan():
     return p.RoundPlan(
-        job_id=1, round=0, total_rounds=3, node_id=4, deadline=1_700_000_000.25,
+        job_id=1,
+        round=0,
+        total_rounds=3,
+        node_id=4,
+        deadline=1_700_000_000.25,
         config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
         neighbours=[p.Neighbour(node_id=5, channel=p.node_channel(5), weight=0.5, public_key="ab" * 32)],
-        self_weight=0.5, max_payload_bytes=1 << 20,
+        self_weight=0.5,
+        max_payload_bytes=1 << 20,
     )
 
 
@@ -75,11 +80,33 @@ async def test_platform_group_send_reaches_peer(transport, layer):
 
 @pytest.mark.asyncio
 async def test_peer_to_platform(transport, layer):
-    report = p.PeerReport(job_id=1, round=0, node_id=4, train_loss=0.3, eval_loss=0.4, accuracy=0.8,
-                          samples=600, eval_samples=100, model_hash="ef" * 32, bytes_sent=1, bytes_received=2,
-                          duration_s=0.5, rejected=[{"sender": 5, "reason": "sha256 mismatch"}])
-    chunk = p.WeightsChunk(job_id=1, round=0, sender=4, seq=0, index=0, count=1, size=3,
-                           sha256="00" * 32, signature=b"\x00\x01" * 32, data=b"\xff\x00\x80")
+    report = p.PeerReport(
+        job_id=1,
+        round=0,
+        node_id=4,
+        train_loss=0.3,
+        eval_loss=0.4,
+        accuracy=0.8,
+        samples=600,
+        eval_samples=100,
+        model_hash="ef" * 32,
+        bytes_sent=1,
+        bytes_received=2,
+        duration_s=0.5,
+        rejected=[{"sender": 5, "reason": "sha256 mismatch"}],
+    )
+    chunk = p.WeightsChunk(
+        job_id=1,
+        round=0,
+        sender=4,
+        seq=0,
+        index=0,
+        count=1,
+        size=3,
+        sha256="00" * 32,
+        signature=b"\x00\x01" * 32,
+        data=b"\xff\x00\x80",
+    )
     for obj in (report, chunk):
         await transport.send("dfl.platform", p.to_message(obj))
         assert p.from_message(await asyncio.wait_for(layer.receive("dfl.platform"), 5)) == obj
@@ -155,8 +182,17 @@ async def test_multi_chunk_payload_through_redis(prefix):
 
     try:
         receiver = asyncio.create_task(receive_one())
-        sent = await send_payload(sender_t, p.node_channel(10), job_id=1, round=0, sender=9, seq=0,
-                                  payload=payload, key=key, chunk_bytes=256 * 1024)
+        sent = await send_payload(
+            sender_t,
+            p.node_channel(10),
+            job_id=1,
+            round=0,
+            sender=9,
+            seq=0,
+            payload=payload,
+            key=key,
+            chunk_bytes=256 * 1024,
+        )
         assert sent == len(payload)
         assert await asyncio.wait_for(receiver, 20) == Completed(9, 0, 0, payload)
     finally:

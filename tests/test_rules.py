@@ -21,7 +21,10 @@ def make_updates(honest: int, outliers: int, seed: int = 0, outlier_value: float
         {**{k: 1.0 + 0.01 * torch.randn(s, generator=g) for k, s in shapes.items()}, "steps": torch.tensor(10)}
         for _ in range(honest)
     ]
-    bad = [{**{k: torch.full(s, outlier_value) for k, s in shapes.items()}, "steps": torch.tensor(10)} for _ in range(outliers)]
+    bad = [
+        {**{k: torch.full(s, outlier_value) for k, s in shapes.items()}, "steps": torch.tensor(10)}
+        for _ in range(outliers)
+    ]
     ups = list(good)
     for i, b in enumerate(bad):  # put outliers first, in the middle, ... not just at the end
         ups.insert((i * 5) % (len(ups) + 1), b)
@@ -41,7 +44,7 @@ def clone(states):
 
 
 def assert_unchanged(before, after):
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         for k in b:
             assert torch.equal(b[k], a[k]), f"rule modified its input tensor {k!r}"
 
@@ -51,7 +54,7 @@ def test_registry_names_and_get_rule():
     assert set(RULES) == {"mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "norm_clip"}
     for name in RULES:
         assert get_rule(name) is RULES[name]
-    with pytest.raises(ValueError, match="unknown aggregation rule 'fedavg'.*mean.*median.*bulyan"):
+    with pytest.raises(ValueError, match=r"unknown aggregation rule 'fedavg'.*mean.*median.*bulyan"):
         get_rule("fedavg")
 
 
@@ -63,7 +66,11 @@ def test_weighted_mean_is_exact():
         {"w": torch.tensor([[-4.0, 0.0], [8.0, 1.0]]), "b": torch.tensor([2.0])},
     ]
     out = get_rule("mean")(ups, [1.0, 2.0, 5.0])
-    expect_w = (torch.tensor([[1.0, 2.0], [3.0, 4.0]]) + 2 * torch.tensor([[10.0, 20.0], [30.0, 40.0]]) + 5 * torch.tensor([[-4.0, 0.0], [8.0, 1.0]])) / 8
+    expect_w = (
+        torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        + 2 * torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+        + 5 * torch.tensor([[-4.0, 0.0], [8.0, 1.0]])
+    ) / 8
     torch.testing.assert_close(out["w"], expect_w, rtol=0, atol=1e-6)
     torch.testing.assert_close(out["b"], torch.tensor([(0.5 - 3.0 + 10.0) / 8]), rtol=0, atol=1e-6)
     # renormalised: scaling the weights changes nothing; None is uniform
@@ -75,12 +82,22 @@ def test_weighted_mean_is_exact():
 
 def test_mean_keeps_dtypes_and_rounds_integer_buffers():
     ups = [
-        {"h": torch.tensor([1.0, 2.0], dtype=torch.float16), "d": torch.tensor([1.0], dtype=torch.float64), "n": torch.tensor(3)},
-        {"h": torch.tensor([2.0, 4.0], dtype=torch.float16), "d": torch.tensor([2.0], dtype=torch.float64), "n": torch.tensor(6)},
+        {
+            "h": torch.tensor([1.0, 2.0], dtype=torch.float16),
+            "d": torch.tensor([1.0], dtype=torch.float64),
+            "n": torch.tensor(3),
+        },
+        {
+            "h": torch.tensor([2.0, 4.0], dtype=torch.float16),
+            "d": torch.tensor([2.0], dtype=torch.float64),
+            "n": torch.tensor(6),
+        },
     ]
     out = get_rule("mean")(ups)
     assert out["h"].dtype == torch.float16 and out["d"].dtype == torch.float64 and out["n"].dtype == torch.int64
-    assert out["h"].tolist() == [1.5, 3.0] and out["d"].tolist() == [1.5] and int(out["n"]) == 4  # 4.5 -> 4 (round half even)
+    assert (
+        out["h"].tolist() == [1.5, 3.0] and out["d"].tolist() == [1.5] and int(out["n"]) == 4
+    )  # 4.5 -> 4 (round half even)
 
 
 def test_mean_is_not_robust():
@@ -106,7 +123,10 @@ ROBUST = [
 def test_robust_rule_ignores_planted_outliers(name, honest, bad, params):
     ups, good = make_updates(honest, bad)
     if name == "norm_clip":
-        params = {**params, "reference": {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in ups[0].items()}}
+        params = {
+            **params,
+            "reference": {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in ups[0].items()},
+        }
     before = clone(ups)
     out = get_rule(name)(ups, **params)
     assert_unchanged(before, ups)
@@ -131,7 +151,10 @@ def test_trimmed_mean_exact():
     out = get_rule("trimmed_mean")(ups, trim=2)["x"]  # drop 1,2 and 8,9 -> mean(3..7) = 5
     torch.testing.assert_close(out, torch.tensor([5.0, 50.0]))
     ups[0] = {"x": torch.tensor([1000.0, 1000.0])}  # replace 5 by a huge value: it is now trimmed
-    torch.testing.assert_close(get_rule("trimmed_mean")(ups, trim=1)["x"], torch.tensor([(2 + 3 + 4 + 6 + 7 + 8 + 9) / 7, 10 * (2 + 3 + 4 + 6 + 7 + 8 + 9) / 7]))
+    torch.testing.assert_close(
+        get_rule("trimmed_mean")(ups, trim=1)["x"],
+        torch.tensor([(2 + 3 + 4 + 6 + 7 + 8 + 9) / 7, 10 * (2 + 3 + 4 + 6 + 7 + 8 + 9) / 7]),
+    )
     torch.testing.assert_close(get_rule("trimmed_mean")(ups, trim=0)["x"], get_rule("mean")(ups)["x"])
     assert n == len(ups)
 
@@ -158,10 +181,15 @@ def test_krum_returns_one_honest_update_exactly():
 
 
 def test_bulyan_exact():
-    # f = 1, n = 7: multi-Krum keeps theta = 5 (the five small values), then per coordinate the
-    # beta = 3 closest to the median 2 are 0, 1, 2 (not 6, 7): mean 1.0 (median would be 2, mean 3.2)
+    # f = 1, n = 7, theta = 5: Krum on the shrinking pool (n' - f - 2 neighbours, at least 1)
+    # picks 2, then 1 (tie with 6: lower index), 6, 0 (tie with 7), and last, from {100, -100, 7}
+    # where 100 and 7 are each other's nearest, 100 (tie: lower index). Scoring once (multi-Krum)
+    # would keep 7 instead. Per coordinate the beta = 3 values closest to the median 2 of
+    # {2, 1, 6, 0, 100} are 0, 1, 2: mean 1.0
     vals = [0.0, 100.0, 1.0, 2.0, -100.0, 6.0, 7.0]
     ups = [{"x": torch.tensor([v, -v])} for v in vals]
+    assert bulyan.select(ups, 1, 5, _flat.validate(ups, "t")) == [3, 2, 5, 0, 1]
+    assert krum.select(ups, 1, 5) == [3, 2, 5, 0, 6]
     torch.testing.assert_close(get_rule("bulyan")(ups, f=1)["x"], torch.tensor([1.0, -1.0]))
     # f = 0: theta = beta = n, Bulyan is the plain mean
     torch.testing.assert_close(get_rule("bulyan")(ups, f=0)["x"], get_rule("mean")(ups)["x"])
@@ -185,8 +213,8 @@ def test_norm_clip_bounds_influence():
     small = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in ref.items()} for _ in range(6)]
     attack = {k: v + 1e4 for k, v in ref.items()}
     rule = get_rule("norm_clip")
-    with_attack = rule(small + [attack], reference=ref, max_norm=1.0)
-    without = rule(small + [ref], reference=ref, max_norm=1.0)  # attacker replaced by a zero delta
+    with_attack = rule([*small, attack], reference=ref, max_norm=1.0)
+    without = rule([*small, ref], reference=ref, max_norm=1.0)  # attacker replaced by a zero delta
 
     def dist(a, b):
         return math.sqrt(sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a))
@@ -195,7 +223,10 @@ def test_norm_clip_bounds_influence():
     assert dist(with_attack, without) > 1.0 / 7 - 1e-3  # ... and the attacker was clipped, not dropped
     assert dist(with_attack, ref) <= 1.0 + 1e-5
     # nothing to clip: exactly the weighted mean
-    torch.testing.assert_close(rule(small, [1, 2, 3, 4, 5, 6], reference=ref, max_norm=1.0)["w"], get_rule("mean")(small, [1, 2, 3, 4, 5, 6])["w"])
+    torch.testing.assert_close(
+        rule(small, [1, 2, 3, 4, 5, 6], reference=ref, max_norm=1.0)["w"],
+        get_rule("mean")(small, [1, 2, 3, 4, 5, 6])["w"],
+    )
     # no reference: the whole model's norm is clipped (3-4-12 triangle: norm 13 -> 1)
     out = rule([{"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([12.0])}], max_norm=1.0)
     torch.testing.assert_close(torch.cat([out["a"], out["b"]]), torch.tensor([3.0, 4.0, 12.0]) / 13)
@@ -218,7 +249,7 @@ def test_every_rule_rejects_bad_input(name):
         rule([], **params)
     ups = seven()
     del ups[3]["y"]
-    with pytest.raises(ValueError, match="update 3 has different tensor names.*missing: \\['y'\\]"):
+    with pytest.raises(ValueError, match=r"update 3 has different tensor names.*missing: \['y'\]"):
         rule(ups, **params)
     ups = seven()
     ups[2]["x"] = torch.zeros(4)
@@ -229,7 +260,12 @@ def test_every_rule_rejects_bad_input(name):
         ups[5]["x"][1] = bad
         with pytest.raises(ValueError, match="update 5 tensor 'x' contains non-finite"):
             rule(ups, **params)
-    for weights, msg in (([1.0] * 6, "6 weights for 7"), ([1, 1, 1, -1, 1, 1, 1], "weight 3"), ([0.0] * 7, "sum to"), ([1, 1, 1, 1, 1, 1, float("nan")], "weight 6")):
+    for weights, msg in (
+        ([1.0] * 6, "6 weights for 7"),
+        ([1, 1, 1, -1, 1, 1, 1], "weight 3"),
+        ([0.0] * 7, "sum to"),
+        ([1, 1, 1, 1, 1, 1, float("nan")], "weight 6"),
+    ):
         with pytest.raises(ValueError, match=msg):
             rule(seven(), weights, **params)
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -249,7 +285,7 @@ def test_parameter_validation():
     ups = seven()  # n = 7
     with pytest.raises(ValueError, match="'f' is required"):
         get_rule("krum")(ups)
-    with pytest.raises(ValueError, match="n > 2f \\+ 2.*n=7, f=3"):
+    with pytest.raises(ValueError, match=r"n > 2f \+ 2.*n=7, f=3"):
         get_rule("krum")(ups, f=3)
     get_rule("krum")(ups, f=2)  # 7 > 6
     for f in (-1, 1.5, True, "1"):
@@ -259,7 +295,7 @@ def test_parameter_validation():
         get_rule("multi_krum")(ups, f=2, m=6)
     with pytest.raises(ValueError, match="m must be >= 1"):
         get_rule("multi_krum")(ups, f=1, m=0)
-    with pytest.raises(ValueError, match="n >= 4f \\+ 3.*n=7, f=2"):
+    with pytest.raises(ValueError, match=r"n >= 4f \+ 3.*n=7, f=2"):
         get_rule("bulyan")(ups, f=2)
     for trim in (0.5, -0.1, float("nan"), -1, True, "0.1"):
         with pytest.raises(ValueError, match="trim"):
@@ -274,23 +310,11 @@ def test_parameter_validation():
         get_rule("norm_clip")(ups, max_norm=1.0, reference={"x": torch.zeros(3)})
     with pytest.raises(ValueError, match="reference 'x' is \\(2,\\)"):
         get_rule("norm_clip")(ups, max_norm=1.0, reference={"x": torch.zeros(2), "y": torch.zeros(2)})
-    with pytest.raises(ValueError, match="unknown parameter.*accepted: none"):
+    with pytest.raises(ValueError, match=r"unknown parameter.*accepted: none"):
         get_rule("median")(ups, trim=1)
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def test_flatten_unflatten_round_trip():
-    ups = [{"a": torch.randn(3, 4), "n": torch.tensor([i, 2 * i]), "h": torch.randn(2).half()} for i in range(3)]
-    spec = _flat.validate(ups, "t")
-    m = _flat.flatten(ups, spec)
-    assert m.shape == (3, 16) and m.dtype == torch.float32
-    assert m[2, 12:14].tolist() == [2.0, 4.0]
-    back = _flat.unflatten(m[1], spec)
-    assert torch.equal(back["a"], ups[1]["a"]) and torch.equal(back["n"], ups[1]["n"]) and torch.equal(back["h"], ups[1]["h"])
-    with pytest.raises(ValueError, match="16 values"):
-        _flat.unflatten(m[1, :5], spec)
-
-
 @pytest.mark.parametrize("n", range(1, 17))
 def test_sorting_network_sorts_every_01_input(n):
     """0-1 principle: a comparator network that sorts all 2^n binary inputs sorts everything."""
@@ -321,7 +345,12 @@ def test_sort_rows_carries_nonfinite_values_to_the_extreme_rows():
 def test_duplicates_and_ties_are_fine():
     ups = [{"x": torch.ones(4)} for _ in range(9)]
     for name in ALL:
-        out = get_rule(name)(ups, **{"krum": {"f": 2}, "multi_krum": {"f": 2}, "bulyan": {"f": 1}, "norm_clip": {"max_norm": 5.0}}.get(name, {}))
+        out = get_rule(name)(
+            ups,
+            **{"krum": {"f": 2}, "multi_krum": {"f": 2}, "bulyan": {"f": 1}, "norm_clip": {"max_norm": 5.0}}.get(
+                name, {}
+            ),
+        )
         assert out["x"].tolist() == [1.0] * 4, name
 
 

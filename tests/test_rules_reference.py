@@ -4,6 +4,7 @@ seeds, shapes, n and f); plus the precision cases: Krum on updates that are very
 int64 values beyond float32's 24 bits, float64 kept float64, selections returned bit for bit."""
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -27,8 +28,11 @@ def ref_trimmed_mean(X, k):
 
 
 def ref_sq_distances(X):
-    n = len(X)
-    return np.array([[np.sum((X[i] - X[j]) ** 2) for j in range(n)] for i in range(n)])
+    D = np.zeros((len(X), len(X)))
+    for i, j in itertools.combinations(range(len(X)), 2):
+        diff = X[i] - X[j]
+        D[i, j] = D[j, i] = diff @ diff
+    return D
 
 
 def ref_krum_scores(D, f):
@@ -81,7 +85,10 @@ def random_updates(seed, n, shapes):
     centre = {k: rng.standard_normal(s) for k, s in shapes.items()}
     spreads = rng.uniform(0.2, 3.0, n)
     return [
-        {k: torch.from_numpy(np.asarray(c + sp * rng.standard_normal(c.shape), dtype=np.float32)) for k, c in centre.items()}
+        {
+            k: torch.from_numpy(np.asarray(c + sp * rng.standard_normal(c.shape), dtype=np.float32))
+            for k, c in centre.items()
+        }
         for sp in spreads
     ]
 
@@ -91,7 +98,7 @@ SHAPES = [
     {"big": (_flat.BLOCK_COLUMNS + 77,), "conv": (4, 3, 3, 3)},  # spans column blocks
 ]
 NF = [(3, 0), (4, 0), (5, 1), (7, 1), (8, 1), (11, 2), (12, 2)]
-CASES = list(itertools.product(range(2), NF, range(len(SHAPES))))
+CASES = [(seed, nf, (seed + i) % len(SHAPES)) for seed in range(3) for i, nf in enumerate(NF)]  # each n, f: both shapes
 IDS = [f"seed{s}-n{n}-f{f}-shapes{k}" for s, (n, f), k in CASES]
 
 
@@ -153,8 +160,7 @@ def test_multi_krum(case):
 
 def test_bulyan(case):
     ups, w, f = case
-    if len(ups) < 4 * f + 3:
-        pytest.skip("Bulyan needs n >= 4f + 3")
+    f = min(f, (len(ups) - 3) // 4)  # Bulyan needs n >= 4f + 3
     check_float32(get_rule("bulyan")(ups, w, f=f), ups, ref_bulyan(matrix(ups), f))
 
 
@@ -171,8 +177,8 @@ def test_norm_clip(case):
 
 
 def test_norm_clip_norm_of_a_big_tensor_is_accurate():
-    """A float32 reduction over millions of values drifts by ~1e-3; the clip factor must not."""
-    big = torch.from_numpy(np.random.default_rng(5).standard_normal(4_000_000).astype(np.float32))
+    """torch's float32 norm of 1M values is off by 1e-5 (of 25M: 1e-3); the clip factor must not be."""
+    big = torch.from_numpy(np.random.default_rng(5).standard_normal(1_000_000).astype(np.float32))
     exact = float(np.sqrt((big.numpy().astype(np.float64) ** 2).sum()))
     out = get_rule("norm_clip")([{"x": big}], max_norm=exact / 2)
     ratio = float(torch.linalg.vector_norm(out["x"].double()) / (exact / 2))
@@ -195,29 +201,41 @@ def test_krum_distance_between_close_updates(kind):
 
 
 def test_krum_picks_right_at_relative_spread_1e_6():
-    base = np.random.default_rng(0).standard_normal(1_000_000)
+    """Five 1M-weight updates within 1e-6 of each other (relatively): the Gram expansion picked
+    the wrong one for 2 of these 10 seeds."""
+    base = np.random.default_rng(0).standard_normal(1_000_000, dtype=np.float32)
     for seed in range(10):
         rng = np.random.default_rng(seed)
-        ups = [{"a": torch.from_numpy((base * (1 + 1e-6 * rng.standard_normal(base.size))).astype(np.float32))} for _ in range(7)]
-        assert krum.select(ups, 2, 1) == ref_krum_order(matrix(ups), 2)[:1], f"seed {seed}"
+        ups = [
+            {"a": torch.from_numpy(base * (1 + 1e-6 * rng.standard_normal(base.size, dtype=np.float32)))}
+            for _ in range(5)
+        ]
+        assert krum.select(ups, 1, 1) == ref_krum_order(matrix(ups), 1)[:1], f"seed {seed}"
 
 
 # ----------------------------------------------------------------------------------------- dtypes
 ALL_PARAMS = {
-    "mean": {}, "median": {}, "trimmed_mean": {"trim": 1}, "krum": {"f": 1}, "multi_krum": {"f": 1},
-    "bulyan": {"f": 0}, "norm_clip": {"max_norm": 1e30},
+    "mean": {},
+    "median": {},
+    "trimmed_mean": {"trim": 1},
+    "krum": {"f": 1},
+    "multi_krum": {"f": 1},
+    "bulyan": {"f": 0},
+    "norm_clip": {"max_norm": 1e30},
 }
 
 
 @pytest.mark.parametrize("name", sorted(ALL_PARAMS))
 def test_int64_beyond_float32_is_averaged_exactly(name):
+    """int64 10**12 + i, i < 5: in float32 every one of them, and so every average, was 999999995904."""
     ups = [{"n": torch.tensor([10**12 + i, -(10**12) - 3 * i]), "w": torch.tensor([float(i) ** 2])} for i in range(5)]
-    out = get_rule(name)(ups, **ALL_PARAMS[name])
-    assert out["n"].dtype == torch.int64
-    if name == "krum":  # the pick itself: scores in 'w' and 'n' rank update 1 first
-        assert out["n"].tolist() == [10**12 + 1, -(10**12) - 3]
-    else:
-        assert out["n"].tolist() == [10**12 + 2, -(10**12) - 6]
+    params = ALL_PARAMS[name]
+    chosen = list(range(5))  # symmetric values: the median, trimmed mean and Bulyan are the mean
+    if name in ("krum", "multi_krum"):
+        chosen = ref_krum_order(matrix(ups), params["f"])[: 1 if name == "krum" else 5 - params["f"]]
+    expect = [round(Fraction(sum(int(ups[i]["n"][c]) for i in chosen), len(chosen))) for c in range(2)]
+    out = get_rule(name)(ups, **params)
+    assert out["n"].dtype == torch.int64 and out["n"].tolist() == expect
 
 
 def reference_result(name, X, params):
@@ -258,14 +276,12 @@ def mixed_updates(n, seed):
 def test_each_tensor_keeps_the_precision_of_its_dtype(name, seed):
     """float64 stays float64 (1e-12 details survive), integers are averaged in float64 and
     rounded back, narrower floats are within their own rounding of the reference."""
-    n = 5 if name != "bulyan" else 7
-    params = {**ALL_PARAMS[name], **({"max_norm": 1e14} if name == "norm_clip" else {})}  # clips some
-    ups = mixed_updates(n, seed)
+    ups = mixed_updates(5 if name != "bulyan" else 7, seed)
     names = list(ups[0])
     X = matrix(ups)
-    if name == "norm_clip":
-        norms = np.sqrt((X**2).sum(axis=1))
-        params["max_norm"] = float(np.median(norms))
+    params = dict(ALL_PARAMS[name])
+    if name == "norm_clip":  # clip about half of them
+        params["max_norm"] = float(np.median(np.sqrt((X**2).sum(axis=1))))
     expect = reference_result(name, X, params)
     out = get_rule(name)(ups, **params)
     offset = 0
@@ -286,7 +302,7 @@ def test_each_tensor_keeps_the_precision_of_its_dtype(name, seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_selection_rules_return_updates_bit_for_bit(seed):
     ups = mixed_updates(7, seed)
-    for u, i in zip(ups, range(7)):
+    for i, u in enumerate(ups):
         u["i64"] = torch.tensor([2**62 + i, -(2**62) - i])  # not representable in float64
         u["mask"] = torch.tensor([bool(i % 2), True])
     pick = ref_krum_order(matrix(ups), 2)[0]

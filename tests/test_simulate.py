@@ -1,4 +1,5 @@
 """`python -m peers simulate`: a whole federation of real peers in one process, no platform."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ring_of_eight_learns_on_label_skewed_digits():
-    cfg = SimConfig(peers=8, topology="ring", rounds=6, partition="dirichlet:0.5", local_steps=20,
-                    lr=0.2, model="mlp", seed=0, device="cpu")
+    cfg = SimConfig(
+        peers=8,
+        topology="ring",
+        rounds=6,
+        partition="dirichlet:0.5",
+        local_steps=20,
+        lr=0.2,
+        model="mlp",
+        seed=0,
+        device="cpu",
+    )
     result = run_simulation(cfg)
     assert [s.round for s in result.rounds] == list(range(1, 7))
     first, last = result.rounds[0], result.rounds[-1]
@@ -40,8 +50,7 @@ def test_star_fedavg_keeps_every_peer_on_one_model():
 
 
 def test_dynamic_topology_and_bad_arguments():
-    result = run_simulation(SimConfig(peers=6, topology="dynamic", every_k=1, rounds=2, local_steps=5,
-                                      device="cpu"))
+    result = run_simulation(SimConfig(peers=6, topology="dynamic", every_k=1, rounds=2, local_steps=5, device="cpu"))
     assert len(result.rounds) == 2 and 0 < result.spectral_gap <= 1
     with pytest.raises(ValueError, match="unknown topology"):
         run_simulation(SimConfig(peers=4, topology="hypercube", rounds=1, device="cpu"))
@@ -50,10 +59,39 @@ def test_dynamic_topology_and_bad_arguments():
 def test_cli_prints_one_json_line():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "peers", "simulate", "--peers", "4", "--topology", "ring", "--rounds", "2",
-         "--partition", "dirichlet:0.5", "--local-steps", "5", "--lr", "0.1", "--model", "mlp",
-         "--rule", "mean", "--seed", "0", "--device", "cpu", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "peers",
+            "simulate",
+            "--peers",
+            "4",
+            "--topology",
+            "ring",
+            "--rounds",
+            "2",
+            "--partition",
+            "dirichlet:0.5",
+            "--local-steps",
+            "5",
+            "--lr",
+            "0.1",
+            "--model",
+            "mlp",
+            "--rule",
+            "mean",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout  # the display goes to stderr under --json

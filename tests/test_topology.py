@@ -1,4 +1,5 @@
 """Communication graphs: shapes, mixing weights, spectral gaps, the dynamic graph, stdlib-only."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_spectral_helpers():
     assert second_eigenvalue_modulus(W) == pytest.approx(1 / 3)
     assert spectral_gap([{0: 1.0}]) == 1.0
     # two disconnected pairs: eigenvalue 1 twice, no gap
-    assert spectral_gap([{0: .5, 1: .5}, {0: .5, 1: .5}, {2: .5, 3: .5}, {2: .5, 3: .5}]) == pytest.approx(0.0)
+    assert spectral_gap([{0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5}, {2: 0.5, 3: 0.5}, {2: 0.5, 3: 0.5}]) == pytest.approx(0.0)
 
 
 def test_build_accepts_every_name_and_rejects_unknowns():
@@ -130,8 +131,12 @@ def test_renormalise_keeps_w_doubly_stochastic_over_survivors():
     n, dead = 8, 5
     rows = topology.build("ring", n)
     survivors = [i for i in range(n) if i != dead]
-    W = mixing_matrix([topology.renormalise(rows[i], {dead}, self_index=i) if i != dead and dead in rows[i]
-                       else rows[i] for i in range(n)])
+    W = mixing_matrix(
+        [
+            topology.renormalise(rows[i], {dead}, self_index=i) if i != dead and dead in rows[i] else rows[i]
+            for i in range(n)
+        ]
+    )
     sub = W[np.ix_(survivors, survivors)]
     assert np.allclose(sub.sum(axis=0), 1) and np.allclose(sub.sum(axis=1), 1) and np.allclose(sub, sub.T)
 
@@ -189,7 +194,9 @@ def test_dynamic_validates():
 
 
 def test_topology_module_is_stdlib_only():
-    code = ("import sys, peers.topology; "
-            "bad = [m for m in ('torch', 'numpy', 'django') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, peers.topology; "
+        "bad = [m for m in ('torch', 'numpy', 'django') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -90,8 +90,9 @@ def test_oversize():
     _rejected(data, describe(_state()), f"payload too large: {len(data)} > 100 bytes", max_bytes=100)
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage", b"\xff" * 64, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}",
-                                  b"\x80\x03cos\nsystem\nq\x00."])  # a pickle is just garbage here
+@pytest.mark.parametrize(
+    "data", [b"", b"garbage", b"\xff" * 64, b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}', b"\x80\x03cos\nsystem\nq\x00."]
+)  # a pickle is just garbage here
 def test_garbage(data):
     _rejected(data, describe(_state()), "unparseable safetensors payload")
 
@@ -134,12 +135,15 @@ def test_tamper_payload_changes_hash_but_still_parses():
     unpack_state(bad, describe(_state()), MAX)  # only the hash check can catch it
 
 
-@pytest.mark.parametrize("state", [
-    {"a": torch.randn(3, 4), "b.weight": torch.randn(7), "0.bias": torch.randn(2, 2, 2)},
-    {"layer1.weight": torch.randn(10, 3).t(), "z": torch.zeros(1)},  # a non-contiguous view
-    {"i": torch.arange(5), "f": torch.randn(3)},  # mixed dtypes take the safetensors path
-    {"h": torch.randn(4, dtype=torch.bfloat16)},
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"a": torch.randn(3, 4), "b.weight": torch.randn(7), "0.bias": torch.randn(2, 2, 2)},
+        {"layer1.weight": torch.randn(10, 3).t(), "z": torch.zeros(1)},  # a non-contiguous view
+        {"i": torch.arange(5), "f": torch.randn(3)},  # mixed dtypes take the safetensors path
+        {"h": torch.randn(4, dtype=torch.bfloat16)},
+    ],
+)
 def test_pack_state_writes_exactly_what_safetensors_writes(state):
     from safetensors.torch import save
 

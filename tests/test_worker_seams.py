@@ -1,6 +1,7 @@
 """The peer's seams: transports declare optional capabilities (as Channels layers declare
 ``extensions``), background tasks are kept referenced, the reassembler trusts the plan's
 neighbours from the start."""
+
 import asyncio
 import gc
 
@@ -43,8 +44,9 @@ def test_capabilities_are_declared_not_guessed():
 async def test_send_payload_batches_only_through_a_declared_extension():
     key = NodeKey.generate()
     for transport, batched in ((Undeclared(), False), (Declared(), True)):
-        await send_payload(transport, "dfl.node.2", job_id=1, round=1, sender=1, seq=1, payload=b"x" * 5000,
-                           key=key, chunk_bytes=1000)
+        await send_payload(
+            transport, "dfl.node.2", job_id=1, round=1, sender=1, seq=1, payload=b"x" * 5000, key=key, chunk_bytes=1000
+        )
         assert (transport.batches > 0) is batched
         assert transport.pending("dfl.node.2") == 5
 

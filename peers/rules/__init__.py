@@ -6,8 +6,10 @@ Every rule has the signature
         -> dict[str, Tensor]
 
 and works tensor-name-wise: all updates must have the same names and shapes; the result has
-them too, in each tensor's dtype (integer buffers are rounded). Errors (empty input,
-mismatched names or shapes, NaN/Inf, bad or unknown params) raise ``ValueError``.
+them too, in each tensor's dtype. Each tensor is computed in float32 if it is float32, float16
+or bfloat16, in float64 if it is float64 or an integer or boolean buffer (rounded back); a rule
+that selects a single update (krum) returns it bit for bit. Errors (empty input, mismatched
+names or shapes, NaN/Inf, bad or unknown params) raise ``ValueError``.
 
 =============  ============================================  ===================================
 name           rule                                          params
@@ -17,7 +19,7 @@ median         coordinate-wise median                        --
 trimmed_mean   coordinate-wise trimmed mean                  trim (fraction per side or count)
 krum           Krum                                          f (required), m=1
 multi_krum     multi-Krum                                    f (required), m=n-f
-bulyan         Bulyan (multi-Krum + trimmed around median)   f (required)
+bulyan         Bulyan (repeated Krum + mean near the median) f (required)
 norm_clip      clip L2 norm then weighted mean               max_norm (required), reference
 =============  ============================================  ===================================
 

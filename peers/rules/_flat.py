@@ -3,11 +3,9 @@
 
 Every rule sees its input as ``n`` state dicts with the same tensor names and shapes. Viewed
 flat, that is an ``[n, P]`` matrix (``P`` = total parameter count, tensors in the order of
-``updates[0]``). ``flatten`` materialises it in float32 (one preallocated buffer, each tensor
-copied straight into its slice: no per-model ``torch.cat`` temporaries); ``unflatten`` turns a
-flat ``[P]`` vector back into a state dict with the original names, shapes and dtypes.
+``updates[0]``).
 
-The rules never need the whole matrix: ``column_rows`` yields it a few thousand coordinates
+The rules never materialise that matrix: ``column_rows`` yields it a few thousand coordinates
 at a time (n row copies of c values, ~1 MB in all, not ``n * P * 4``), which ``sort_rows``
 sorts elementwise with a sorting network of ``torch.minimum``/``torch.maximum`` while they sit
 in cache.
@@ -67,16 +65,14 @@ def validate(updates: Sequence[Mapping[str, Tensor]], rule: str) -> Spec:
             raise ValueError(f"{rule}: update {i} is an empty state dict")
     entries = []
     offset = 0
-    device = None
     for name, t in first.items():
         if not isinstance(t, Tensor):
             raise ValueError(f"{rule}: update 0 tensor {name!r} is {type(t).__name__}, not a Tensor")
         if t.is_complex():
             raise ValueError(f"{rule}: tensor {name!r} is complex ({t.dtype}); only real tensors are supported")
-        if device is None:
-            device = t.device
         entries.append(Entry(name, tuple(t.shape), t.dtype, offset, t.numel()))
         offset += t.numel()
+    device = first[entries[0].name].device
     names = set(first)
     for i, u in enumerate(updates[1:], start=1):
         if set(u) != names:
@@ -166,18 +162,6 @@ def raise_nonfinite(updates: Sequence[Mapping[str, Tensor]], spec: Spec, rule: s
     raise ValueError(f"{rule}: {what or 'result is not finite'} (inputs are finite: overflow?)")
 
 
-def flatten(updates: Sequence[Mapping[str, Tensor]], spec: Spec | None = None) -> Tensor:
-    """The ``[n, P]`` float32 matrix, one allocation; each tensor is copied into its slice."""
-    if spec is None:
-        spec = validate(updates, "flatten")
-    out = torch.empty((len(updates), spec.size), dtype=torch.float32, device=spec.device)
-    for i, u in enumerate(updates):
-        row = out[i]
-        for e in spec.entries:
-            row[e.offset : e.offset + e.numel].copy_(u[e.name].detach().reshape(-1))
-    return out
-
-
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a tensor of ``dtype`` is aggregated in: float32 for float32, float16 and
     bfloat16 (exact conversions, float32's speed); float64 for float64 and for integers and
@@ -196,15 +180,6 @@ def cast_back(t: Tensor, dtype: torch.dtype) -> Tensor:
     if dtype == torch.bool:
         return t >= 0.5
     return t.round().to(dtype)
-
-
-def unflatten(vector: Tensor, spec: Spec) -> dict[str, Tensor]:
-    """A flat ``[P]`` vector back to a state dict (views for float32, casts otherwise)."""
-    if vector.dim() != 1 or vector.numel() != spec.size:
-        raise ValueError(f"unflatten: expected a vector of {spec.size} values, got shape {tuple(vector.shape)}")
-    return {
-        e.name: cast_back(vector[e.offset : e.offset + e.numel].view(e.shape), e.dtype) for e in spec.entries
-    }
 
 
 def _block_size(spec: Spec) -> int:
@@ -265,7 +240,7 @@ def sort_rows(rows: list[Tensor]) -> list[Tensor]:
     if m > NETWORK_MAX_ROWS:
         return list(torch.stack(rows).sort(dim=0).values.unbind(0))
     rows = list(rows)
-    spare = torch.empty_like(rows[0]) if m > 1 else None
+    spare = torch.empty_like(rows[0])
     for i, j in sorting_network(m):
         torch.minimum(rows[i], rows[j], out=spare)
         torch.maximum(rows[i], rows[j], out=rows[j])

@@ -63,4 +63,3 @@ def closest_to_median_mean(s: list[Tensor], beta: int) -> Tensor:
         right, left = s[j + beta], s[j]
         acc.add_(torch.where((right - med) < (med - left), right - left, 0.0))
     return acc.div_(beta)
-

@@ -6,14 +6,14 @@ averages the ``m`` lowest-scoring updates (scores computed once), weighted by th
 ``weights`` renormalised over the selection. Requires n > 2f + 2.
 
 Params: ``f`` (number of Byzantine updates tolerated, required), ``m`` (how many to select;
-Krum: 1, multi-Krum: default n - f, at most n - f). Ties go to the lower index. Krum (any
-rule selecting a single update) returns a copy of that update, bit for bit in every dtype.
+Krum: 1, multi-Krum: default n - f, at most n - f). Ties go to the lower index. With m=1 the
+result is a copy of the selected update, bit for bit in every dtype.
 
 Pairwise distances are summed block by block, in float64, from the differences x - y
 themselves (no [n, P] copy of the inputs). The Gram expansion |x|^2 + |y|^2 - 2 x.y cancels
-catastrophically when updates are close, which is when Krum's choice is delicate: for two
-1M-weight updates 1e-4 apart it was off by 7.6%, and at a relative spread of 1e-6 it picked
-the wrong update in 1 case of 10.
+catastrophically when updates are close, which is when Krum's choice is delicate: it put two
+random 1M-weight updates at distance 1e-4 8x too far apart, and picked the wrong one of five
+updates with a relative spread of 1e-6 in 2 random cases of 10.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def pairwise_sq_distances(updates: list[dict[str, Tensor]], spec: _flat.Spec, ru
     for _, _, rows in _flat.column_rows(updates, spec, dtype=torch.float64):
         # one small single-threaded norm per pair and block (see _flat.column_rows); in float64
         # the difference of two float32 values is exact unless they are 2**29 times apart
-        norms = [torch.linalg.vector_norm(rows[j] - rows[i]) for i, j in zip(first, second)]
+        norms = [torch.linalg.vector_norm(rows[j] - rows[i]) for i, j in zip(first, second, strict=True)]
         upper += torch.stack(norms).square_()
     if not bool(torch.isfinite(upper).all()):  # a NaN or Inf reaches every distance of its update
         _flat.raise_nonfinite(updates, spec, rule, "a pairwise distance is not finite")
@@ -63,7 +63,9 @@ def scores_from_distances(d: Tensor, f: int) -> Tensor:
     return off.sort(dim=1).values[:, :k].sum(dim=1)
 
 
-def select(updates: list[dict[str, Tensor]], f: int, m: int, spec: _flat.Spec | None = None, rule: str = NAME) -> list[int]:
+def select(
+    updates: list[dict[str, Tensor]], f: int, m: int, spec: _flat.Spec | None = None, rule: str = NAME
+) -> list[int]:
     """Indices of the ``m`` updates with the lowest Krum scores (ascending score, ties by index)."""
     if spec is None:
         spec = _flat.validate(updates, rule)

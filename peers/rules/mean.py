@@ -31,8 +31,9 @@ def linear_combination(
     out: dict[str, Tensor] = {}
     for e in spec.entries:
         acc = torch.empty(e.shape, dtype=_flat.compute_dtype(e.dtype), device=spec.device)
-        torch.mul(states[0][e.name].detach(), coefs[0], out=acc)
-        for s, c in zip(states[1:], coefs[1:]):
+        # convert, then scale: torch.mul(t, c, out=acc) computes in t's dtype (int64 -> float32)
+        acc.copy_(states[0][e.name].detach()).mul_(coefs[0])
+        for s, c in zip(states[1:], coefs[1:], strict=True):
             acc.add_(s[e.name].detach(), alpha=c)
         # one reduction, no [P] bool temporary; a finite sum that overflows is re-checked exactly
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):

@@ -17,9 +17,7 @@ class MemoryTransport:
 
     def __init__(self, capacity: int = 100):
         self.capacity = capacity
-        self._queues: defaultdict[str, asyncio.Queue] = defaultdict(
-            lambda: asyncio.Queue(maxsize=self.capacity)
-        )
+        self._queues: defaultdict[str, asyncio.Queue] = defaultdict(lambda: asyncio.Queue(maxsize=self.capacity))
 
     def _queue(self, channel: str) -> asyncio.Queue:
         if not isinstance(channel, str) or not NAME_RE.match(channel):

@@ -13,6 +13,7 @@ Payload metadata (str -> str, in the safetensors header): compressor, layout (se
 peers.wire.compression), kind = key | delta | snapshot, round, base_round (deltas only). Snapshots
 answer a late joiner's model request and never become a base for deltas.
 """
+
 from __future__ import annotations
 
 import torch

@@ -360,6 +360,16 @@ def wire_bytes(payload: Mapping[str, Tensor], meta: Mapping[str, str]) -> int:
 
 
 __all__ = [
-    "BFloat16", "Compressor", "Float16", "Int8", "NoCompression", "SPECS", "TopK",
-    "decompress", "from_bytes", "get_compressor", "to_bytes", "wire_bytes",
+    "SPECS",
+    "BFloat16",
+    "Compressor",
+    "Float16",
+    "Int8",
+    "NoCompression",
+    "TopK",
+    "decompress",
+    "from_bytes",
+    "get_compressor",
+    "to_bytes",
+    "wire_bytes",
 ]

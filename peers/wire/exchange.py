@@ -14,13 +14,13 @@ import asyncio
 import dataclasses
 import hashlib
 import time
-from typing import cast
 from dataclasses import dataclass, field
+from typing import cast
 
-from peers.wire.buffers import BufferPool
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
-from peers.wire.signing import NodeKey, verify
 from peers.transport.base import SEND_MANY, BatchingTransport, ChannelFull, Transport, has_extension, is_channel_full
+from peers.wire.buffers import BufferPool
+from peers.wire.signing import NodeKey, verify
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
 MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
@@ -57,15 +57,23 @@ async def send_payload(
         raise ValueError("chunk_bytes must be positive")
     count = max(1, -(-len(payload) // chunk_bytes))
     chunk = WeightsChunk(
-        job_id=job_id, round=round, sender=sender, seq=seq, index=0, count=count,
-        size=len(payload), sha256="", signature=b"", data=b"",
+        job_id=job_id,
+        round=round,
+        sender=sender,
+        seq=seq,
+        index=0,
+        count=count,
+        size=len(payload),
+        sha256="",
+        signature=b"",
+        data=b"",
     )
     opening = key.sign(header_bytes(chunk)) if count > 1 else b""  # a single chunk only closes
     hasher = None if sha256 else hashlib.sha256()
     view = memoryview(payload)
 
     def message(index: int) -> dict:
-        data = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])
+        data = bytes(view[index * chunk_bytes : (index + 1) * chunk_bytes])
         if hasher is not None:
             hasher.update(data)
         if index < count - 1:
@@ -157,7 +165,7 @@ class _Partial:
     received: int = 0  # bytes of all distinct chunks so far
     filled: int = 0  # buffer[:filled] holds chunks 0..next_index-1
     next_index: int = 0
-    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
 class Reassembler:
@@ -212,16 +220,15 @@ class Reassembler:
         closing = msg.sha256 != ""
         opening = header_bytes(dataclasses.replace(msg, sha256="")) if closing else signed
         partial = self._partials.get(key)
-        checked = not closing and partial is not None and partial.opening == opening and partial.signature == msg.signature
+        checked = (
+            not closing and partial is not None and partial.opening == opening and partial.signature == msg.signature
+        )
         if not checked and not verify(public_key, signed, msg.signature):
             return self._reject(key, "bad signature", kill=False)
         # From here on the header is authentic (signed by the sender).
         if msg.job_id != self.job_id:
             return self._reject(key, f"wrong job: {msg.job_id} != {self.job_id}")
-        if (
-            key in self._completed
-            or msg.seq < self._last_seq.get((msg.sender, msg.round), msg.seq)
-        ):
+        if key in self._completed or msg.seq < self._last_seq.get((msg.sender, msg.round), msg.seq):
             return self._reject(key, "replayed message", kill=False)
         if msg.size > self.max_bytes:
             return self._reject(key, f"payload too large: {msg.size} > {self.max_bytes} bytes")
@@ -248,7 +255,7 @@ class Reassembler:
         partial.early[msg.index] = msg.data
         while partial.next_index in partial.early:
             data = partial.early.pop(partial.next_index)
-            partial.buffer[partial.filled:partial.filled + len(data)] = data
+            partial.buffer[partial.filled : partial.filled + len(data)] = data
             partial.hasher.update(data)
             partial.filled += len(data)
             partial.next_index += 1

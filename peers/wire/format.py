@@ -78,4 +78,3 @@ def check_state(state: dict[str, torch.Tensor], expected: Spec) -> None:
             raise WeightsRejected(f"wrong shape for {name}: {tuple(t.shape)} != {tuple(shape)}")
         if not all_finite(t):
             raise WeightsRejected(f"non-finite values in {name}")
-

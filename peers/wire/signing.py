@@ -16,9 +16,7 @@ class NodeKey:
 
     def __init__(self, private_key: Ed25519PrivateKey):
         self._key = private_key
-        raw = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public_key_hex: str = raw.hex()
 
     @classmethod

@@ -30,15 +30,28 @@ import torch
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 CODES = {dtype: code for code, dtype in DTYPES.items()}
 # safetensors' dtype order (its Rust enum); files list tensors by descending rank, then name
-RANK = {code: i for i, code in enumerate(
-    ["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
-)}
+RANK = {
+    code: i
+    for i, code in enumerate(
+        ["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
+    )
+}
 ITEMSIZE = {dtype: dtype.itemsize for dtype in DTYPES.values()}
 
 
@@ -66,7 +79,7 @@ def dump(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
         size = t.numel() * t.element_size()
         header[name] = {"dtype": CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         if size:
-            buffers.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            buffers.append(t.reshape(-1).view(torch.uint8).numpy().data)
         offset += size
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     head += b" " * (-len(head) % 8)
@@ -85,13 +98,15 @@ def parse(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor]
     if header_len > min(MAX_HEADER_BYTES, len(view) - 8):
         raise ValueError(f"header length {header_len} does not fit a {len(view)}-byte buffer")
     try:
-        header = json.loads(view[8:8 + header_len].tobytes())
+        header = json.loads(view[8 : 8 + header_len].tobytes())
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValueError("header is not JSON") from None
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise ValueError("metadata must be str -> str")
     start = 8 + header_len
     # by (start, end), as safetensors: by start alone, an empty tensor at a non-empty one's
@@ -134,7 +149,7 @@ def _tensor(buffer, dtype: torch.dtype, shape: tuple[int, ...], offset: int, nby
     raw = torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=offset) if shared else None
     if raw is None or raw.data_ptr() % ITEMSIZE[dtype]:
         # read-only source, or a misaligned tensor (possible from other writers): copy it out
-        raw = torch.frombuffer(bytearray(buffer[offset:offset + nbytes]), dtype=torch.uint8)
+        raw = torch.frombuffer(bytearray(buffer[offset : offset + nbytes]), dtype=torch.uint8)
     if dtype == torch.bool and bool((raw > 1).any()):
         raise ValueError("boolean tensor holds values other than 0 and 1")
     return raw.view(dtype).reshape(shape)

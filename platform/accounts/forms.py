@@ -6,7 +6,8 @@ from .models import Profile
 
 class SignupForm(UserCreationForm):
     payout_address = forms.CharField(
-        max_length=42, required=False,
+        max_length=42,
+        required=False,
         help_text="Optional now: your wallet address for rewards (0x…). You can add it later.",
     )
 

@@ -18,7 +18,9 @@ class Profile(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile")
     payout_address = models.CharField(
-        max_length=42, blank=True, validators=[validate_address],
+        max_length=42,
+        blank=True,
+        validators=[validate_address],
         help_text="Your wallet address on the reward chain. Rewards are paid here.",
     )
 

@@ -1,4 +1,5 @@
 """Django project package: settings, urls, asgi, celery."""
+
 from .celery import app as celery_app
 
 __all__ = ("celery_app",)

@@ -1,4 +1,5 @@
 """ASGI entry point for daphne: HTTP through Django, websockets through Channels with auth."""
+
 import os
 import sys
 from pathlib import Path

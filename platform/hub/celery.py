@@ -1,4 +1,5 @@
 """Celery app: orchestration tasks (cohorts, round deadlines, settlement)."""
+
 import os
 import sys
 from pathlib import Path

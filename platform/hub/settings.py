@@ -1,5 +1,6 @@
 """Settings for the control plane. Everything that differs between machines comes from the
 environment; the embedded demo (DFL_EMBEDDED=1) needs no external service at all."""
+
 import importlib.util
 import os
 import sys
@@ -184,5 +185,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "celery.app.trace": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "daphne": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+    },
 }

@@ -1,4 +1,5 @@
 """Peers post their round reports here (bearer node token)."""
+
 from django.http import JsonResponse
 
 from nodes.api import api_error, node_api

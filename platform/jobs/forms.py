@@ -9,22 +9,48 @@ class JobForm(forms.ModelForm):
     class Meta:
         model = Job
         fields = [
-            "name", "description", "is_public", "dataset", "model", "hidden", "topology", "degree",
-            "redraw_every", "rule", "byzantine_f", "clip_norm", "compression",
-            "num_peers", "rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s",
-            "min_vram_gb", "require_cuda", "reward_per_round",
+            "name",
+            "description",
+            "is_public",
+            "dataset",
+            "model",
+            "hidden",
+            "topology",
+            "degree",
+            "redraw_every",
+            "rule",
+            "byzantine_f",
+            "clip_norm",
+            "compression",
+            "num_peers",
+            "rounds",
+            "local_steps",
+            "lr",
+            "lr_schedule",
+            "batch_size",
+            "round_timeout_s",
+            "min_vram_gb",
+            "require_cuda",
+            "reward_per_round",
         ]
         labels = {
-            "num_peers": "Number of peers", "local_steps": "Local steps per round (tau)",
-            "lr": "Learning rate", "lr_schedule": "Learning-rate schedule", "round_timeout_s": "Round deadline (seconds)",
-            "min_vram_gb": "Minimum GPU memory (GB)", "require_cuda": "Requires CUDA",
-            "reward_per_round": "Reward pool per round (tokens)", "hidden": "Hidden units (MLP)",
-            "rule": "Aggregation rule", "byzantine_f": "Faulty neighbours tolerated (f)",
-            "clip_norm": "Clipping norm", "redraw_every": "Redraw every (rounds)",
+            "num_peers": "Number of peers",
+            "local_steps": "Local steps per round (tau)",
+            "lr": "Learning rate",
+            "lr_schedule": "Learning-rate schedule",
+            "round_timeout_s": "Round deadline (seconds)",
+            "min_vram_gb": "Minimum GPU memory (GB)",
+            "require_cuda": "Requires CUDA",
+            "reward_per_round": "Reward pool per round (tokens)",
+            "hidden": "Hidden units (MLP)",
+            "rule": "Aggregation rule",
+            "byzantine_f": "Faulty neighbours tolerated (f)",
+            "clip_norm": "Clipping norm",
+            "redraw_every": "Redraw every (rounds)",
         }
         help_texts = {
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
-                                "in total, split between the peers that reported in it.",
+            "in total, split between the peers that reported in it.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
@@ -54,9 +80,16 @@ class JobForm(forms.ModelForm):
                 data[name] = Job._meta.get_field(name).get_default()  # type: ignore[union-attr]  # a concrete field
 
     LIMITS = {
-        "num_peers": (1, 256), "rounds": (1, 1000), "local_steps": (1, 10_000), "hidden": (1, 4096),
-        "batch_size": (1, 4096), "round_timeout_s": (10, 86_400), "reward_per_round": (0, 10**9),
-        "degree": (1, 64), "redraw_every": (1, 1000), "byzantine_f": (0, 64),
+        "num_peers": (1, 256),
+        "rounds": (1, 1000),
+        "local_steps": (1, 10_000),
+        "hidden": (1, 4096),
+        "batch_size": (1, 4096),
+        "round_timeout_s": (10, 86_400),
+        "reward_per_round": (0, 10**9),
+        "degree": (1, 64),
+        "redraw_every": (1, 1000),
+        "byzantine_f": (0, 64),
     }
 
     def clean(self):
@@ -90,8 +123,11 @@ class JobForm(forms.ModelForm):
         smallest = min(len(nbrs) for nbrs in graph) + 1
         needs = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
         if smallest < needs:
-            self.add_error("rule", f"{dict(RULE_CHOICES)[rule]} with f={f} needs {needs} inputs per "
-                                   f"neighbourhood; this topology gives some peers only {smallest}.")
+            self.add_error(
+                "rule",
+                f"{dict(RULE_CHOICES)[rule]} with f={f} needs {needs} inputs per "
+                f"neighbourhood; this topology gives some peers only {smallest}.",
+            )
 
 
 class ConsentForm(forms.Form):

@@ -1,10 +1,11 @@
 """Which nodes are online, told to the viewers of the jobs they train in. A node comes online
 when it calls the API (nodes.api) and goes offline when it has missed two heartbeats in a row
 (beat runs mark_offline_nodes every few seconds); each change is announced once."""
+
 import logging
 
-from nodes.models import Node
 from live.broadcast import job_update
+from nodes.models import Node
 
 from .models import Job
 
@@ -25,7 +26,8 @@ def mark_offline_nodes() -> list[int]:
     for node_id in stale.values_list("id", flat=True):
         # Compare-and-set: a heartbeat that lands meanwhile keeps the node online.
         if Node.objects.filter(pk=node_id, online_announced=True, last_seen__lt=Node.online_cutoff()).update(
-                online_announced=False):
+            online_announced=False
+        ):
             log.info("node %s missed its heartbeats: offline", node_id)
             announce(node_id, online=False)
             gone.append(node_id)

@@ -1,5 +1,6 @@
 """Jobs, consent, cohorts, rounds and what peers reported. Every state change is a row first;
 websockets and the chain are told after."""
+
 import secrets
 
 from django.conf import settings
@@ -29,12 +30,18 @@ RULE_CHOICES = [
     ("norm_clip", "Norm clipping, then mean"),
 ]
 COMPRESSION_CHOICES = [
-    ("none", "None (float32)"), ("fp16", "float16"), ("bf16", "bfloat16"), ("int8", "int8 quantization"),
+    ("none", "None (float32)"),
+    ("fp16", "float16"),
+    ("bf16", "bfloat16"),
+    ("int8", "int8 quantization"),
     ("topk:0.1", "Top-10% sparsification with error feedback"),
     ("topk:0.01", "Top-1% sparsification with error feedback"),
 ]
 LR_SCHEDULE_CHOICES = [("cosine", "Cosine decay"), ("constant", "Constant")]
-DATASET_CHOICES = [("digits", "Handwritten digits (8x8, 10 classes)"), ("synthetic", "FedProx Synthetic (60 features, 10 classes)")]
+DATASET_CHOICES = [
+    ("digits", "Handwritten digits (8x8, 10 classes)"),
+    ("synthetic", "FedProx Synthetic (60 features, 10 classes)"),
+]
 DATASET_SHAPES = {"digits": (64, 10), "synthetic": (60, 10)}  # task -> (features, classes)
 
 
@@ -53,7 +60,10 @@ class Job(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True)
-    is_public = models.BooleanField(default=True, help_text="Listed for every participant. Private jobs are seen by their owner and their consenting nodes' owners.")
+    is_public = models.BooleanField(
+        default=True,
+        help_text="Listed for every participant. Private jobs are seen by their owner and their consenting nodes' owners.",
+    )
     # What is trained, and on which data schema.
     dataset = models.CharField(max_length=32, choices=DATASET_CHOICES, default="digits")
     model = models.CharField(max_length=32, choices=MODEL_CHOICES, default="mlp")
@@ -62,8 +72,12 @@ class Job(models.Model):
     rounds = models.PositiveIntegerField(default=5)
     local_steps = models.PositiveIntegerField(default=20)
     lr = models.FloatField(default=0.1)
-    lr_schedule = models.CharField(max_length=16, choices=LR_SCHEDULE_CHOICES, default="cosine",
-                                   help_text="Cosine: from the learning rate down to 1/rounds of it in the last round.")
+    lr_schedule = models.CharField(
+        max_length=16,
+        choices=LR_SCHEDULE_CHOICES,
+        default="cosine",
+        help_text="Cosine: from the learning rate down to 1/rounds of it in the last round.",
+    )
     batch_size = models.PositiveIntegerField(default=32)
     topology = models.CharField(max_length=32, choices=TOPOLOGY_CHOICES, default="ring")
     degree = models.PositiveIntegerField(default=4, help_text="Neighbours per peer (expander and dynamic).")
@@ -104,9 +118,19 @@ class Job(models.Model):
         """Hyper-parameters every peer of the job trains with (sent in each round plan)."""
         features, classes = self.shape
         return JobConfig(
-            dataset=self.dataset, model=self.model, hidden=self.hidden, lr=self.lr, lr_schedule=self.lr_schedule,
-            local_steps=self.local_steps, batch_size=self.batch_size, seed=self.seed, num_features=features,
-            num_classes=classes, rule=self.rule, rule_params=self.rule_params(), compression=self.compression,
+            dataset=self.dataset,
+            model=self.model,
+            hidden=self.hidden,
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_features=features,
+            num_classes=classes,
+            rule=self.rule,
+            rule_params=self.rule_params(),
+            compression=self.compression,
         )
 
     def spectral_gap(self) -> float | None:
@@ -115,7 +139,9 @@ class Job(models.Model):
 
         try:
             positions = {i: i for i in range(self.num_peers)}
-            return spectral.spectral_gap(topology.build(self.topology, self.num_peers, **self.topology_params(1, positions)))
+            return spectral.spectral_gap(
+                topology.build(self.topology, self.num_peers, **self.topology_params(1, positions))
+            )
         except ValueError:
             return None
 
@@ -134,8 +160,14 @@ class Job(models.Model):
             return {"d": self.degree, "seed": self.seed}
         if self.topology == "dynamic":
             cut = [(positions[a], positions[b]) for a, b in self.cut_links if a in positions and b in positions]
-            return {"base": "random_regular", "d": self.degree, "seed": self.seed, "round": round_number,
-                    "every_k": self.redraw_every, "cut_links": cut}
+            return {
+                "base": "random_regular",
+                "d": self.degree,
+                "seed": self.seed,
+                "round": round_number,
+                "every_k": self.redraw_every,
+                "cut_links": cut,
+            }
         return {}
 
     @classmethod
@@ -144,9 +176,7 @@ class Job(models.Model):
             return cls.objects.none()
         if user.is_staff:
             return cls.objects.all()
-        return cls.objects.filter(
-            Q(is_public=True) | Q(owner=user) | Q(consents__node__owner=user)
-        ).distinct()
+        return cls.objects.filter(Q(is_public=True) | Q(owner=user) | Q(consents__node__owner=user)).distinct()
 
     def can_view(self, user) -> bool:
         return Job.visible_to(user).filter(pk=self.pk).exists()
@@ -236,7 +266,9 @@ class PeerReport(models.Model):
     bytes_received = models.PositiveBigIntegerField(default=0)
     duration_s = models.FloatField(default=0)
     rejected = models.JSONField(default=list, blank=True)
-    diverged = models.BooleanField(default=False, help_text="The peer's model or losses were not finite; its numbers mean nothing.")
+    diverged = models.BooleanField(
+        default=False, help_text="The peer's model or losses were not finite; its numbers mean nothing."
+    )
 
     class Meta:
         ordering = ["round__number", "node_id"]
@@ -244,7 +276,13 @@ class PeerReport(models.Model):
 
     def as_event(self) -> dict:
         return {
-            "round": self.round.number, "node": self.node_id, "node_name": self.node.name,
-            "train_loss": self.train_loss, "eval_loss": self.eval_loss, "accuracy": self.accuracy,
-            "samples": self.samples, "rejected": self.rejected, "diverged": self.diverged,
+            "round": self.round.number,
+            "node": self.node_id,
+            "node_name": self.node.name,
+            "train_loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+            "accuracy": self.accuracy,
+            "samples": self.samples,
+            "rejected": self.rejected,
+            "diverged": self.diverged,
         }

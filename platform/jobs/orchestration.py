@@ -3,6 +3,7 @@
 Each step writes the database first (in a transaction, with the job row locked) and tells the
 outside world (peers over the channel layer, browsers, Celery) only after the commit.
 """
+
 import logging
 import math
 from datetime import timedelta
@@ -17,7 +18,8 @@ from django.utils import timezone
 from live.broadcast import job_update
 from peers import topology
 from peers.plans import round_plans
-from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, PeerReport as ReportMessage, node_channel, to_message
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, node_channel, to_message
+from peers.protocol import PeerReport as ReportMessage
 
 from . import queue
 from .models import CohortMember, Consent, Job, PeerReport, Round
@@ -35,10 +37,7 @@ class ReportRefused(Exception):
 
 # -- starting ---------------------------------------------------------------------------------
 def eligible_nodes(job: Job) -> list:
-    return [
-        n for n in Consent.consenting_nodes(job)
-        if n.is_online and n.public_key and job.node_is_eligible(n)
-    ]
+    return [n for n in Consent.consenting_nodes(job) if n.is_online and n.public_key and job.node_is_eligible(n)]
 
 
 def start_job_if_ready(job_id: int) -> bool:
@@ -97,10 +96,14 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
     members = active_members(job)
     positions = {m.node_id: i for i, m in enumerate(members)}
     plans = round_plans(
-        job_id=job.id, round=rnd.number, total_rounds=job.rounds,
+        job_id=job.id,
+        round=rnd.number,
+        total_rounds=job.rounds,
         members=[(m.node.id, m.node.public_key) for m in members],
-        rows=mixing_rows(job, rnd.number, positions) if members else [], config=job.config(),
-        deadline=rnd.deadline.timestamp(), max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
+        rows=mixing_rows(job, rnd.number, positions) if members else [],
+        config=job.config(),
+        deadline=rnd.deadline.timestamp(),
+        max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
     )
     return [(node_channel(plan.node_id), to_message(plan)) for plan in plans]
 
@@ -124,8 +127,12 @@ def _check_report(msg: ReportMessage) -> None:
     if not 0.0 <= msg.accuracy <= 1.0:
         raise ReportRefused(400, "accuracy must be between 0 and 1")
     # Upper bounds are the database columns' (integer / bigint): beyond them the insert would fail.
-    for name, limit in (("samples", 2**31 - 1), ("eval_samples", 2**31 - 1),
-                        ("bytes_sent", 2**63 - 1), ("bytes_received", 2**63 - 1)):
+    for name, limit in (
+        ("samples", 2**31 - 1),
+        ("eval_samples", 2**31 - 1),
+        ("bytes_sent", 2**63 - 1),
+        ("bytes_received", 2**63 - 1),
+    ):
         if not 0 <= getattr(msg, name) <= limit:
             raise ReportRefused(400, f"{name} must be between 0 and {limit}")
     if len(msg.model_hash) != 64 or any(c not in "0123456789abcdef" for c in msg.model_hash):
@@ -153,18 +160,33 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
         if rnd.reports.filter(node=node).exists():
             raise ReportRefused(409, "duplicate report")
         report = PeerReport.objects.create(
-            round=rnd, node=node, train_loss=msg.train_loss, eval_loss=msg.eval_loss,
-            accuracy=msg.accuracy, samples=msg.samples, eval_samples=msg.eval_samples,
-            model_hash=msg.model_hash, bytes_sent=msg.bytes_sent, bytes_received=msg.bytes_received,
-            duration_s=msg.duration_s, rejected=list(msg.rejected), diverged=msg.diverged,
+            round=rnd,
+            node=node,
+            train_loss=msg.train_loss,
+            eval_loss=msg.eval_loss,
+            accuracy=msg.accuracy,
+            samples=msg.samples,
+            eval_samples=msg.eval_samples,
+            model_hash=msg.model_hash,
+            bytes_sent=msg.bytes_sent,
+            bytes_received=msg.bytes_received,
+            duration_s=msg.duration_s,
+            rejected=list(msg.rejected),
+            diverged=msg.diverged,
         )
         complete = rnd.reports.count() >= len(members)
         transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))
         if complete:
             transaction.on_commit(lambda: queue.close_round(rnd.id))
     for item in msg.rejected:
-        log.warning("job %s round %s: node %s rejected weights from %s: %s",
-                    job.id, rnd.number, node.id, item.get("sender"), item.get("reason"))
+        log.warning(
+            "job %s round %s: node %s rejected weights from %s: %s",
+            job.id,
+            rnd.number,
+            node.id,
+            item.get("sender"),
+            item.get("reason"),
+        )
     return report
 
 
@@ -223,8 +245,9 @@ def note_slow_links(job: Job, reports) -> None:
 
 def enforce_deadlines() -> int:
     """Close every open round whose deadline passed (stragglers are dropped for that round)."""
-    overdue = list(Round.objects.filter(status=Round.Status.OPEN, deadline__lt=timezone.now()).values_list("id", flat=True))
+    overdue = list(
+        Round.objects.filter(status=Round.Status.OPEN, deadline__lt=timezone.now()).values_list("id", flat=True)
+    )
     for round_id in overdue:
         close_round(round_id)
     return len(overdue)
-

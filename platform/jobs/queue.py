@@ -9,6 +9,7 @@ It queues them through this module instead, which names the tasks the way beat's
 A task runs as `.delay()` always ran it: eagerly in the embedded demo, through the broker
 otherwise.
 """
+
 from importlib import import_module
 
 from celery import current_app

@@ -1,4 +1,5 @@
 """Celery tasks: thin wrappers so orchestration runs in a worker (or eagerly in the demo)."""
+
 from celery import shared_task
 
 from . import liveness, orchestration

@@ -49,15 +49,19 @@ def job_detail(request, pk):
         {"node": n, "consented": Consent.current(job, n), "eligible": job.node_is_eligible(n)}
         for n in Node.objects.filter(owner=request.user)
     ]
-    return render(request, "jobs/detail.html", {
-        "job": job,
-        "cohort": job.cohort.select_related("node"),
-        "rounds": job.round_set.all(),
-        "my_nodes": my_nodes,
-        "snapshot": job_snapshot(job),
-        "payout_address": Profile.for_user(request.user).payout_address,
-        "payouts": job.payouts.select_related("node").order_by("node_id"),
-    })
+    return render(
+        request,
+        "jobs/detail.html",
+        {
+            "job": job,
+            "cohort": job.cohort.select_related("node"),
+            "rounds": job.round_set.all(),
+            "my_nodes": my_nodes,
+            "snapshot": job_snapshot(job),
+            "payout_address": Profile.for_user(request.user).payout_address,
+            "payouts": job.payouts.select_related("node").order_by("node_id"),
+        },
+    )
 
 
 @login_required

@@ -1,6 +1,7 @@
 """The chain, and the only module that imports web3. One code path for eth-tester (in process)
 and JSON-RPC nodes such as anvil: transactions are always built, signed with the operator key
 here and sent raw."""
+
 import hashlib
 import json
 import threading

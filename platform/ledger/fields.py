@@ -1,6 +1,7 @@
 """Token amounts in wei: exact integers of up to 78 digits on every database. SQLite has no
 exact numeric type (a large DecimalField is stored as a float and loses wei), so the value is
 kept as a decimal string and handed to Python as an int."""
+
 from django.core.exceptions import ValidationError
 from django.db import models
 

@@ -1,4 +1,5 @@
 """What the platform put on chain: the reward token deployment and one payout per (job, node)."""
+
 from decimal import ROUND_DOWN, Decimal
 
 from django.db import models
@@ -84,6 +85,10 @@ class Payout(models.Model):
     def as_event(self) -> dict:
         """What the job page shows of a payout (live frames and the first snapshot)."""
         return {
-            "node": self.node_id, "node_name": self.node.name, "amount": self.amount_text, "status": self.status,
-            "tx_hash": self.tx_hash, "block_number": self.block_number,
+            "node": self.node_id,
+            "node_name": self.node.name,
+            "amount": self.amount_text,
+            "status": self.status,
+            "tx_hash": self.tx_hash,
+            "block_number": self.block_number,
         }

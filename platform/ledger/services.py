@@ -1,6 +1,7 @@
 """Rewards: how a job's budget is split among its peers, and paying it exactly once per
 (job, node). A payout row exists before any transfer, its tx_hash is stored before the receipt is
 awaited, and a payout that has a tx_hash is only ever checked on chain, never sent again."""
+
 import re
 from collections import defaultdict
 
@@ -61,7 +62,10 @@ def pay_rewards(job, items: list[tuple]) -> list[Payout]:
             if payout is None:
                 ok = is_valid_address(address)
                 existing[node.pk] = Payout.objects.create(
-                    job=job, node=node, address=address, amount_wei=int(amount_wei),
+                    job=job,
+                    node=node,
+                    address=address,
+                    amount_wei=int(amount_wei),
                     status=Payout.Status.PENDING if ok else Payout.Status.FAILED,
                     error="" if ok else NO_ADDRESS,
                 )
@@ -70,7 +74,9 @@ def pay_rewards(job, items: list[tuple]) -> list[Payout]:
                 payout.address, payout.status, payout.error = address, Payout.Status.PENDING, ""
                 payout.save(update_fields=["address", "status", "error"])
 
-    open_ids = list(Payout.objects.filter(job=job, status__in=OPEN_STATUSES).order_by("id").values_list("id", flat=True))
+    open_ids = list(
+        Payout.objects.filter(job=job, status__in=OPEN_STATUSES).order_by("id").values_list("id", flat=True)
+    )
     if open_ids:
         chain = Chain.from_settings()
         for payout_id in open_ids:

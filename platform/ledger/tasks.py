@@ -1,4 +1,5 @@
 """Settlement runs in a worker: it waits on the chain."""
+
 from celery import shared_task
 
 from jobs.models import Job

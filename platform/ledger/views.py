@@ -15,7 +15,11 @@ def payouts_visible_to(user):
 
 @login_required
 def payouts(request):
-    return render(request, "ledger/payouts.html", {
-        "payouts": payouts_visible_to(request.user),
-        "tokens": ContractDeployment.reward_tokens(),
-    })
+    return render(
+        request,
+        "ledger/payouts.html",
+        {
+            "payouts": payouts_visible_to(request.user),
+            "tokens": ContractDeployment.reward_tokens(),
+        },
+    )

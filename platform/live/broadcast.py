@@ -1,4 +1,5 @@
 """Tell the browsers watching a job what just happened (after the database knows it)."""
+
 import logging
 
 from asgiref.sync import async_to_sync

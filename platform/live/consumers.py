@@ -1,4 +1,5 @@
 """Websocket for a job's live metrics: /ws/jobs/<id>/. Only users who may see the job."""
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 

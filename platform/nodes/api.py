@@ -1,4 +1,5 @@
 """Node-facing JSON API, authenticated by the node's bearer token (no cookies, so no CSRF)."""
+
 from functools import wraps
 
 from django.conf import settings
@@ -75,7 +76,9 @@ def hello(request, node, body):
     if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
         return api_error(400, "public_key must be 64 lowercase hex characters (Ed25519)")
     node.public_key = key
-    node.save(update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"])
+    node.save(
+        update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"]
+    )
     start_jobs_for_node(node)
     return JsonResponse(node_info(node))
 

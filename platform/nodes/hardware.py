@@ -1,4 +1,5 @@
 """Validation of the hardware report a peer prints with `python -m peers hw`."""
+
 import json
 import math
 from typing import Any

@@ -1,5 +1,6 @@
 """Nodes: a participant's machines. Hardware is reported by the peer itself; the API token
 is shown once and only its sha256 is stored."""
+
 import hashlib
 import hmac
 import secrets

@@ -4,6 +4,7 @@ The C decoder recurses once per nesting level and only stops at sys.getrecursion
 (imported with web3 by the ledger, e.g. in the embedded demo that serves and settles in one
 process, or a test run) raises that limit to 100000, so a body of a few hundred thousand '['
 would overflow the C stack and kill the whole process instead of raising."""
+
 import json
 import re
 from itertools import accumulate

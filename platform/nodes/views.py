@@ -21,7 +21,9 @@ def node_register(request):
         node.apply_hardware(form.cleaned_data["hardware_json"])
         token = node.issue_token()
         node.save()
-        return render(request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")})
+        return render(
+            request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")}
+        )
     return render(request, "nodes/register.html", {"form": form})
 
 
@@ -39,4 +41,6 @@ def node_new_token(request, pk):
     token = node.issue_token()
     node.save(update_fields=["token_id", "token_hash"])
     messages.info(request, "A new token was issued; the old one no longer works.")
-    return render(request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")})
+    return render(
+        request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")}
+    )

@@ -6,6 +6,7 @@ loop, so the browser watches the job live. Peers run in this process but are the
 as `python -m peers join`; only their transport (the platform's channel layer) and their
 reporter (a direct call instead of HTTP) differ.
 """
+
 import asyncio
 import json
 import secrets
@@ -54,7 +55,12 @@ class Command(BaseCommand):
         parser.add_argument("--lr", type=float, default=0.3)
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--pace", type=float, default=None, help="seconds each peer waits before reporting (default 0 headless, 1.5 served)")
+        parser.add_argument(
+            "--pace",
+            type=float,
+            default=None,
+            help="seconds each peer waits before reporting (default 0 headless, 1.5 served)",
+        )
         parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
 
     def handle(self, *args, **opts):
@@ -93,8 +99,13 @@ class Command(BaseCommand):
         User = get_user_model()
         owner = User.objects.get(username=DEMO_USER)
         job = Job.objects.create(
-            owner=owner, name=f"Digits demo ({opts['peers']} peers, ring)", rounds=rounds,
-            num_peers=opts["peers"], local_steps=opts["local_steps"], lr=opts["lr"], batch_size=32,
+            owner=owner,
+            name=f"Digits demo ({opts['peers']} peers, ring)",
+            rounds=rounds,
+            num_peers=opts["peers"],
+            local_steps=opts["local_steps"],
+            lr=opts["lr"],
+            batch_size=32,
             description="Each peer holds a private shard of the digits data and averages with its ring neighbours.",
             round_timeout_s=60,
         )
@@ -105,7 +116,9 @@ class Command(BaseCommand):
             if not profile.payout_address:
                 profile.payout_address = "0x" + secrets.token_hex(20)
                 profile.save()
-            node, created = Node.objects.get_or_create(owner=user, name=f"{name}-laptop", defaults={"token_id": secrets.token_hex(6)})
+            node, _created = Node.objects.get_or_create(
+                owner=user, name=f"{name}-laptop", defaults={"token_id": secrets.token_hex(6)}
+            )
             key = NodeKey.generate()
             node.public_key = key.public_key_hex
             node.apply_hardware(_this_machine())
