@@ -285,7 +285,7 @@ class Peer:
         evaluation = await asyncio.to_thread(state.trainer.evaluate)
         diverged = not (
             all(all_finite(t) for t in mixed.values())
-            and math.isfinite(trained.loss)
+            and (steps == 0 or math.isfinite(trained.loss))  # no steps, no loss: NaN by design
             and (evaluation.samples == 0 or math.isfinite(evaluation.loss))
         )
         if diverged:

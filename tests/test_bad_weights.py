@@ -58,3 +58,9 @@ def test_a_diverging_peer_reports_diverged_not_a_loss_of_zero(caplog):
     assert len(reports) == 2 and all(rep["diverged"] for rep in reports), reports
     assert "diverged in round 1" in caplog.text
     assert not all(torch.isfinite(t).all() for t in peers[1].final_model.values())
+
+
+def test_zero_local_steps_is_not_divergence():
+    """Training no steps yields no loss (NaN by design): the report must not call that diverged."""
+    reports, _, _ = asyncio.run(run_federation(2, 1, graph="complete", local_steps=0))
+    assert len(reports) == 2 and not any(rep["diverged"] for rep in reports)
