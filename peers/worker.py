@@ -37,7 +37,7 @@ from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
 from peers.wire.codec import WeightsDecoder, WeightsEncoder
 from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
-from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, sha256_hex
+from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, payload_bound, sha256_hex
 from peers.wire.signing import NodeKey, verify
 
 log = logging.getLogger("peers.worker")
@@ -213,13 +213,15 @@ class Peer:
             trainer = LocalTrainer(
                 model, self.data, lr=cfg.lr, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed + self.node_id
             )
-            reassembler = Reassembler(neighbour_keys, plan.job_id, plan.max_payload_bytes)
+            spec = describe(trainer.state())
+            # Hold no more per transfer than this model could need, whatever the plan allows.
+            max_bytes = min(plan.max_payload_bytes, payload_bound(spec))
             state = self.jobs[plan.job_id] = JobState(
                 trainer,
-                reassembler,
-                describe(trainer.state()),
+                Reassembler(neighbour_keys, plan.job_id, max_bytes),
+                spec,
                 WeightsEncoder(cfg.compression),
-                plan.max_payload_bytes,
+                max_bytes,
                 rule=cfg.rule,
                 rule_params=dict(cfg.rule_params),
             )

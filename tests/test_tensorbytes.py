@@ -133,7 +133,10 @@ GOOD = {
             "unsupported dtype",
         ),
         (_with_header({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4)), "bad shape"),
-        (_with_header({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)), "bad shape"),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)),
+            "header numbers are integers",
+        ),
         (_with_header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, bytes(8)), "bad data_offsets"),
         (
             _with_header({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),

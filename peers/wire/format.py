@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -21,6 +22,11 @@ class WeightsRejected(Exception):
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _itemsize(dtype_name: str) -> int:
+    dtype = getattr(torch, dtype_name, None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 8
 
 
 def pack_state(state: dict[str, torch.Tensor]) -> bytes:
@@ -43,6 +49,19 @@ def sha256_hex(data: bytes) -> str:
 def describe(state: dict[str, torch.Tensor]) -> Spec:
     """Name -> (shape, dtype string) — what a receiver expects of a neighbour's payload."""
     return {k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}
+
+
+HEADER_SLACK_BYTES = 64 << 10  # a payload's JSON header and metadata, plus per tensor below
+HEADER_BYTES_PER_TENSOR = 512  # its name, shape and dtype in the header and the layout
+
+
+def payload_bound(spec: Spec) -> int:
+    """The most bytes an honest payload for a model of this spec can take in any of the job's
+    encodings (the widest is top-k at fraction 1: every value at least as float32, plus an
+    int32 index): what a receiver agrees to hold for one transfer. The plan's own limit is for
+    every model the platform allows, so a neighbour could otherwise make it hold far more."""
+    data = sum(math.prod(shape) * (max(_itemsize(dtype), 4) + 4) for shape, dtype in spec.values())
+    return data + HEADER_SLACK_BYTES + HEADER_BYTES_PER_TENSOR * len(spec)
 
 
 def unpack_state(data: bytes | bytearray, expected: Spec, max_bytes: int) -> dict[str, torch.Tensor]:

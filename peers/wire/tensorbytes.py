@@ -21,13 +21,14 @@ safetensors' own reader enforces; an empty tensor may sit at any boundary), bool
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Mapping
 
 import torch
 
-MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+MAX_INT_DIGITS = 19  # every header number is a dimension or an offset below 2**63
+MAX_RANK = 64  # dimensions per tensor (far above any model's; keeps a crafted shape cheap)
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -98,7 +99,14 @@ def parse(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor]
     if header_len > min(MAX_HEADER_BYTES, len(view) - 8):
         raise ValueError(f"header length {header_len} does not fit a {len(view)}-byte buffer")
     try:
-        header = json.loads(view[8 : 8 + header_len].tobytes())
+        header = json.loads(
+            view[8 : 8 + header_len].tobytes(),
+            parse_int=_header_int,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except HeaderNumberError as exc:
+        raise ValueError(f"bad number in header: {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValueError("header is not JSON") from None
     if not isinstance(header, dict):
@@ -126,6 +134,34 @@ def parse(data: bytes | bytearray | memoryview) -> tuple[dict[str, torch.Tensor]
     return tensors, metadata
 
 
+class HeaderNumberError(ValueError):
+    """A number no safetensors header holds (raised while the JSON is read)."""
+
+
+def _header_int(text: str) -> int:
+    """JSON integers as the header may hold them: a huge one is refused before it is built
+    (a shape of a thousand 4,000-digit numbers took 42 s of CPU to multiply out)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise HeaderNumberError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _no_float(text: str):
+    raise HeaderNumberError(f"{text} (header numbers are integers)")
+
+
+def _byte_count(name: str, shape: list[int], dtype: torch.dtype) -> int:
+    """Bytes the shape takes, refusing shapes whose size overflows (torch would raise its own error)."""
+    if len(shape) > MAX_RANK:
+        raise ValueError(f"shape of {name!r} has {len(shape)} dimensions (at most {MAX_RANK})")
+    size = ITEMSIZE[dtype]
+    for dim in shape:
+        size *= dim or 1  # a zero dimension empties the tensor, but the others must still fit
+        if size >= 2**63:
+            raise ValueError(f"shape of {name!r} is too large")
+    return 0 if 0 in shape else size
+
+
 def _entry(name: str, info) -> tuple[str, torch.dtype, tuple[int, ...], int, int]:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise ValueError(f"bad header entry for {name!r}")
@@ -138,7 +174,7 @@ def _entry(name: str, info) -> tuple[str, torch.dtype, tuple[int, ...], int, int
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
         raise ValueError(f"bad data_offsets for {name!r}")
     begin, end = offsets
-    if end < begin or end - begin != math.prod(shape) * ITEMSIZE[dtype]:
+    if end < begin or end - begin != _byte_count(name, shape, dtype):
         raise ValueError(f"data_offsets of {name!r} do not match its shape and dtype")
     return name, dtype, tuple(shape), begin, end
 
