@@ -65,7 +65,10 @@ async def federation(kind: str, rounds: int, url: str, datasets, keys) -> dict:
         driver = RedisChannelTransport(url, prefix=prefix)
     total = WARMUP + rounds
     platform = InMemoryPlatform(CONFIG, total, round_timeout_s=60, max_payload_bytes=10_000_000)
-    peers = {n: Peer(n, keys[n], datasets[n - 1], transports[n - 1], platform) for n in range(1, N + 1)}
+    peers = {
+        n: Peer(n, keys[n], datasets[n - 1], transports[n - 1], platform, platform_key=platform.public_key_hex)
+        for n in range(1, N + 1)
+    }
     try:
         results = (await platform.run(peers, driver, lambda r, cut: topology.build("ring", N)))[WARMUP:]
     finally:

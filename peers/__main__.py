@@ -26,6 +26,27 @@ def cmd_shards(args) -> int:
     return 0
 
 
+def pin_platform_key(path: Path, announced: str) -> str | None:
+    """Trust on first use: remember the platform's signing key the first time this node joins
+    and refuse a different one later (None, logged): round plans are checked against it."""
+    log = logging.getLogger("peers")
+    if path.exists():
+        pinned = path.read_text().strip()
+        if pinned != announced:
+            log.error(
+                "the platform's signing key changed since this node first joined (%s…, now %s…); "
+                "if its operator rotated it, delete %s and join again",
+                pinned[:12],
+                announced[:12],
+                path,
+            )
+            return None
+        return pinned
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(announced + "\n")
+    return announced
+
+
 async def _join(args) -> int:
     from peers.client import PlatformClient, PlatformError
     from peers.data import load_local_data
@@ -39,16 +60,22 @@ async def _join(args) -> int:
     data = load_local_data(args.data, seed=args.seed)
     device = select_device(args.device)
     token_id = args.token.split("_")[1] if args.token.count("_") >= 2 else "default"
-    key = NodeKey.load_or_create(Path(args.key or Path.home() / ".dfl" / f"node-{token_id}.key"))
+    key_path = Path(args.key or Path.home() / ".dfl" / f"node-{token_id}.key")
+    key = NodeKey.load_or_create(key_path)
     client = PlatformClient(args.server, args.token)
     try:
         info = await asyncio.to_thread(client.hello, detect_hardware(), key.public_key_hex)
     except PlatformError as exc:
         log.error("%s", exc)
         return 2
+    platform_key = pin_platform_key(key_path.with_suffix(".platform"), info["platform_key"])
+    if platform_key is None:
+        return 2
     redis_url = args.redis or info["channel_layer"]["url"]
     transport = RedisChannelTransport(redis_url, prefix=info["channel_layer"].get("prefix", "asgi"))
-    peer = Peer(info["node_id"], key, data, transport, client, device=device, attack=args.attack)
+    peer = Peer(
+        info["node_id"], key, data, transport, client, platform_key=platform_key, device=device, attack=args.attack
+    )
     log.info(
         "node %s (%s) joined %s: %d training samples on %s, listening on %s",
         info["node_id"],

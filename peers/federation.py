@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, node_channel, to_message
+from peers.wire.signing import NodeKey
 
 JOB_ID = 1
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -42,9 +43,15 @@ class InMemoryPlatform:
     job_id: int = JOB_ID
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     on_report: Callable[[dict], Awaitable[None] | None] | None = None  # e.g. score the peer's model
+    key: NodeKey = field(default_factory=NodeKey.generate)  # signs the plans, as the platform's key does
     by_round: dict[int, list[dict]] = field(default_factory=dict)
     _expected: dict[int, int] = field(default_factory=dict)  # round -> reports that complete it
     _complete: dict[int, asyncio.Event] = field(default_factory=dict)
+
+    @property
+    def public_key_hex(self) -> str:
+        """What peers pin (``Peer(platform_key=...)``), as they do from the platform's hello."""
+        return self.key.public_key_hex
 
     async def report(self, message: dict) -> None:
         """What a Peer calls to report a round (the platform's ``POST /api/v1/reports``)."""
@@ -92,6 +99,7 @@ class InMemoryPlatform:
                     config=self.config,
                     deadline=time.time() + self.round_timeout_s,
                     max_payload_bytes=self.max_payload_bytes,
+                    sign=self.key.sign,
                 )
                 active = [plan for plan in plans if plan.node_id in tasks]
                 self._expected[r] = len(active)

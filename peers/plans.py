@@ -1,9 +1,12 @@
 """Round plans from a topology's mixing rows: one function for the platform's orchestration,
-the local simulator, the benchmarks and the tests (stdlib only, like peers.topology)."""
+the local simulator, the benchmarks and the tests (stdlib only, like peers.topology; the
+caller's ``sign`` is the platform key's, so no crypto library is imported here)."""
 
 from __future__ import annotations
 
-from peers.protocol import JobConfig, Neighbour, RoundPlan, node_channel
+from collections.abc import Callable
+
+from peers.protocol import ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel, plan_bytes
 
 
 def round_plans(
@@ -16,9 +19,12 @@ def round_plans(
     config: JobConfig,
     deadline: float,
     max_payload_bytes: int,
+    sign: Callable[[bytes], bytes],
 ) -> list[RoundPlan]:
-    """One plan per member; members[i] = (node id, Ed25519 public key hex) at position i and
-    rows[i] its mixing weights by position (rows[i][i] is the self weight)."""
+    """One signed plan per member; members[i] = (node id, Ed25519 public key hex) at position i
+    and rows[i] its mixing weights by position (rows[i][i] is the self weight). Each plan
+    carries the member's consent grant for this round (the platform sends plans only to members
+    whose consent stands) and is signed with ``sign`` (the platform key's)."""
     if len(rows) != len(members):
         raise ValueError(f"{len(rows)} mixing rows for {len(members)} members")
     plans = []
@@ -29,17 +35,18 @@ def round_plans(
             for j, (other, key) in enumerate(members)
             if j != index and j in row
         ]
-        plans.append(
-            RoundPlan(
-                job_id=job_id,
-                round=round,
-                total_rounds=total_rounds,
-                node_id=node_id,
-                deadline=deadline,
-                config=config,
-                neighbours=neighbours,
-                self_weight=row[index],
-                max_payload_bytes=max_payload_bytes,
-            )
+        plan = RoundPlan(
+            job_id=job_id,
+            round=round,
+            total_rounds=total_rounds,
+            node_id=node_id,
+            deadline=deadline,
+            config=config,
+            neighbours=neighbours,
+            self_weight=row[index],
+            max_payload_bytes=max_payload_bytes,
+            consent=ConsentGrant(job_id=job_id, node_id=node_id, dataset=config.dataset, expires_at=deadline),
         )
+        plan.signature = sign(plan_bytes(plan))
+        plans.append(plan)
     return plans

@@ -62,6 +62,17 @@ class JobConfig:
 
 
 @dataclass
+class ConsentGrant:
+    """The platform's word that this node consented to train on its data for this job until
+    ``expires_at`` (nested inside a signed ``RoundPlan``, so the plan's signature covers it)."""
+
+    job_id: int
+    node_id: int
+    dataset: str
+    expires_at: float  # unix seconds
+
+
+@dataclass
 class Neighbour:
     """A peer to average with (nested inside ``RoundPlan``, not a message)."""
 
@@ -83,6 +94,8 @@ class RoundPlan:
     neighbours: list[Neighbour]
     self_weight: float
     max_payload_bytes: int
+    consent: ConsentGrant
+    signature: bytes = b""  # Ed25519 by the platform's key over plan_bytes(plan)
 
 
 @dataclass
@@ -164,9 +177,11 @@ _KINDS = {
     "list[Neighbour]": "neighbours",
     "list[dict]": "rejected",
     "JobConfig": "config",
+    "ConsentGrant": "consent",
 }
 _SCHEMAS: dict[type, dict[str, str]] = {
-    cls: {f.name: _KINDS[str(f.type)] for f in fields(cls)} for cls in (JobConfig, Neighbour, *MESSAGE_TYPES.values())
+    cls: {f.name: _KINDS[str(f.type)] for f in fields(cls)}
+    for cls in (JobConfig, ConsentGrant, Neighbour, *MESSAGE_TYPES.values())
 }
 
 
@@ -199,6 +214,8 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
         return value
     if kind == "config":
         return value if isinstance(value, JobConfig) else _build(JobConfig, value, where)
+    if kind == "consent":
+        return value if isinstance(value, ConsentGrant) else _build(ConsentGrant, value, where)
     if kind == "neighbours":
         if not isinstance(value, list):
             raise bad
@@ -291,6 +308,19 @@ def header_bytes(chunk: WeightsChunk) -> bytes:
         [chunk.job_id, chunk.round, chunk.sender, chunk.seq, chunk.count, chunk.size, chunk.sha256],
         use_bin_type=True,
     )
+
+
+def plan_bytes(plan: RoundPlan) -> bytes:
+    """Canonical signed content of a round plan: every field but the signature, in order."""
+    return msgpack.packb(
+        ["round.plan", *(_plain(getattr(plan, f.name)) for f in fields(plan) if f.name != "signature")],
+        use_bin_type=True,
+    )
+
+
+def key_change_bytes(node_id: int, new_public_key: str) -> bytes:
+    """What a node signs with its current key to move to a new one."""
+    return msgpack.packb(["key.change", node_id, new_public_key], use_bin_type=True)
 
 
 def request_bytes(job_id: int, round: int, requester: int) -> bytes:

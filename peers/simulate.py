@@ -221,7 +221,18 @@ async def _run_gossip(
     n = cfg.peers
     platform = InMemoryPlatform(cfg.job_config(datas[0]), cfg.rounds, round_timeout_s=cfg.round_timeout_s)
     transport = MemoryTransport(capacity=max(100, 4 * n))
-    peers = {i + 1: Peer(i + 1, NodeKey.generate(), datas[i], transport, platform, device=device) for i in range(n)}
+    peers = {
+        i + 1: Peer(
+            i + 1,
+            NodeKey.generate(),
+            datas[i],
+            transport,
+            platform,
+            platform_key=platform.public_key_hex,
+            device=device,
+        )
+        for i in range(n)
+    }
     global_acc: dict[int, list[float]] = {}
     final_states: dict[int, dict] = {}
 

@@ -29,6 +29,7 @@ from peers.protocol import (
     WeightsChunk,
     from_message,
     node_channel,
+    plan_bytes,
     request_bytes,
     to_message,
 )
@@ -90,11 +91,13 @@ class Peer:
         transport: Transport,
         reporter: Reporter,
         *,
+        platform_key: str,
         device: str | torch.device = "cpu",
         attack: str = "none",
         deadline_margin_s: float = 2.0,
     ):
         self.node_id = node_id
+        self.platform_key = platform_key  # hex Ed25519 public key; every round plan must carry its signature
         self.key = key
         self.data = data
         self.transport = transport
@@ -155,7 +158,7 @@ class Peer:
                 log.warning("node %s dropped a malformed message: %s", self.node_id, exc)
                 continue
             if isinstance(msg, RoundPlan):
-                if msg.node_id == self.node_id:
+                if self._plan_is_authentic(msg):
                     self.newest_round[msg.job_id] = max(msg.round, self.newest_round.get(msg.job_id, 0))
                     if msg.job_id in self.jobs:
                         self.jobs[msg.job_id].arrived.set()  # a round still waiting may be superseded
@@ -164,6 +167,34 @@ class Peer:
                 self._on_chunk(msg)
             elif isinstance(msg, ModelRequest):
                 self._in_background(self._answer_model_request(msg))
+
+    def _plan_is_authentic(self, plan: RoundPlan) -> bool:
+        """Only the platform plans rounds: a plan must be for this node, signed by the key pinned
+        at hello, and for a round this node has not been planned yet (else a replay)."""
+        if plan.node_id != self.node_id:
+            reason = f"it is for node {plan.node_id}"
+        elif not verify(self.platform_key, plan_bytes(plan), plan.signature):
+            reason = "its signature is not the platform's"
+        elif plan.round <= self.newest_round.get(plan.job_id, 0):
+            reason = f"round {plan.round} was planned already (replayed)"
+        else:
+            return True
+        log.warning(
+            "node %s refused a round plan for job %s round %s: %s", self.node_id, plan.job_id, plan.round, reason
+        )
+        return False
+
+    @staticmethod
+    def _consent_problem(plan: RoundPlan, node_id: int) -> str | None:
+        """Why this plan gives no consent to train on our data (None when it does)."""
+        grant = plan.consent
+        if (grant.job_id, grant.node_id) != (plan.job_id, node_id):
+            return f"the consent grant is for job {grant.job_id} and node {grant.node_id}"
+        if grant.dataset != plan.config.dataset:
+            return f"the consent grant covers dataset {grant.dataset!r}, the job trains on {plan.config.dataset!r}"
+        if grant.expires_at < time.time():
+            return "the consent grant has expired"
+        return None
 
     def _on_chunk(self, chunk: WeightsChunk) -> None:
         state = self.jobs.get(chunk.job_id)
@@ -241,6 +272,12 @@ class Peer:
             if plan.round >= plan.total_rounds:
                 self.jobs.pop(plan.job_id, None)
                 self.jobs_done += 1
+            return
+        no_consent = self._consent_problem(plan, self.node_id)
+        if no_consent is not None:  # checked before the data is touched
+            log.warning(
+                "node %s will not train for job %s round %s: %s", self.node_id, plan.job_id, plan.round, no_consent
+            )
             return
         started = time.perf_counter()
         try:

@@ -39,6 +39,7 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
             load_local_data(f"digits:{i - 1}/{n}"),
             transport,
             platform,
+            platform_key=platform.public_key_hex,
             attack=attacks.get(i, "none"),
         )
         for i in range(1, n + 1)

@@ -90,6 +90,7 @@ def production_env(chain_url: str, base_url: str, static_root: Path, home: Path)
         "CHAIN_RPC_URL": chain_url,
         "CHAIN_PRIVATE_KEY": ANVIL_DEV_KEY,
         "SECRET_KEY": "production-stack-test-secret-key-0123456789-abcdefghij",
+        "PLATFORM_SIGNING_KEY": django_settings.PLATFORM_SIGNING_KEY,  # plans signed here and there agree
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "CSRF_TRUSTED_ORIGINS": base_url,
         "STATIC_ROOT": str(static_root),

@@ -140,6 +140,7 @@ def test_control_plane_never_loads_torch():
         DJANGO_SETTINGS_MODULE="hub.settings",
         PYTHONPATH=os.pathsep.join(["platform", "."]),
         SECRET_KEY="layout-test",
+        PLATFORM_SIGNING_KEY="11" * 32,
     )
     assert out["loaded"] == modules
     assert out["torch"] == [], f"the control plane imported torch: {out['torch']}"
@@ -182,7 +183,8 @@ def test_import_contracts_are_kept():
     assert "0 broken" in proc.stdout, proc.stdout[-8000:]
 
 
-SHARED_WITH_PLATFORM = {"peers.protocol", "peers.topology", "peers.spectral", "peers.plans"}
+# peers.wire.signing: the platform signs round plans with the same Ed25519 code peers verify with
+SHARED_WITH_PLATFORM = {"peers.protocol", "peers.topology", "peers.spectral", "peers.plans", "peers.wire.signing"}
 
 
 def test_platform_contract_names_every_peers_module():
@@ -194,7 +196,8 @@ def test_platform_contract_names_every_peers_module():
     assert set(contract["source_modules"].split()) == set(PLATFORM_APPS)
     forbidden = set(contract["forbidden_modules"].split())
     assert "torch" in forbidden
-    children = {f"peers.{info.name}" for info in pkgutil.iter_modules([str(ROOT / "peers")])}
+    children = {f"peers.{info.name}" for info in pkgutil.iter_modules([str(ROOT / "peers")]) if info.name != "wire"}
+    children |= {f"peers.wire.{info.name}" for info in pkgutil.iter_modules([str(ROOT / "peers" / "wire")])}
     assert children >= SHARED_WITH_PLATFORM
     assert not SHARED_WITH_PLATFORM & forbidden
     unlisted = children - SHARED_WITH_PLATFORM - forbidden
@@ -216,6 +219,7 @@ def test_orchestration_queues_tasks_it_does_not_import():
         DJANGO_SETTINGS_MODULE="hub.settings",
         PYTHONPATH=os.pathsep.join(["platform", "."]),
         SECRET_KEY="layout-test",
+        PLATFORM_SIGNING_KEY="11" * 32,
     )
     assert out["before"] == [], f"importing orchestration loaded {out['before']}"
     assert (

@@ -15,7 +15,10 @@ from django.test import Client
 from django.utils import timezone
 
 from jobs.models import CohortMember, Consent, Job, PeerReport, Round
+from nodes.authority import platform_key
 from nodes.models import Node
+from peers.protocol import key_change_bytes
+from peers.wire.signing import NodeKey
 from tests.factories import make_node
 
 pytestmark = pytest.mark.django_db
@@ -218,6 +221,7 @@ def test_deeply_nested_body_is_400_not_a_crash(owner):
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "hub.settings",
         "SECRET_KEY": "x",
+        "PLATFORM_SIGNING_KEY": "22" * 32,
         "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
     }
@@ -293,15 +297,16 @@ def test_good_hello_updates_hardware_key_and_last_seen(client, node_and_token):
             {"name": "H100", "vram_gb": 80, "cuda_capability": "9.0"},
         ],
     }
-    response = post(client, "/api/v1/node/hello", token, {"hardware": hw, "public_key": "ef" * 32})
+    response = post(client, "/api/v1/node/hello", token, {"hardware": hw, "public_key": KEY})
     assert response.status_code == 200, response.content
     info = response.json()
     assert info["node_id"] == node.id and info["channel"] == f"dfl.node.{node.id}"
+    assert info["platform_key"] == platform_key().public_key_hex
     node.refresh_from_db()
     assert (node.cpu, node.cores, node.ram_gb) == ("Big CPU", 32, 128.0)
     assert (node.gpu_name, node.vram_gb, node.cuda_capability) == ("H100", 80.0, "9.0")
     assert node.hardware["gpus"][1]["name"] == "H100"
-    assert node.public_key == "ef" * 32
+    assert node.public_key == KEY
     assert node.last_seen is not None and timezone.now() - node.last_seen < timedelta(seconds=30)
     assert node.is_online
 
@@ -419,3 +424,60 @@ def test_report_needs_post_and_token(client, running):
     assert client.get("/api/v1/reports", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 405
     assert_error(post(client, "/api/v1/reports", None, report_body(job, node)), 401)
     assert PeerReport.objects.count() == 0
+
+
+# -- signing keys -------------------------------------------------------------------------------
+def test_a_stolen_token_cannot_replace_the_nodes_key(client, owner):
+    """Attack: with the token alone, say hello with one's own key to sign weights in the node's name."""
+    current = NodeKey.generate()
+    node = make_node(owner, "keyed", hardware=HARDWARE, public_key=current.public_key_hex)
+    thief = NodeKey.generate()
+    response = post(
+        client, "/api/v1/node/hello", node.token, {"hardware": HARDWARE, "public_key": thief.public_key_hex}
+    )
+    assert_error(response, 403, "signing key")
+    forged = thief.sign(key_change_bytes(node.id, thief.public_key_hex)).hex()  # signed by the wrong key
+    response = post(
+        client, "/api/v1/node/hello", node.token, {"public_key": thief.public_key_hex, "key_change_signature": forged}
+    )
+    assert_error(response, 403, "signing key")
+    for junk in ("zz", 12, None):
+        response = post(
+            client, "/api/v1/node/hello", node.token, {"public_key": thief.public_key_hex, "key_change_signature": junk}
+        )
+        assert response.status_code == 403
+    node.refresh_from_db()
+    assert node.public_key == current.public_key_hex
+
+
+def test_a_key_change_signed_by_the_current_key_is_accepted(client, owner):
+    current, new = NodeKey.generate(), NodeKey.generate()
+    node = make_node(owner, "rotating", hardware=HARDWARE, public_key=current.public_key_hex)
+    proof = current.sign(key_change_bytes(node.id, new.public_key_hex)).hex()
+    response = post(
+        client, "/api/v1/node/hello", node.token, {"public_key": new.public_key_hex, "key_change_signature": proof}
+    )
+    assert response.status_code == 200, response.content
+    node.refresh_from_db()
+    assert node.public_key == new.public_key_hex
+    # the proof names the key it moves to: it cannot be replayed for another one
+    other = NodeKey.generate()
+    response = post(
+        client, "/api/v1/node/hello", node.token, {"public_key": other.public_key_hex, "key_change_signature": proof}
+    )
+    assert response.status_code == 403
+
+
+def test_the_owner_resets_a_lost_key_in_the_browser(client, owner):
+    node = make_node(owner, "lost-key", hardware=HARDWARE, public_key=NodeKey.generate().public_key_hex)
+    stranger = User.objects.create_user("stranger", password="pw-unused-123")
+    client.force_login(stranger)
+    assert client.post(f"/nodes/{node.id}/reset-key/").status_code == 404
+    client.force_login(owner)
+    response = client.post(f"/nodes/{node.id}/reset-key/")
+    assert response.status_code == 302
+    fresh = NodeKey.generate()
+    response = post(Client(), "/api/v1/node/hello", node.token, {"public_key": fresh.public_key_hex})
+    assert response.status_code == 200, response.content
+    node.refresh_from_db()
+    assert node.public_key == fresh.public_key_hex

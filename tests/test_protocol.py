@@ -23,6 +23,8 @@ def _plan():
         neighbours=[p.Neighbour(node_id=6, channel="dfl.node.6", weight=0.25, public_key="ab" * 32)],
         self_weight=0.75,
         max_payload_bytes=1 << 20,
+        consent=p.ConsentGrant(job_id=3, node_id=5, dataset="digits", expires_at=1_700_000_000.5),
+        signature=b"\x02" * 64,
     )
 
 

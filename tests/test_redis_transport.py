@@ -60,6 +60,8 @@ def _plan():
         neighbours=[p.Neighbour(node_id=5, channel=p.node_channel(5), weight=0.5, public_key="ab" * 32)],
         self_weight=0.5,
         max_payload_bytes=1 << 20,
+        consent=p.ConsentGrant(job_id=1, node_id=4, dataset="digits", expires_at=1_700_000_000.25),
+        signature=b"\x02" * 64,
     )
 
 

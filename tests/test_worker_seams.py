@@ -52,7 +52,9 @@ async def test_send_payload_batches_only_through_a_declared_extension():
 
 
 async def test_background_tasks_are_kept_until_they_end():
-    peer = Peer(1, NodeKey.generate(), load_local_data("digits:0/4"), MemoryTransport(), reporter=None)
+    peer = Peer(
+        1, NodeKey.generate(), load_local_data("digits:0/4"), MemoryTransport(), reporter=None, platform_key="00" * 32
+    )
     release = asyncio.Event()
 
     async def answer():

@@ -1,6 +1,7 @@
 """Settings for the control plane. Everything that differs between machines comes from the
 environment; the embedded demo (DFL_EMBEDDED=1) needs no external service at all."""
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -29,6 +30,20 @@ if not SECRET_KEY:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("SECRET_KEY must be set (or run with DEBUG=1 / DFL_EMBEDDED=1).")
+
+# The platform's Ed25519 key (hex of the 32-byte private key): it signs every round plan and
+# consent grant, and peers pin its public key at hello. Required in production; development,
+# the embedded demo and the tests derive one from SECRET_KEY so all their processes agree.
+PLATFORM_SIGNING_KEY = os.environ.get("PLATFORM_SIGNING_KEY", "")
+if not PLATFORM_SIGNING_KEY:
+    if DEBUG or EMBEDDED or "pytest" in sys.modules:
+        PLATFORM_SIGNING_KEY = hashlib.sha256(b"dfl-platform-signing-key:" + SECRET_KEY.encode()).hexdigest()
+    else:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "PLATFORM_SIGNING_KEY must be set: 64 hex characters, e.g. python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
 
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from live.broadcast import job_update
+from nodes.authority import platform_key
 from peers import topology
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, node_channel, to_message
@@ -104,6 +105,7 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
         config=job.config(),
         deadline=rnd.deadline.timestamp(),
         max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
+        sign=platform_key().sign,
     )
     return [(node_channel(plan.node_id), to_message(plan)) for plan in plans]
 

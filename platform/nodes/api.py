@@ -7,7 +7,11 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from peers.protocol import key_change_bytes
+from peers.wire.signing import verify
+
 from . import safejson
+from .authority import platform_key
 from .hardware import HardwareError, parse_hardware
 from .models import Node
 
@@ -54,6 +58,7 @@ def node_info(node: Node) -> dict:
         "channel": node.channel,
         "channel_layer": {"url": settings.PEER_CHANNEL_URL, "prefix": "asgi"},
         "heartbeat_s": node.heartbeat_interval_s(),
+        "platform_key": platform_key().public_key_hex,  # peers pin it: round plans must carry its signature
     }
 
 
@@ -75,12 +80,31 @@ def hello(request, node, body):
     key = body.get("public_key", "")
     if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
         return api_error(400, "public_key must be 64 lowercase hex characters (Ed25519)")
+    if (
+        node.public_key
+        and key != node.public_key
+        and not _key_change_signed(node, key, body.get("key_change_signature"))
+    ):
+        # A stolen token alone must not re-key the node (and so sign weights in its name).
+        return api_error(
+            403,
+            "this node already has a signing key: a new one needs key_change_signature (hex, by the current key, "
+            "over the key change), or its owner resets the key on the node's page",
+        )
     node.public_key = key
     node.save(
         update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"]
     )
     start_jobs_for_node(node)
     return JsonResponse(node_info(node))
+
+
+def _key_change_signed(node: Node, new_key: str, signature) -> bool:
+    try:
+        raw = bytes.fromhex(signature) if isinstance(signature, str) else b""
+    except ValueError:
+        return False
+    return verify(node.public_key, key_change_bytes(node.id, new_key), raw)
 
 
 @node_api("POST")

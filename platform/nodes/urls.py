@@ -8,4 +8,5 @@ urlpatterns = [
     path("register/", views.node_register, name="register"),
     path("<int:pk>/", views.node_detail, name="detail"),
     path("<int:pk>/token/", views.node_new_token, name="new_token"),
+    path("<int:pk>/reset-key/", views.node_reset_key, name="reset_key"),
 ]

@@ -1,6 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from .forms import NodeForm
@@ -44,3 +44,16 @@ def node_new_token(request, pk):
     return render(
         request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")}
     )
+
+
+@login_required
+@require_POST
+def node_reset_key(request, pk):
+    """The owner's way to let a node start over with a new signing key (its key file was lost, or
+    its machine replaced): the next hello sets whatever key it brings."""
+    node = get_object_or_404(Node, pk=pk, owner=request.user)
+    Node.objects.filter(pk=node.pk).update(public_key="")
+    messages.info(
+        request, "The node's signing key was cleared; the next peer that says hello with its token sets a new one."
+    )
+    return redirect("nodes:detail", node.pk)

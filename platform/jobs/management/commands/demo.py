@@ -23,6 +23,7 @@ from accounts.models import Profile
 from jobs import orchestration
 from jobs.models import Consent, Job, Round
 from ledger.models import tokens_amount
+from nodes.authority import platform_key
 from nodes.models import Node
 
 DEMO_USER = "demo"
@@ -135,7 +136,10 @@ class Command(BaseCommand):
 
         layer = get_channel_layer()
         started = time.monotonic()
-        workers = [Peer(node.id, key, data, layer, LocalReporter(node, pace)) for node, key, data in peers]
+        workers = [
+            Peer(node.id, key, data, layer, LocalReporter(node, pace), platform_key=platform_key().public_key_hex)
+            for node, key, data in peers
+        ]
         tasks = [asyncio.create_task(w.run(max_jobs=1)) for w in workers]
         if not await sync_to_async(orchestration.start_job_if_ready)(job.id):
             raise CommandError("the demo job did not start (no eligible nodes)")
