@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import requests
+
+log = logging.getLogger("peers.client")
+REPORT_ATTEMPTS = 8  # ~1 minute of backoff in all
+REPORT_FIRST_DELAY_S = 0.5
+REPORT_MAX_DELAY_S = 15.0
 
 
 class PlatformError(RuntimeError):
@@ -43,5 +49,22 @@ class PlatformClient:
     async def heartbeat(self) -> dict:
         return await asyncio.to_thread(self._call, "POST", "node/heartbeat", {})
 
-    async def report(self, message: dict) -> dict:
-        return await asyncio.to_thread(self._call, "POST", "reports", message)
+    async def report(self, message: dict, *, attempts: int = REPORT_ATTEMPTS) -> dict:
+        """Post a round report, retrying with backoff while the platform cannot be reached or
+        answers 5xx (a restart, a blip). Idempotent: a report the platform already stored (an
+        earlier try whose answer was lost) comes back 409 "duplicate report", which is success."""
+        delay = REPORT_FIRST_DELAY_S
+        for attempt in range(1, attempts + 1):
+            try:
+                return await asyncio.to_thread(self._call, "POST", "reports", message)
+            except PlatformError as exc:
+                if exc.status == 409 and "duplicate report" in str(exc):
+                    return {"ok": True, "duplicate": True}
+                if (exc.status is not None and exc.status < 500) or attempt == attempts:
+                    raise
+                log.warning(
+                    "report of round %s not delivered (%s); retrying in %.1f s", message.get("round"), exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REPORT_MAX_DELAY_S)
+        raise AssertionError("unreachable")

@@ -142,3 +142,63 @@ def test_a_diverged_report_is_stored_but_counts_for_neither_the_mean_nor_the_rew
     assert rnd.reporters == 3 and rnd.mean_accuracy == pytest.approx(0.7)
     job.refresh_from_db()
     assert set(split_rewards(job)) == {nodes[0].id, nodes[1].id}
+
+
+LAST_REPORT_SCRIPT = """
+import json, sys, django
+django.setup()
+from jobs.orchestration import accept_report
+from nodes.models import Node
+from peers.protocol import from_message
+node = Node.objects.get(pk=int(sys.argv[1]))
+saved = accept_report(node, from_message(json.loads(sys.argv[2])))
+print(json.dumps({"report": saved.id}))
+"""
+
+
+def test_the_report_that_completes_a_round_succeeds_with_the_broker_down(job_with_consents, settings):
+    """The report is stored and answered even when its round's close cannot be queued; beat's
+    enforce_deadlines closes the complete round later (before: the last report got a 500)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    from peers.protocol import to_message
+
+    job, nodes = job_with_consents
+    assert orchestration.start_job_if_ready(job.id)
+    rnd = job.round_set.get(number=1)
+    for node in nodes[:2]:
+        orchestration.accept_report(node, report(job, node, 1))
+    # The last report arrives at a platform process whose Celery broker is down (nothing listens there).
+    db, root = connection.settings_dict, Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hub.settings",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "PLATFORM_SIGNING_KEY": settings.PLATFORM_SIGNING_KEY,
+        "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
+        "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+    }
+    last = json.dumps(to_message(report(job, nodes[2], 1)))
+    proc = subprocess.run(
+        [sys.executable, "-c", LAST_REPORT_SCRIPT, str(nodes[2].id), last],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "could not queue jobs.tasks.close_round_task" in proc.stderr
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.OPEN and rnd.reports.count() == 3
+    assert orchestration.enforce_deadlines() == 1  # what beat runs every 5 s
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.CLOSED and rnd.reporters == 3
+    assert job.round_set.get(number=2).status == Round.Status.OPEN

@@ -97,7 +97,7 @@ async def test_a_plan_for_another_node_or_a_replay_is_refused(members, caplog):
     platform = NodeKey.generate()
     for_mallory = plans(platform, members)[1]
     genuine = plans(platform, members, total_rounds=2)[0]
-    peer, reports = await victim_receives(
+    _peer, reports = await victim_receives(
         [to_message(for_mallory), to_message(genuine), to_message(genuine)], platform, wait_s=6
     )
     assert "it is for node 3" in caplog.text

@@ -246,10 +246,14 @@ def note_slow_links(job: Job, reports) -> None:
 
 
 def enforce_deadlines() -> int:
-    """Close every open round whose deadline passed (stragglers are dropped for that round)."""
-    overdue = list(
-        Round.objects.filter(status=Round.Status.OPEN, deadline__lt=timezone.now()).values_list("id", flat=True)
-    )
-    for round_id in overdue:
+    """Close every open round whose deadline passed (stragglers are dropped for that round), and
+    every open round all its members reported in whose close could not be queued."""
+    open_rounds = Round.objects.filter(status=Round.Status.OPEN).select_related("job")
+    due = [
+        rnd.id
+        for rnd in open_rounds
+        if rnd.deadline < timezone.now() or rnd.reports.count() >= len(active_members(rnd.job))
+    ]
+    for round_id in due:
         close_round(round_id)
-    return len(overdue)
+    return len(due)

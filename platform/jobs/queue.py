@@ -6,13 +6,19 @@ It queues them through this module instead, which names the tasks the way beat's
 `hub.settings` does, so the imports point one way: jobs.tasks -> jobs.orchestration -> jobs.queue.
 `.importlinter` keeps it so.
 
-A task runs as `.delay()` always ran it: eagerly in the embedded demo, through the broker
-otherwise.
+A task runs eagerly in the embedded demo and through the broker otherwise. Queueing never
+fails the caller: the state change it follows is already committed, and beat's periodic tasks
+(start_ready_jobs, enforce_deadlines, settle_finished_jobs) pick up whatever could not be
+queued, so a broker outage delays work instead of losing it or failing a peer's request.
 """
 
+import logging
 from importlib import import_module
 
 from celery import current_app
+
+log = logging.getLogger(__name__)
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 START_JOB = "jobs.tasks.start_job"
 CLOSE_ROUND = "jobs.tasks.close_round_task"
@@ -29,13 +35,25 @@ def task(name: str):
     return registry[name]  # celery.exceptions.NotRegistered if that module does not define it
 
 
-def start_job(job_id: int) -> None:
-    task(START_JOB).delay(job_id)
+def _queue(name: str, *args) -> bool:
+    """Queue a task; on failure log it and return False (beat retries the work)."""
+    try:
+        task(name).apply_async(args, retry=True, retry_policy=PUBLISH_RETRY)
+    except Exception as exc:  # broker unreachable: the database already holds the state
+        if current_app.conf.task_always_eager:
+            raise  # in process, a failure is the task's own: let the caller see it
+        log.warning("could not queue %s%s (%s); beat will pick it up", name, args, exc)
+        return False
+    return True
 
 
-def close_round(round_id: int) -> None:
-    task(CLOSE_ROUND).delay(round_id)
+def start_job(job_id: int) -> bool:
+    return _queue(START_JOB, job_id)
 
 
-def settle_job(job_id: int) -> None:
-    task(SETTLE_JOB).delay(job_id)
+def close_round(round_id: int) -> bool:
+    return _queue(CLOSE_ROUND, round_id)
+
+
+def settle_job(job_id: int) -> bool:
+    return _queue(SETTLE_JOB, job_id)

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Profile
 from nodes.models import Node
 
+from . import queue
 from .forms import ConsentForm, JobForm
 from .models import Consent, Job
 from .snapshot import job_snapshot
@@ -67,8 +68,6 @@ def job_detail(request, pk):
 @login_required
 @require_POST
 def job_consent(request, pk):
-    from .tasks import start_job
-
     job = _visible_job_or_404(request, pk)
     form = ConsentForm(request.POST)
     if not form.is_valid():
@@ -83,7 +82,7 @@ def job_consent(request, pk):
     if grant:
         messages.success(request, f"{node} consents to train for “{job}”.")
         if job.status == Job.Status.WAITING:
-            transaction.on_commit(lambda: start_job.delay(job.id))
+            transaction.on_commit(lambda: queue.start_job(job.id))
     else:
         messages.info(request, f"Consent of {node} revoked; it will not be picked for new rounds.")
     return redirect("jobs:detail", job.id)
