@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's account 0 (public)
 START_TIMEOUT_S = 20
 
 
@@ -81,7 +82,8 @@ def anvil():
 
 @pytest.fixture
 def chain_settings(anvil, settings):
-    """Point the ledger at the session's anvil, paying with anvil's well-known dev key."""
+    """Point the ledger at the session's anvil, paying with anvil's well-known dev key (given
+    explicitly: the platform never falls back to it)."""
     settings.CHAIN_RPC_URL = anvil
-    settings.CHAIN_PRIVATE_KEY = ""
+    settings.CHAIN_PRIVATE_KEY = ANVIL_DEV_KEY
     return settings

@@ -22,10 +22,9 @@ import requests
 from django.conf import settings as django_settings
 from django.db import connection
 
-from tests.chain_fixtures import free_port
+from tests.chain_fixtures import ANVIL_DEV_KEY, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's account 0
 NODE_ONLINE_SECONDS = 10  # peers beat every 5 s; two missed beats make a node offline
 STACK_FIXTURES = ("stack", "production_stack")
 

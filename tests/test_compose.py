@@ -20,7 +20,7 @@ def test_compose_file_describes_the_real_services():
     assert "replicas" in peer["deploy"]
     assert peer["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     env = services["web"]["environment"]
-    for name in ("DATABASE_URL", "REDIS_URL", "CHAIN_RPC_URL", "SECRET_KEY"):
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PLATFORM_SIGNING_KEY"):
         assert name in env
     readme = (ROOT / "README.md").read_text()
     for command in ("make demo", "make test", "python -m peers join", "daphne", "celery -A hub worker"):
@@ -62,3 +62,14 @@ def test_readme_production_section_documents_every_setting():
 def test_peer_service_gets_only_its_own_environment():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     assert set(compose["services"]["peer"]["environment"]) == {"DFL_NODE_TOKEN", "DFL_DATA"}
+
+
+def test_the_operator_key_lives_only_where_settlement_runs_and_the_chain_is_internal():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    holders = sorted(name for name, s in services.items() if "CHAIN_PRIVATE_KEY" in (s.get("environment") or {}))
+    assert holders == ["worker"]
+    assert ":?" in services["worker"]["environment"]["CHAIN_PRIVATE_KEY"]  # required: no default key
+    assert "ports" not in services["chain"] and services["chain"]["networks"] == ["chain"]
+    assert compose["networks"]["chain"]["internal"] is True
+    assert "chain" in services["worker"]["networks"] and "networks" not in services["web"]

@@ -17,6 +17,7 @@ from jobs.models import Job, Round
 from ledger.chain import Chain
 from ledger.models import ContractDeployment, Payout, tokens_text
 from tests.browser import Browser
+from tests.chain_fixtures import ANVIL_DEV_KEY
 from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
 from tests.stack_fixtures import base_env
 
@@ -49,7 +50,7 @@ def participant_command(tmp_path: Path, *args: str) -> str:
 
 
 def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
-    settings.CHAIN_RPC_URL = stack.chain_url
+    settings.CHAIN_RPC_URL, settings.CHAIN_PRIVATE_KEY = stack.chain_url, ANVIL_DEV_KEY
     hw = participant_command(tmp_path, "hw")
     shards = participant_command(tmp_path, "shards", "--out", str(tmp_path), "--peers", str(PEERS)).split()
 

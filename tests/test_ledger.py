@@ -215,3 +215,12 @@ def test_stored_transaction_whose_nonce_was_taken_is_signed_anew_once(chain_sett
     assert payout.status == Payout.Status.CONFIRMED and payout.tx_hash != stored.tx_hash
     assert chain.receipt(stored.tx_hash) is None  # the stored one can never be mined
     assert chain.balance_of(address) == 7 * WEI
+
+
+def test_no_operator_key_means_no_payouts_not_a_well_known_key(anvil, settings):
+    """An empty CHAIN_PRIVATE_KEY used to fall back to anvil's public dev key on any chain id 31337."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.CHAIN_PRIVATE_KEY = ""
+    with pytest.raises(ImproperlyConfigured, match="CHAIN_PRIVATE_KEY is not set"):
+        Chain._connect(anvil)

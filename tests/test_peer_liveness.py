@@ -29,6 +29,7 @@ def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
         owner, cohort_size=2, name="watched job", rounds=2, node_names=["alpha", "beta"], round_timeout_s=25
     )
     token = alpha.issue_token()
+    alpha.public_key = ""  # never joined yet: its peer's first hello sets the key
     alpha.save()
     peer = stack.peer(token, "digits:0/2")
     peer.wait_for(r"joined", timeout=60)

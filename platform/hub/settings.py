@@ -190,9 +190,32 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind a TLS-terminating proxy (HTTPS=1): the proxy must set X-Forwarded-Proto and strip it
+# from clients; cookies go over HTTPS only, plain HTTP is redirected, browsers are told to stay
+# on HTTPS. `manage.py check --deploy` is clean with these (tests/test_deploy_settings.py).
 if not DEBUG and not EMBEDDED and env_bool("HTTPS", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# Rate limits ("N/s", "N/m" or "N/h"), counted in the cache every server process shares.
+LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10/m")  # login attempts per client address and username
+NODE_API_RATE_LIMIT = os.environ.get("NODE_API_RATE_LIMIT", "600/m")  # node API calls per node token
+if EMBEDDED:
+    CACHES: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "cache",
+            "OPTIONS": {k: v for k, v in REDIS_CONNECTION_OPTIONS.items() if k != "retry_on_timeout"},
+        }
+    }
 
 LOGGING = {
     "version": 1,

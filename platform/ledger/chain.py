@@ -19,8 +19,6 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TOKEN_CONTRACT = REWARD_TOKEN
 TOKEN_NAME, TOKEN_SYMBOL = "DFL Reward", "DFLR"
 TREASURY_WEI = 10**9 * 10**18  # minted to the operator when the token is deployed
-ANVIL_CHAIN_ID = 31337
-ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0
 RECEIPT_TIMEOUT_S = 120
 
 
@@ -63,14 +61,10 @@ class Chain:
             return cls(w3, key)
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
         key = settings.CHAIN_PRIVATE_KEY
-        if not key:
-            chain_id = w3.eth.chain_id
-            if chain_id != ANVIL_CHAIN_ID:
-                raise ImproperlyConfigured(
-                    f"CHAIN_PRIVATE_KEY is not set and the chain at {url} (id {chain_id}) is not a local "
-                    f"anvil (id {ANVIL_CHAIN_ID}); set CHAIN_PRIVATE_KEY to the operator's key."
-                )
-            key = ANVIL_DEV_KEY
+        if not key:  # no fallback to a well-known key: anyone could spend what it holds
+            raise ImproperlyConfigured(
+                f"CHAIN_PRIVATE_KEY is not set: the operator key that pays rewards on {url} must come from the environment."
+            )
         return cls(w3, key)
 
     @property

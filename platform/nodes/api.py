@@ -7,6 +7,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from hub.ratelimit import allow
 from peers.protocol import key_change_bytes
 from peers.wire.signing import verify
 
@@ -32,6 +33,8 @@ def node_api(*methods):
             node = Node.authenticate(header[7:]) if header.startswith("Bearer ") else None
             if node is None:
                 return api_error(401, "missing or invalid node token")
+            if not allow(f"NODE_API_RATE_LIMIT:{node.token_id}", settings.NODE_API_RATE_LIMIT):
+                return api_error(429, "too many requests for this node: slow down")
             body = {}
             if request.method == "POST":
                 try:
