@@ -202,3 +202,55 @@ def test_the_report_that_completes_a_round_succeeds_with_the_broker_down(job_wit
     rnd.refresh_from_db()
     assert rnd.status == Round.Status.CLOSED and rnd.reporters == 3
     assert job.round_set.get(number=2).status == Round.Status.OPEN
+
+
+def test_a_member_that_stops_reporting_is_left_out_until_it_says_hello_again(job_with_consents):
+    """A crashed peer used to stay in the cohort: every later round waited for the full deadline."""
+    from jobs.models import CohortMember
+
+    job, (a, b, c) = job_with_consents
+    assert orchestration.start_job_if_ready(job.id)
+    for number in (1, 2):  # c is silent for two rounds
+        rnd = job.round_set.get(number=number)
+        assert sorted(rnd.members) == sorted([a.id, b.id, c.id])
+        for node in (a, b):
+            orchestration.accept_report(node, report(job, node, number))
+        Round.objects.filter(pk=rnd.pk).update(deadline=timezone.now())
+        assert orchestration.enforce_deadlines() == 1
+    assert CohortMember.objects.get(job=job, node=c).missed_rounds == 2
+    third = job.round_set.get(number=3)
+    assert sorted(third.members) == sorted([a.id, b.id])  # planned without c, over a graph of two
+    plans = receive_plans_for(job, third, [a, b])
+    assert all([n.node_id for n in plans[x].neighbours] == [y.id] for x, y in ((a.id, b), (b.id, a)))
+    # the round completes when the two it counts on have reported: no waiting for c's deadline
+    for node in (a, b):
+        orchestration.accept_report(node, report(job, node, 3))
+    with pytest.raises(orchestration.ReportRefused, match="not planned for round 3"):
+        orchestration.accept_report(c, report(job, c, 3))
+    assert orchestration.enforce_deadlines() == 1
+    third.refresh_from_db()
+    assert third.status == Round.Status.CLOSED and third.reporters == 2
+    # c's peer restarts and says hello: it counts again from the next round
+    orchestration.rejoin(c)
+    fourth_members = job.round_set.get(number=4).members
+    assert c.id not in fourth_members  # round 4 opened before the hello
+    for node in (a, b):
+        orchestration.accept_report(node, report(job, node, 4))
+    orchestration.enforce_deadlines()
+    assert sorted(job.round_set.get(number=5).members) == sorted([a.id, b.id, c.id])
+
+
+def test_an_offline_member_is_not_planned(job_with_consents):
+    job, (a, b, c) = job_with_consents
+    assert orchestration.start_job_if_ready(job.id)
+    Node.objects.filter(pk=c.pk).update(last_seen=timezone.now() - timedelta(hours=1))
+    for node in (a, b, c):
+        orchestration.accept_report(node, report(job, node, 1))
+    orchestration.enforce_deadlines()
+    assert sorted(job.round_set.get(number=2).members) == sorted([a.id, b.id])
+
+
+def receive_plans_for(job, rnd, nodes):
+    from peers.protocol import from_message as decode
+
+    return {plan.node_id: plan for plan in (decode(m) for _, m in orchestration.build_plans(rnd))}

@@ -220,6 +220,16 @@ class CohortMember(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="cohort")
     node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="memberships")
     position = models.PositiveIntegerField()
+    # Planned rounds in a row this member did not report in; at MAX_MISSED_ROUNDS it is left out
+    # of later rounds until its peer says hello again.
+    missed_rounds = models.PositiveIntegerField(default=0)
+
+    MAX_MISSED_ROUNDS = 2
+
+    @property
+    def plannable(self) -> bool:
+        """Whether the next round should count on this member (its consent is checked apart)."""
+        return self.node.is_online and self.missed_rounds < self.MAX_MISSED_ROUNDS
 
     class Meta:
         ordering = ["position"]
@@ -243,6 +253,9 @@ class Round(models.Model):
     mean_loss = models.FloatField(null=True, blank=True)
     mean_accuracy = models.FloatField(null=True, blank=True)
     reporters = models.PositiveIntegerField(default=0)
+    # Node ids the round was planned for, in position order (None: rounds from before this field,
+    # planned for every consenting member).
+    members = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["number"]

@@ -13,6 +13,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from live.broadcast import job_update
@@ -69,16 +70,36 @@ def start_jobs_for_node(node) -> None:
 
 # -- rounds -----------------------------------------------------------------------------------
 def open_round(job: Job, number: int) -> Round:
+    """Open a round for the members it can count on: consenting, and (after round 1) online
+    and not missing rounds. The topology is built over them alone, so nobody waits for the dead."""
     job.current_round = number
     job.save(update_fields=["status", "started_at", "current_round"])
+    members = [m for m in active_members(job) if number == 1 or m.plannable]
     return Round.objects.create(
-        job=job, number=number, deadline=timezone.now() + timedelta(seconds=job.round_timeout_s)
+        job=job,
+        number=number,
+        deadline=timezone.now() + timedelta(seconds=job.round_timeout_s),
+        members=[m.node_id for m in members],
     )
 
 
 def active_members(job: Job) -> list[CohortMember]:
     """Cohort members whose consent still stands (a revocation drops a node from new rounds)."""
     return [m for m in job.cohort.select_related("node") if Consent.current(job, m.node)]
+
+
+def round_members(rnd: Round) -> list[CohortMember]:
+    """The members a round was planned for whose consent still stands, in position order."""
+    active = active_members(rnd.job)
+    if rnd.members is None:
+        return active
+    by_node = {m.node_id: m for m in active}
+    return [by_node[node_id] for node_id in rnd.members if node_id in by_node]
+
+
+def rejoin(node) -> None:
+    """A member's peer said hello again: count on it from the next round of its running jobs."""
+    CohortMember.objects.filter(node=node, job__status=Job.Status.RUNNING, missed_rounds__gt=0).update(missed_rounds=0)
 
 
 def mixing_rows(job: Job, round_number: int, positions: dict[int, int]) -> list[dict[int, float]]:
@@ -94,7 +115,7 @@ def mixing_rows(job: Job, round_number: int, positions: dict[int, int]) -> list[
 
 def build_plans(rnd: Round) -> list[tuple[str, dict]]:
     job = rnd.job
-    members = active_members(job)
+    members = round_members(rnd)
     positions = {m.node_id: i for i, m in enumerate(members)}
     plans = round_plans(
         job_id=job.id,
@@ -151,12 +172,14 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
     _check_report(msg)
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=msg.job_id).first()
-        members = active_members(job) if job is not None else []
-        if job is None or not any(m.node_id == node.id for m in members):
+        if job is None or not any(m.node_id == node.id for m in active_members(job)):
             raise ReportRefused(403, "node is not in this job's active cohort")
         rnd = job.round_set.filter(number=msg.round).first()
         if rnd is None:
             raise ReportRefused(404, f"round {msg.round} does not exist")
+        members = round_members(rnd)
+        if not any(m.node_id == node.id for m in members):
+            raise ReportRefused(403, f"node was not planned for round {msg.round} (it was offline or missing rounds)")
         if rnd.status != Round.Status.OPEN:
             raise ReportRefused(409, f"round {msg.round} is closed")
         if rnd.reports.filter(node=node).exists():
@@ -201,6 +224,7 @@ def close_round(round_id: int) -> None:
         if rnd.status != Round.Status.OPEN:
             return
         reports = list(rnd.reports.all())
+        note_missed_rounds(rnd, {r.node_id for r in reports})
         rnd.status = Round.Status.CLOSED
         rnd.closed_at = timezone.now()
         rnd.reporters = len(reports)
@@ -235,6 +259,15 @@ def close_round(round_id: int) -> None:
             queue.settle_job(job.id)
 
 
+def note_missed_rounds(rnd: Round, reporters: set[int]) -> None:
+    """Count, per planned member, the rounds in a row it did not report in (open_round leaves
+    out those at CohortMember.MAX_MISSED_ROUNDS until their peer says hello again)."""
+    planned = rnd.members if rnd.members is not None else [m.node_id for m in active_members(rnd.job)]
+    cohort = CohortMember.objects.filter(job=rnd.job, node_id__in=planned)
+    cohort.filter(node_id__in=reporters).update(missed_rounds=0)
+    cohort.exclude(node_id__in=reporters).update(missed_rounds=F("missed_rounds") + 1)
+
+
 def note_slow_links(job: Job, reports) -> None:
     """Remember links whose weights missed the deadline, so the next graph avoids them."""
     cut = {tuple(sorted(link)) for link in job.cut_links}
@@ -250,9 +283,7 @@ def enforce_deadlines() -> int:
     every open round all its members reported in whose close could not be queued."""
     open_rounds = Round.objects.filter(status=Round.Status.OPEN).select_related("job")
     due = [
-        rnd.id
-        for rnd in open_rounds
-        if rnd.deadline < timezone.now() or rnd.reports.count() >= len(active_members(rnd.job))
+        rnd.id for rnd in open_rounds if rnd.deadline < timezone.now() or rnd.reports.count() >= len(round_members(rnd))
     ]
     for round_id in due:
         close_round(round_id)

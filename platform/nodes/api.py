@@ -73,7 +73,7 @@ def me(request, node, body):
 @node_api("POST")
 def hello(request, node, body):
     """A peer announces itself: refreshed hardware and its signing key. It may start jobs."""
-    from jobs.orchestration import start_jobs_for_node
+    from jobs.orchestration import rejoin, start_jobs_for_node
 
     if "hardware" in body:
         try:
@@ -98,6 +98,7 @@ def hello(request, node, body):
     node.save(
         update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"]
     )
+    rejoin(node)  # a member left out for missed rounds counts again from the next round
     start_jobs_for_node(node)
     return JsonResponse(node_info(node))
 

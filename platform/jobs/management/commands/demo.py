@@ -42,6 +42,7 @@ class LocalReporter:
 
         if self.pace_s:
             await asyncio.sleep(self.pace_s)  # let people watching the page follow along
+        await sync_to_async(self.node.touch)()  # an in-process peer is online while it reports
         await sync_to_async(orchestration.accept_report)(self.node, from_message(message))
 
 
