@@ -76,6 +76,10 @@ async def _join(args) -> int:
     peer = Peer(
         info["node_id"], key, data, transport, client, platform_key=platform_key, device=device, attack=args.attack
     )
+    try:
+        await peer.start_from(await asyncio.to_thread(client.current_plans))
+    except PlatformError as exc:
+        log.warning("could not fetch the current plans (%s); waiting for the next ones", exc)
     log.info(
         "node %s (%s) joined %s: %d training samples on %s, listening on %s",
         info["node_id"],

@@ -46,6 +46,9 @@ class PlatformClient:
     def hello(self, hardware: dict, public_key: str) -> dict:
         return self._call("POST", "node/hello", {"hardware": hardware, "public_key": public_key})
 
+    def current_plans(self) -> dict:
+        return self._call("GET", "node/plans")
+
     async def heartbeat(self) -> dict:
         return await asyncio.to_thread(self._call, "POST", "node/heartbeat", {})
 

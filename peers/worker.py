@@ -9,6 +9,7 @@ embedded demo) and `reporter` anything with `async report(message: dict)`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from peers.protocol import (
     ProtocolError,
     RoundPlan,
     WeightsChunk,
+    decode,
     from_message,
     node_channel,
     plan_bytes,
@@ -110,6 +112,7 @@ class Peer:
         self.early_chunks: dict[int, list[WeightsChunk]] = {}
         self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
         self.newest_round: dict[int, int] = {}  # job id -> the latest round the platform planned
+        self.first_open_round: dict[int, int] = {}  # job id -> rounds before it were closed (at start)
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
 
@@ -167,6 +170,22 @@ class Peer:
                 self._on_chunk(msg)
             elif isinstance(msg, ModelRequest):
                 self._in_background(self._answer_model_request(msg))
+
+    async def start_from(self, current: dict) -> None:
+        """Take the platform's view at (re)start (``GET node/plans``): rounds before each job's
+        current one are closed (a plan for them still in the inbox is skipped), and the
+        current signed plans are queued like any received one."""
+        for job_id, number in current.get("current_rounds", {}).items():
+            self.first_open_round[int(job_id)] = int(number)
+        for encoded in current.get("plans", []):
+            try:
+                plan = decode(base64.b64decode(encoded))
+            except (ValueError, ProtocolError) as exc:
+                log.warning("node %s: unreadable plan from the platform: %s", self.node_id, exc)
+                continue
+            if isinstance(plan, RoundPlan) and self._plan_is_authentic(plan):
+                self.newest_round[plan.job_id] = max(plan.round, self.newest_round.get(plan.job_id, 0))
+                await self.plans.put(plan)
 
     def _plan_is_authentic(self, plan: RoundPlan) -> bool:
         """Only the platform plans rounds: a plan must be for this node, signed by the key pinned
@@ -491,7 +510,9 @@ class Peer:
 
     def _superseded(self, plan: RoundPlan) -> bool:
         """The platform already planned a later round of this job: this one is closed."""
-        return self.newest_round.get(plan.job_id, 0) > plan.round
+        return self.newest_round.get(plan.job_id, 0) > plan.round or plan.round < self.first_open_round.get(
+            plan.job_id, 0
+        )
 
     async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
         """Until every neighbour's weights arrived or were rejected, or the deadline is near."""

@@ -86,7 +86,7 @@ def test_dynamic_topology_cuts_links_that_missed_the_deadline():
     job = Job.objects.create(owner=owner, name="d", topology="dynamic", degree=3, num_peers=8, rounds=3)
     nodes = []
     for i in range(8):
-        node = Node(owner=owner, name=f"n{i}", public_key=f"{i:064x}")
+        node = Node(owner=owner, name=f"n{i}", public_key=f"{i:064x}", last_seen=timezone.now())
         node.issue_token()
         node.save()
         nodes.append(node)

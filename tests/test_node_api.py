@@ -481,3 +481,27 @@ def test_the_owner_resets_a_lost_key_in_the_browser(client, owner):
     assert response.status_code == 200, response.content
     node.refresh_from_db()
     assert node.public_key == fresh.public_key_hex
+
+
+def test_a_restarting_peer_gets_its_current_rounds_and_signed_plans(client, running):
+    """GET node/plans: what a peer starts from after a restart (plans that waited in its inbox
+    for rounds before the current one are then skipped as closed)."""
+    import base64
+
+    from peers.protocol import RoundPlan, decode, plan_bytes
+    from peers.wire.signing import verify
+
+    job, _rnd, node, token, _others = running
+    response = client.get("/api/v1/node/plans", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200, response.content
+    state = response.json()
+    assert state["current_rounds"] == {str(job.id): 1}
+    [encoded] = state["plans"]
+    plan = decode(base64.b64decode(encoded))
+    assert isinstance(plan, RoundPlan) and (plan.job_id, plan.round, plan.node_id) == (job.id, 1, node.id)
+    assert verify(platform_key().public_key_hex, plan_bytes(plan), plan.signature)
+    assert plan.consent.node_id == node.id
+    # a stranger's node learns nothing about the job
+    outsider = make_node(User.objects.create_user("outsider"), "outside")
+    response = client.get("/api/v1/node/plans", HTTP_AUTHORIZATION=f"Bearer {outsider.token}")
+    assert response.json() == {"current_rounds": {}, "plans": []}

@@ -131,6 +131,22 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
     return [(node_channel(plan.node_id), to_message(plan)) for plan in plans]
 
 
+def current_plans_for(node) -> dict:
+    """What a (re)starting peer needs to know: the current round of every running job it is a
+    member of, and its signed plans for the open rounds it is planned in (msgpack, base64)."""
+    import base64
+
+    from peers.protocol import encode, from_message
+
+    jobs = Job.objects.filter(status=Job.Status.RUNNING, cohort__node=node).distinct()
+    plans = []
+    for rnd in Round.objects.filter(job__in=jobs, status=Round.Status.OPEN).select_related("job"):
+        if node.id in [m.node_id for m in round_members(rnd)]:
+            message = dict(build_plans(rnd))[node_channel(node.id)]
+            plans.append(base64.b64encode(encode(from_message(message))).decode())
+    return {"current_rounds": {str(job.id): job.current_round for job in jobs}, "plans": plans}
+
+
 def dispatch_plans(rnd: Round) -> None:
     """Send each cohort member its plan. A node we cannot reach is a straggler for this round."""
     layer = get_channel_layer()

@@ -111,6 +111,14 @@ def _key_change_signed(node: Node, new_key: str, signature) -> bool:
     return verify(node.public_key, key_change_bytes(node.id, new_key), raw)
 
 
+@node_api("GET")
+def plans(request, node, body):
+    """The node's current rounds and signed plans: a restarted peer starts from these."""
+    from jobs.orchestration import current_plans_for
+
+    return JsonResponse(current_plans_for(node))
+
+
 @node_api("POST")
 def heartbeat(request, node, body):
     return JsonResponse({"ok": True})
