@@ -13,9 +13,10 @@ NPM_STAMP := node_modules/.installed
 # Tests use their own Redis database and a Postgres database that pytest-django creates.
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/dfl} \
             REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/9} \
+            CELERY_BROKER_URL=$${TEST_CELERY_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/dfl-test} \
             SECRET_KEY=test-secret-key-not-for-production
 
-.PHONY: venv npm browser demo demo-headless test test-fast lint format bench clean contracts
+.PHONY: venv npm browser broker demo demo-headless test test-fast lint format bench clean contracts
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -33,13 +34,19 @@ $(NPM_STAMP): package.json package-lock.json
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Celery's broker for the tests: a RabbitMQ virtual host of their own (created once; idempotent).
+broker:
+	@command -v rabbitmqctl >/dev/null 2>&1 || { echo "RabbitMQ (rabbitmqctl) is needed: Celery's broker"; exit 1; }
+	@rabbitmqctl -q list_vhosts | grep -qx dfl-test || rabbitmqctl -q add_vhost dfl-test
+	@rabbitmqctl -q set_permissions -p dfl-test guest ".*" ".*" ".*"
+
 demo: venv
 	DFL_EMBEDDED=1 DEBUG=1 $(PY) manage.py demo
 
 demo-headless: venv
 	DFL_EMBEDDED=1 $(PY) manage.py demo --headless --rounds 3 --peers 4
 
-test: lint npm browser
+test: lint npm browser broker
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Pure tests only: with Postgres and Redis addresses that cannot answer, a test that needs a

@@ -1,5 +1,5 @@
 """Shared fixtures. Real services only: PostgreSQL (pytest-django's test database), Redis,
-anvil, Chromium. A service that cannot be reached fails the run; nothing is skipped.
+RabbitMQ (Celery's broker), anvil, Chromium. A service that cannot be reached fails the run; nothing is skipped.
 
 Tests that need a service carry the ``services`` marker: set by hand on modules that talk to
 Redis directly, and added here to every test that asks for the database, anvil or the
@@ -39,11 +39,25 @@ def clean_redis():
     client.close()
 
 
+@pytest.fixture(scope="session")
+def clean_broker():
+    """Start with no Celery task left in the broker by an earlier run (RabbitMQ, its own vhost)."""
+    from hub.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=2)
+            app.control.purge(connection=conn)
+    except Exception as exc:
+        pytest.fail(f"Celery's broker at {app.conf.broker_url} is not reachable: {exc}")
+
+
 @pytest.fixture(autouse=True)
 def _services_for_marked_tests(request):
-    """A test that needs services gets a checked, clean Redis first (once per session)."""
+    """A test that needs services gets a checked, clean Redis and broker first (once per session)."""
     if request.node.get_closest_marker("services"):
         request.getfixturevalue("clean_redis")
+        request.getfixturevalue("clean_broker")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -41,7 +41,7 @@ def test_readme_production_section_documents_every_setting():
     read = set(re.findall(r'(?:os\.environ\.get|env_bool)\("([A-Z_]+)"', settings_py))
     assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "PEER_CHANNEL_URL", "CHAIN_PRIVATE_KEY"} <= read
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    platform_services = [s for name, s in compose["services"].items() if name not in ("postgres", "peer")]
+    platform_services = [s for name, s in compose["services"].items() if name not in ("postgres", "rabbitmq", "peer")]
     set_by_compose = {name for service in platform_services for name in service.get("environment") or {}}
     section = production_section()
     undocumented = sorted(name for name in read | set_by_compose - {"PYTHONPATH"} if f"`{name}`" not in section)

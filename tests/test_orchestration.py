@@ -181,7 +181,7 @@ def test_the_report_that_completes_a_round_succeeds_with_the_broker_down(job_wit
         "DJANGO_SETTINGS_MODULE": "hub.settings",
         "SECRET_KEY": settings.SECRET_KEY,
         "PLATFORM_SIGNING_KEY": settings.PLATFORM_SIGNING_KEY,
-        "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
+        "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:9//",
         "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
     }

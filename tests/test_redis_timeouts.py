@@ -11,7 +11,6 @@ import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from hub.celery import app as celery_app
 from peers.transport.redis import RedisChannelTransport
 
 pytestmark = pytest.mark.services  # real Redis
@@ -40,14 +39,38 @@ async def test_channel_layer_receive_survives_an_idle_wait():
     await layer.flush()
 
 
-def test_celery_broker_connections_outlive_its_blocking_pop():
-    assert settings.CELERY_BROKER_URL.startswith("redis")
-    with celery_app.connection_for_read() as conn:
-        channel = conn.default_channel
-        kwargs = channel.client.connection_pool.connection_kwargs
-        assert kwargs["socket_timeout"] is None or kwargs["socket_timeout"] > channel.brpop_timeout + 5
-        assert kwargs["socket_keepalive"] is True
-        assert channel.health_check_interval > 0
+def test_celery_has_a_broker_of_its_own_and_a_redis_broker_gets_the_same_options():
+    """Celery runs on RabbitMQ, which peers never reach (they get the channel layer's Redis);
+    configured on a Redis instead, its connections get the options above."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert settings.CELERY_BROKER_URL.startswith("amqp://")
+    assert settings.PEER_CHANNEL_URL not in settings.CELERY_BROKER_URL
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import json\nfrom celery import current_app\nimport hub.celery\n"
+        "with hub.celery.app.connection_for_read() as conn:\n"
+        "    channel = conn.default_channel\n"
+        "    kw = channel.client.connection_pool.connection_kwargs\n"
+        "    print(json.dumps({'timeout': kw['socket_timeout'], 'keepalive': kw['socket_keepalive'],"
+        " 'brpop': channel.brpop_timeout, 'health': channel.health_check_interval}))"
+    )
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": settings.REDIS_URL,
+        "DJANGO_SETTINGS_MODULE": "hub.settings",
+        "PLATFORM_SIGNING_KEY": settings.PLATFORM_SIGNING_KEY,
+        "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)]),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["timeout"] is None or seen["timeout"] > seen["brpop"] + 5
+    assert seen["keepalive"] is True and seen["health"] > 0
 
 
 async def test_peer_transport_connections_outlive_its_blocking_pop():

@@ -159,8 +159,11 @@ else:
 # Where peers on other machines reach the channel layer (told to them by the node API).
 PEER_CHANNEL_URL = os.environ.get("PEER_CHANNEL_URL", REDIS_URL)
 
-# Celery: Redis broker in production and tests; eager in the embedded demo.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# Celery: its own broker, RabbitMQ, which peers never reach (the Redis they use for weights must
+# not let them queue orchestration tasks); eager in the embedded demo. A Redis broker works too
+# (a Redis of its own, never the peers'), with the connection options above.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = dict(REDIS_CONNECTION_OPTIONS)
 CELERY_RESULT_BACKEND = None
