@@ -9,6 +9,7 @@ from django.utils import timezone
 from accounts.models import Profile
 from jobs.models import CohortMember, Consent, Job, Round
 from nodes.models import Node
+from peers.protocol import PeerReport
 
 CPU_HARDWARE = {"cpu": "Test CPU", "cores": 4, "ram_gb": 16.0, "gpus": [], "cuda": False}
 
@@ -68,3 +69,19 @@ def make_running_job(
         nodes.append(node)
     rnd = Round.objects.create(job=job, number=1, deadline=timezone.now() + timedelta(minutes=10))
     return job, rnd, nodes
+
+
+def peer_report(job, node, round_number: int = 1, **fields) -> PeerReport:
+    """A well-formed round report from ``node``; ``fields`` override the defaults."""
+    values = {
+        "train_loss": 0.5,
+        "eval_loss": 0.6,
+        "accuracy": 0.5,
+        "samples": 200,
+        "eval_samples": 50,
+        "model_hash": "d" * 64,
+        "bytes_sent": 10,
+        "bytes_received": 20,
+        "duration_s": 0.3,
+    }
+    return PeerReport(job_id=job.id, round=round_number, node_id=node.id, **{**values, **fields})

@@ -6,7 +6,7 @@ from dataclasses import replace
 from peers import topology
 from peers.data import load_local_data
 from peers.federation import InMemoryPlatform
-from peers.protocol import JobConfig
+from peers.protocol import ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel
 from peers.transport.memory import MemoryTransport
 from peers.wire.signing import NodeKey
 from peers.worker import Peer
@@ -56,3 +56,21 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
     for node_id, peer in peers.items():
         peer.final_model = final_models.get(node_id)
     return [rep for result in results for rep in result.reports], peers, transport
+
+
+def sample_plan(job_id: int = 3, round_number: int = 2, node_id: int = 5, neighbour: int = 6) -> RoundPlan:
+    """A fixed, well-formed round plan (with a placeholder signature) for wire-format tests."""
+    deadline = 1_700_000_000.5
+    return RoundPlan(
+        job_id=job_id,
+        round=round_number,
+        total_rounds=10,
+        node_id=node_id,
+        deadline=deadline,
+        config=JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
+        neighbours=[Neighbour(node_id=neighbour, channel=node_channel(neighbour), weight=0.25, public_key="ab" * 32)],
+        self_weight=0.75,
+        max_payload_bytes=1 << 20,
+        consent=ConsentGrant(job_id=job_id, node_id=node_id, dataset="digits", expires_at=deadline),
+        signature=b"\x02" * 64,
+    )

@@ -12,7 +12,7 @@ from jobs.models import Job, Round
 from jobs.orchestration import accept_report
 from nodes.models import Node
 from peers.protocol import PeerReport
-from tests.factories import make_running_job
+from tests.factories import make_running_job, peer_report
 from tests.live_clients import in_thread, launch_chromium, log_in_page, watch_page_errors
 
 SCREENSHOT = Path("/tmp/job_page.png")
@@ -32,20 +32,7 @@ CHART_STATE = """() => {
 
 
 def report(job: Job, node: Node, accuracy: float, loss: float) -> PeerReport:
-    return PeerReport(
-        job_id=job.id,
-        round=1,
-        node_id=node.id,
-        train_loss=loss,
-        eval_loss=loss,
-        accuracy=accuracy,
-        samples=300,
-        eval_samples=100,
-        model_hash="e" * 64,
-        bytes_sent=1,
-        bytes_received=1,
-        duration_s=0.5,
-    )
+    return peer_report(job, node, train_loss=loss, eval_loss=loss, accuracy=accuracy, samples=300, eval_samples=100)
 
 
 def trace(state: dict, name: str) -> dict:

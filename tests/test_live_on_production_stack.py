@@ -16,9 +16,8 @@ from websockets.protocol import State
 from jobs.models import Consent, Job
 from jobs.orchestration import accept_report
 from nodes.models import Node
-from peers.protocol import PeerReport
 from tests.browser import Browser
-from tests.factories import make_running_job
+from tests.factories import make_running_job, peer_report
 from tests.live_clients import JobWatcher, open_job_socket
 
 PASSWORD = "a-long-password-1"
@@ -45,23 +44,7 @@ def test_idle_viewer_stays_connected_and_gets_the_next_update(stack):
         assert time.monotonic() - started >= IDLE_S
         assert socket.state is State.OPEN
 
-        accept_report(
-            nodes[0],
-            PeerReport(
-                job_id=job.id,
-                round=1,
-                node_id=nodes[0].id,
-                train_loss=0.4,
-                eval_loss=0.5,
-                accuracy=0.7,
-                samples=10,
-                eval_samples=5,
-                model_hash="a" * 64,
-                bytes_sent=1,
-                bytes_received=1,
-                duration_s=0.1,
-            ),
-        )
+        accept_report(nodes[0], peer_report(job, nodes[0], accuracy=0.7))
         frame = json.loads(socket.recv(timeout=10))  # on the same connection
         assert frame["kind"] == "report" and frame["data"]["accuracy"] == 0.7
     daphne = next(p for p in stack.services if p.name == "daphne")

@@ -13,7 +13,7 @@ from django.test import Client
 from hub.asgi import application
 from jobs.orchestration import accept_report, close_round
 from peers.protocol import PeerReport
-from tests.factories import make_running_job
+from tests.factories import make_running_job, peer_report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,20 +28,7 @@ def session_cookie(user: User) -> tuple[bytes, bytes]:
 
 
 def report(job, node, accuracy: float, round_number: int = 1) -> PeerReport:
-    return PeerReport(
-        job_id=job.id,
-        round=round_number,
-        node_id=node.id,
-        train_loss=0.5,
-        eval_loss=0.6,
-        accuracy=accuracy,
-        samples=200,
-        eval_samples=50,
-        model_hash="d" * 64,
-        bytes_sent=10,
-        bytes_received=20,
-        duration_s=0.3,
-    )
+    return peer_report(job, node, round_number, accuracy=accuracy)
 
 
 async def connect(job_id: int, *headers) -> WebsocketCommunicator:

@@ -11,9 +11,9 @@ from django.utils import timezone
 from jobs import orchestration
 from jobs.models import Consent, Job, Round
 from nodes.models import Node
-from peers.protocol import PeerReport, RoundPlan, from_message
+from peers.protocol import RoundPlan, from_message
 from peers.transport.redis import RedisChannelTransport
-from tests.factories import make_node
+from tests.factories import make_node, peer_report
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,20 +37,7 @@ def receive_plans(settings, nodes) -> dict[int, RoundPlan]:
 
 
 def report(job, node, round_number):
-    return PeerReport(
-        job_id=job.id,
-        round=round_number,
-        node_id=node.id,
-        train_loss=1.0,
-        eval_loss=0.9,
-        accuracy=0.5,
-        samples=100,
-        eval_samples=20,
-        model_hash="ab" * 32,
-        bytes_sent=10,
-        bytes_received=10,
-        duration_s=0.1,
-    )
+    return peer_report(job, node, round_number, train_loss=1.0, eval_loss=0.9, samples=100, eval_samples=20)
 
 
 @pytest.fixture

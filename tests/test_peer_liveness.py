@@ -14,8 +14,7 @@ from jobs.models import PeerReport as StoredReport
 from jobs.models import Round
 from jobs.orchestration import accept_report, dispatch_plans
 from nodes.models import Node
-from peers.protocol import PeerReport
-from tests.factories import make_running_job
+from tests.factories import make_running_job, peer_report
 from tests.live_clients import launch_chromium, log_in_page
 from tests.stack_fixtures import NODE_ONLINE_SECONDS
 
@@ -63,27 +62,9 @@ def test_killed_peer_goes_offline_on_the_page_and_comes_back_quietly(stack):
     # Two missed heartbeats, plus one period of the beat task that notices, plus delivery.
     assert gone_after <= 2 * HEARTBEAT_S + BEAT_PERIOD_S + 3, gone_after
 
-    # While alpha is down its round-1 plan waits in its inbox; beta reports and the deadline
-    # closes round 1 (beat), which opens round 2 with a plan for alpha too.
     def beta_reports(number: int) -> None:  # beta is a stand-in that only reports
         Node.objects.filter(pk=beta.pk).update(last_seen=timezone.now())
-        accept_report(
-            beta,
-            PeerReport(
-                job_id=job.id,
-                round=number,
-                node_id=beta.id,
-                train_loss=0.5,
-                eval_loss=0.5,
-                accuracy=0.5,
-                samples=100,
-                eval_samples=20,
-                model_hash="b" * 64,
-                bytes_sent=0,
-                bytes_received=0,
-                duration_s=1.0,
-            ),
-        )
+        accept_report(beta, peer_report(job, beta, number))
 
     def wait_for_round(number: int) -> Round:
         deadline = time.monotonic() + 30

@@ -10,22 +10,11 @@ import pytest
 
 from peers import protocol as p
 from peers.wire.signing import NodeKey, verify
+from tests.federation import sample_plan
 
 
 def _plan():
-    return p.RoundPlan(
-        job_id=3,
-        round=2,
-        total_rounds=10,
-        node_id=5,
-        deadline=1_700_000_000.5,
-        config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
-        neighbours=[p.Neighbour(node_id=6, channel="dfl.node.6", weight=0.25, public_key="ab" * 32)],
-        self_weight=0.75,
-        max_payload_bytes=1 << 20,
-        consent=p.ConsentGrant(job_id=3, node_id=5, dataset="digits", expires_at=1_700_000_000.5),
-        signature=b"\x02" * 64,
-    )
+    return sample_plan()
 
 
 SAMPLES = [

@@ -18,6 +18,7 @@ from peers.transport import ChannelFull, is_channel_full
 from peers.transport.redis import RedisChannelTransport
 from peers.wire.exchange import Completed, Reassembler, send_payload
 from peers.wire.signing import NodeKey
+from tests.federation import sample_plan
 
 pytestmark = pytest.mark.services  # real Redis
 
@@ -50,19 +51,7 @@ async def layer(prefix):
 
 
 def _plan():
-    return p.RoundPlan(
-        job_id=1,
-        round=0,
-        total_rounds=3,
-        node_id=4,
-        deadline=1_700_000_000.25,
-        config=p.JobConfig(model="mlp", hidden=64, lr=0.1, local_steps=20, batch_size=32, seed=7),
-        neighbours=[p.Neighbour(node_id=5, channel=p.node_channel(5), weight=0.5, public_key="ab" * 32)],
-        self_weight=0.5,
-        max_payload_bytes=1 << 20,
-        consent=p.ConsentGrant(job_id=1, node_id=4, dataset="digits", expires_at=1_700_000_000.25),
-        signature=b"\x02" * 64,
-    )
+    return sample_plan(job_id=1, round_number=0, node_id=4, neighbour=5)
 
 
 @pytest.mark.asyncio
