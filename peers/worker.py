@@ -113,6 +113,7 @@ class Peer:
         self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
         self.newest_round: dict[int, int] = {}  # job id -> the latest round the platform planned
         self.first_open_round: dict[int, int] = {}  # job id -> rounds before it were closed (at start)
+        self._plan_signatures: dict[tuple[int, int], bytes] = {}  # (job, round) -> the plan it accepted
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
 
@@ -195,8 +196,14 @@ class Peer:
         elif not verify(self.platform_key, plan_bytes(plan), plan.signature):
             reason = "its signature is not the platform's"
         elif plan.round <= self.newest_round.get(plan.job_id, 0):
+            if self._plan_signatures.get((plan.job_id, plan.round)) == plan.signature:
+                log.debug(
+                    "node %s: plan for job %s round %s sent again; it has it", self.node_id, plan.job_id, plan.round
+                )
+                return False
             reason = f"round {plan.round} was planned already (replayed)"
         else:
+            self._plan_signatures[(plan.job_id, plan.round)] = plan.signature
             return True
         log.warning(
             "node %s refused a round plan for job %s round %s: %s", self.node_id, plan.job_id, plan.round, reason

@@ -101,8 +101,9 @@ async def test_a_plan_for_another_node_or_a_replay_is_refused(members, caplog):
         [to_message(for_mallory), to_message(genuine), to_message(genuine)], platform, wait_s=6
     )
     assert "it is for node 3" in caplog.text
-    assert [r["round"] for r in reports] == [1]  # the genuine plan ran (Mallory sent nothing: deadline)
-    assert "round 1 was planned already (replayed)" in caplog.text
+    # the genuine plan ran once (Mallory sent nothing: deadline); its copy (beat re-sends plans) was ignored
+    assert [r["round"] for r in reports] == [1]
+    assert "replayed" not in caplog.text
 
 
 async def test_without_a_consent_grant_for_it_the_peer_does_not_train(members, caplog):
@@ -128,3 +129,15 @@ def test_the_platform_key_is_pinned_on_first_join(tmp_path, caplog):
     assert pin_platform_key(pin, first) == first
     assert pin_platform_key(pin, second) is None  # a server that is not the one it joined
     assert "signing key changed" in caplog.text
+
+
+async def test_a_different_plan_for_a_round_already_planned_is_refused(members, caplog):
+    """Even platform-signed: one plan per round, the first one (a later one is a replay from
+    another context, e.g. an old deployment's)."""
+    platform = NodeKey.generate()
+    first = plans(platform, members)[0]
+    other = plans(platform, members)[0]  # a later deadline: different bytes, same round
+    assert other.signature != first.signature
+    _, reports = await victim_receives([to_message(first), to_message(other)], platform, wait_s=6)
+    assert "round 1 was planned already (replayed)" in caplog.text
+    assert [r["round"] for r in reports] == [1]

@@ -147,15 +147,20 @@ def current_plans_for(node) -> dict:
     return {"current_rounds": {str(job.id): job.current_round for job in jobs}, "plans": plans}
 
 
-def dispatch_plans(rnd: Round) -> None:
-    """Send each cohort member its plan. A node we cannot reach is a straggler for this round."""
+def dispatch_plans(rnd: Round, only: set[int] | None = None) -> None:
+    """Send each planned member its plan (or only the nodes in ``only``). A node we cannot
+    reach is a straggler for this round until beat sends the plan again."""
     layer = get_channel_layer()
+    channels = None if only is None else {node_channel(node_id) for node_id in only}
     for channel, message in build_plans(rnd):
+        if channels is not None and channel not in channels:
+            continue
         try:
             async_to_sync(layer.send)(channel, message)
         except Exception as exc:
             log.warning("round plan for %s not delivered: %s", channel, exc)
-    job_update(rnd.job_id, "status", status_event(rnd.job))
+    if only is None:  # a new round: viewers see it start
+        job_update(rnd.job_id, "status", status_event(rnd.job))
 
 
 def _check_report(msg: ReportMessage) -> None:
@@ -292,6 +297,22 @@ def note_slow_links(job: Job, reports) -> None:
             if item.get("reason") == NO_WEIGHTS_BEFORE_DEADLINE:
                 cut.add(tuple(sorted((report.node_id, int(item["sender"])))))
     job.cut_links = [list(link) for link in sorted(cut)]
+
+
+RESEND_AFTER_S = 15  # a plan lost on the way (Redis restarted, a message expired) is sent again
+
+
+def resend_plans() -> int:
+    """Send the plan again to planned members of open rounds that have not reported after
+    RESEND_AFTER_S (the same signed bytes: a peer that has it already ignores the copy)."""
+    sent = 0
+    due = timezone.now() - timedelta(seconds=RESEND_AFTER_S)
+    for rnd in Round.objects.filter(status=Round.Status.OPEN, opened_at__lt=due).select_related("job"):
+        waiting = {m.node_id for m in round_members(rnd)} - set(rnd.reports.values_list("node_id", flat=True))
+        if waiting:
+            dispatch_plans(rnd, only=waiting)
+            sent += len(waiting)
+    return sent
 
 
 def enforce_deadlines() -> int:

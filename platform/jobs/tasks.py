@@ -32,3 +32,8 @@ def enforce_deadlines() -> int:
 @shared_task
 def mark_offline_nodes() -> int:
     return len(liveness.mark_offline_nodes())
+
+
+@shared_task
+def resend_plans() -> int:
+    return orchestration.resend_plans()
