@@ -296,8 +296,7 @@ class Peer:
                 plan.job_id,
             )
             if plan.round >= plan.total_rounds:
-                self.jobs.pop(plan.job_id, None)
-                self.jobs_done += 1
+                self._finish(plan.job_id)
             return
         no_consent = self._consent_problem(plan, self.node_id)
         if no_consent is not None:  # checked before the data is touched
@@ -402,8 +401,7 @@ class Peer:
             len(plan.neighbours),
         )
         if plan.round >= plan.total_rounds:
-            self.jobs.pop(plan.job_id, None)
-            self.jobs_done += 1
+            self._finish(plan.job_id)
 
     @staticmethod
     def _aggregate(state: JobState, weighted: list[tuple[float, dict]]) -> dict:
@@ -514,6 +512,12 @@ class Peer:
             )
         except Exception as exc:
             log.warning("node %s could not send its model to %s: %s", self.node_id, request.requester, exc)
+
+    def _finish(self, job_id: int) -> None:
+        """The job's last round is behind this peer: release its state."""
+        self.jobs.pop(job_id, None)
+        self._plan_signatures = {key: sig for key, sig in self._plan_signatures.items() if key[0] != job_id}
+        self.jobs_done += 1
 
     def _superseded(self, plan: RoundPlan) -> bool:
         """The platform already planned a later round of this job: this one is closed."""

@@ -4,6 +4,7 @@ Each step writes the database first (in a transaction, with the job row locked) 
 outside world (peers over the channel layer, browsers, Celery) only after the commit.
 """
 
+import base64
 import logging
 import math
 from datetime import timedelta
@@ -20,7 +21,7 @@ from live.broadcast import job_update
 from nodes.authority import platform_key
 from peers import topology
 from peers.plans import round_plans
-from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, node_channel, to_message
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, encode, node_channel, to_message
 from peers.protocol import PeerReport as ReportMessage
 
 from . import queue
@@ -113,7 +114,8 @@ def mixing_rows(job: Job, round_number: int, positions: dict[int, int]) -> list[
         return topology.build(job.topology, len(positions), **{**params, "cut_links": []})
 
 
-def build_plans(rnd: Round) -> list[tuple[str, dict]]:
+def signed_plans(rnd: Round) -> list[RoundPlan]:
+    """The round's plans, one per member it was planned for, signed with the platform key."""
     job = rnd.job
     members = round_members(rnd)
     positions = {m.node_id: i for i, m in enumerate(members)}
@@ -128,22 +130,24 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
         max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
         sign=platform_key().sign,
     )
-    return [(node_channel(plan.node_id), to_message(plan)) for plan in plans]
+    return plans
+
+
+def build_plans(rnd: Round) -> list[tuple[str, dict]]:
+    """(channel, wire message) of each of the round's signed plans."""
+    return [(node_channel(plan.node_id), to_message(plan)) for plan in signed_plans(rnd)]
 
 
 def current_plans_for(node) -> dict:
     """What a (re)starting peer needs to know: the current round of every running job it is a
     member of, and its signed plans for the open rounds it is planned in (msgpack, base64)."""
-    import base64
-
-    from peers.protocol import encode, from_message
-
     jobs = Job.objects.filter(status=Job.Status.RUNNING, cohort__node=node).distinct()
-    plans = []
-    for rnd in Round.objects.filter(job__in=jobs, status=Round.Status.OPEN).select_related("job"):
-        if node.id in [m.node_id for m in round_members(rnd)]:
-            message = dict(build_plans(rnd))[node_channel(node.id)]
-            plans.append(base64.b64encode(encode(from_message(message))).decode())
+    plans = [
+        base64.b64encode(encode(plan)).decode()
+        for rnd in Round.objects.filter(job__in=jobs, status=Round.Status.OPEN).select_related("job")
+        for plan in signed_plans(rnd)
+        if plan.node_id == node.id
+    ]
     return {"current_rounds": {str(job.id): job.current_round for job in jobs}, "plans": plans}
 
 

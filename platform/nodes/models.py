@@ -103,4 +103,9 @@ class Node(models.Model):
         the compare-and-set means only one request announces it)."""
         self.last_seen = timezone.now()
         Node.objects.filter(pk=self.pk).update(last_seen=self.last_seen)
-        return bool(Node.objects.filter(pk=self.pk, online_announced=False).update(online_announced=True))
+        if self.online_announced:  # as loaded with the request: nothing to announce (no second query)
+            return False
+        self.online_announced = bool(
+            Node.objects.filter(pk=self.pk, online_announced=False).update(online_announced=True)
+        )
+        return self.online_announced
