@@ -239,3 +239,18 @@ def test_an_offline_member_is_not_planned(job_with_consents):
 
 def receive_plans_for(job, rnd, nodes):
     return {plan.node_id: plan for plan in orchestration.signed_plans(rnd)}
+
+
+def test_beat_sends_lost_plans_again_to_members_that_have_not_reported(job_with_consents, settings):
+    """A plan lost on the way (Redis restarted, the message expired) used to leave its peer out
+    of the round until the deadline."""
+    job, (a, b, c) = job_with_consents
+    assert orchestration.start_job_if_ready(job.id)
+    first = receive_plans(settings, [a, b, c])  # what start_job_if_ready sent; pretend they were lost
+    rnd = job.round_set.get(number=1)
+    orchestration.accept_report(a, report(job, a, 1))
+    assert orchestration.resend_plans() == 0  # too early: the peers may still be training
+    Round.objects.filter(pk=rnd.pk).update(opened_at=timezone.now() - timedelta(seconds=60))
+    assert orchestration.resend_plans() == 2
+    again = receive_plans(settings, [b, c])
+    assert {n: p.signature for n, p in again.items()} == {n: first[n].signature for n in (b.id, c.id)}
