@@ -52,7 +52,7 @@ async def _join(args) -> int:
     from peers.data import load_local_data
     from peers.hw import detect_hardware
     from peers.training import select_device
-    from peers.transport.redis import RedisChannelTransport
+    from peers.transport.redis import NodeCredentials, RedisChannelTransport
     from peers.wire.signing import NodeKey
     from peers.worker import Peer
 
@@ -64,15 +64,31 @@ async def _join(args) -> int:
     key = NodeKey.load_or_create(key_path)
     client = PlatformClient(args.server, args.token)
     try:
-        info = await asyncio.to_thread(client.hello, detect_hardware(), key.public_key_hex)
+        hardware = detect_hardware()
+        info = await asyncio.to_thread(client.hello, hardware, key.public_key_hex)
     except PlatformError as exc:
         log.error("%s", exc)
         return 2
     platform_key = pin_platform_key(key_path.with_suffix(".platform"), info["platform_key"])
     if platform_key is None:
         return 2
-    redis_url = args.redis or info["channel_layer"]["url"]
-    transport = RedisChannelTransport(redis_url, prefix=info["channel_layer"].get("prefix", "asgi"))
+    exchange = info.get("exchange")
+    if not exchange:
+        log.error(
+            "%s offers no exchange for peers on other machines (an embedded demo, or PEER_REDIS_URL unset)",
+            args.server,
+        )
+        return 2
+
+    async def renew_credentials() -> tuple[str, str]:
+        again = await asyncio.to_thread(client.hello, hardware, key.public_key_hex)
+        return again["exchange"]["username"], again["exchange"]["password"]
+
+    transport = RedisChannelTransport(
+        args.redis or exchange["url"],
+        prefix=exchange["prefix"],
+        credentials=NodeCredentials(exchange["username"], exchange["password"], renew_credentials),
+    )
     peer = Peer(
         info["node_id"], key, data, transport, client, platform_key=platform_key, device=device, attack=args.attack
     )
@@ -158,7 +174,7 @@ def main(argv=None) -> int:
     join.add_argument("--data", required=True, help="local data: file.npz, file.csv, or digits:I/N")
     join.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     join.add_argument("--key", help="Ed25519 key file (created if missing; default ~/.dfl/node-<id>.key)")
-    join.add_argument("--redis", help="channel layer URL (default: the one the platform announces)")
+    join.add_argument("--redis", help="the exchange's Redis address, if not the one the platform announces")
     join.add_argument("--max-jobs", type=int, default=None, help="exit after this many finished jobs")
     join.add_argument("--seed", type=int, default=0, help="seed of the local train/eval split")
     join.add_argument("--attack", choices=ATTACK_MODES, default="none", help="simulate a Byzantine peer")

@@ -10,7 +10,7 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 
-pytest_plugins = ["tests.chain_fixtures", "tests.stack_fixtures"]
+pytest_plugins = ["tests.chain_fixtures", "tests.exchange_fixtures", "tests.stack_fixtures"]
 
 SERVICE_FIXTURES = {
     "db",
@@ -20,6 +20,8 @@ SERVICE_FIXTURES = {
     "admin_client",
     "live_server",
     "anvil",
+    "peer_redis",
+    "exchange",
     "chain_settings",
     "stack",
     "production_stack",

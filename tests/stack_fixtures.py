@@ -1,7 +1,7 @@
 """The production stack as real processes, started once per test session the way the README's
 Production section deploys it: `migrate`, `collectstatic`, daphne, a Celery worker and Celery
 beat, each its own process, DEBUG off and every setting from the environment (nothing inherited
-from this process), against PostgreSQL, Redis and anvil. Peers join with `python -m peers join`
+from this process), against PostgreSQL, Redis, RabbitMQ, anvil and the peers' own Redis (tests.exchange_fixtures). Peers join with `python -m peers join`
 from a clean environment (PATH, HOME and the documented DFL_NODE_TOKEN only).
 
 The stack shares pytest-django's PostgreSQL test database, so tests set up rows with the ORM
@@ -76,7 +76,7 @@ def base_env(home: Path) -> dict:
     }
 
 
-def production_env(chain_url: str, base_url: str, static_root: Path, home: Path) -> dict:
+def production_env(chain_url: str, peer_redis_url: str, base_url: str, static_root: Path, home: Path) -> dict:
     """The variables README.md's Production section lists, and nothing else."""
     db = connection.settings_dict
     return {
@@ -85,7 +85,7 @@ def production_env(chain_url: str, base_url: str, static_root: Path, home: Path)
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "REDIS_URL": django_settings.REDIS_URL,
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "PEER_CHANNEL_URL": django_settings.REDIS_URL,
+        "PEER_REDIS_URL": peer_redis_url,
         "CHAIN_RPC_URL": chain_url,
         "CHAIN_PRIVATE_KEY": ANVIL_DEV_KEY,
         "SECRET_KEY": "production-stack-test-secret-key-0123456789-abcdefghij",
@@ -153,15 +153,16 @@ class ProductionStack:
 
 
 @pytest.fixture(scope="session")
-def production_stack(django_db_setup, django_db_blocker, anvil, tmp_path_factory):
+def production_stack(django_db_setup, django_db_blocker, anvil, peer_redis, tmp_path_factory):
     """One production stack for the whole session (started by the first test that asks)."""
     tmp = tmp_path_factory.mktemp("stack")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with django_db_blocker.unblock():
-        env = production_env(anvil, url, tmp / "static", tmp / "home")
+        env = production_env(anvil, peer_redis.admin_url, url, tmp / "static", tmp / "home")
     (tmp / "home").mkdir()
     stack = ProductionStack(url, anvil, env, tmp)
+    stack.peer_redis = peer_redis
     stack.manage("migrate", "--noinput")
     stack.manage("collectstatic", "--noinput")
     try:

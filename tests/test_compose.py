@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compose_file_describes_the_real_services():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "chain", "web", "worker", "beat", "peer"} <= set(services)
+    assert {"postgres", "redis", "peer-redis", "rabbitmq", "chain", "web", "worker", "beat", "peer"} <= set(services)
     assert services["web"]["command"][:1] == ["daphne"] and "hub.asgi:application" in services["web"]["command"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "hub", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "hub", "beat"]
@@ -39,9 +39,11 @@ def test_readme_production_section_documents_every_setting():
 
     settings_py = (ROOT / "platform" / "hub" / "settings.py").read_text()
     read = set(re.findall(r'(?:os\.environ\.get|env_bool)\("([A-Z_]+)"', settings_py))
-    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "PEER_CHANNEL_URL", "CHAIN_PRIVATE_KEY"} <= read
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "PEER_REDIS_URL", "CHAIN_PRIVATE_KEY"} <= read
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    platform_services = [s for name, s in compose["services"].items() if name not in ("postgres", "rabbitmq", "peer")]
+    platform_services = [
+        s for name, s in compose["services"].items() if name not in ("postgres", "rabbitmq", "peer", "peer-redis")
+    ]
     set_by_compose = {name for service in platform_services for name in service.get("environment") or {}}
     section = production_section()
     undocumented = sorted(name for name in read | set_by_compose - {"PYTHONPATH"} if f"`{name}`" not in section)
@@ -73,3 +75,17 @@ def test_the_operator_key_lives_only_where_settlement_runs_and_the_chain_is_inte
     assert "ports" not in services["chain"] and services["chain"]["networks"] == ["chain"]
     assert compose["networks"]["chain"]["internal"] is True
     assert "chain" in services["worker"]["networks"] and "networks" not in services["web"]
+
+
+def test_the_peers_exchange_is_a_redis_of_its_own():
+    """Peers reach peer-redis only: its default user is off, the platform its admin; the
+    platform's own Redis is not the one peers are told about."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    command = services["peer-redis"]["command"]
+    assert command[command.index("--user") + 1 : command.index("--user") + 3] == ["default", "off"]
+    env = services["web"]["environment"]
+    assert "@peer-redis:" in env["PEER_REDIS_URL"] and "redis:6379" not in env["PEER_REDIS_PUBLIC_URL"].replace(
+        "peer-redis", ""
+    )
+    assert "ports" not in services["redis"]  # the platform's Redis is not published

@@ -184,7 +184,15 @@ def test_import_contracts_are_kept():
 
 
 # peers.wire.signing: the platform signs round plans with the same Ed25519 code peers verify with
-SHARED_WITH_PLATFORM = {"peers.protocol", "peers.topology", "peers.spectral", "peers.plans", "peers.wire.signing"}
+# peers.acl: the platform grants a node's exchange user exactly the rights the transport uses
+SHARED_WITH_PLATFORM = {
+    "peers.acl",
+    "peers.protocol",
+    "peers.topology",
+    "peers.spectral",
+    "peers.plans",
+    "peers.wire.signing",
+}
 
 
 def test_platform_contract_names_every_peers_module():

@@ -49,7 +49,7 @@ def test_celery_has_a_broker_of_its_own_and_a_redis_broker_gets_the_same_options
     from pathlib import Path
 
     assert settings.CELERY_BROKER_URL.startswith("amqp://")
-    assert settings.PEER_CHANNEL_URL not in settings.CELERY_BROKER_URL
+    assert settings.REDIS_URL not in settings.CELERY_BROKER_URL
     root = Path(__file__).resolve().parents[1]
     code = (
         "import json\nfrom celery import current_app\nimport hub.celery\n"

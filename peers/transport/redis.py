@@ -7,16 +7,16 @@ scored by send time. A peer using this class and the platform using channels_red
 
 Speed (see docs/benchmarks.md, ``python -m bench exchange``):
 
-- a send is one round trip and exact about the capacity (channels_redis needs two trips and
-  can overshoot it under races): small messages go through one Lua EVAL that drops expired
-  members and adds what fits; big batches through one MULTI/EXEC that adds them and then (Lua,
-  no payload bytes in Lua: turning megabytes of ARGV into Lua strings doubles Redis' CPU per
-  byte) takes back the newest ones that do not fit, so nobody sees the channel over capacity;
-  ``send_many`` adds a batch of messages in that single trip, as many as fit, in order;
+- a send is one round trip: one MULTI/EXEC adds the batch (``send_many``: as many messages as
+  fit, in order) and counts the inbox; only when that is over capacity does a second trip take
+  back the batch's newest members. No Lua and nothing that reads or deletes other senders'
+  messages, so the same code runs as a peer's ACL user on the peers' own Redis
+  (``peers.acl``: the platform grants exactly those);
 - scores strictly increase per transport, so a batch keeps its order in the sorted set;
 - ``receive`` pops up to ``prefetch`` waiting messages per round trip (BZMPOP, Redis >= 7:
   blocks only while the channel is empty); popped messages wait in this object, so a
-  cancelled ``receive`` loses nothing;
+  cancelled ``receive`` loses nothing; messages older than ``expiry`` are dropped as they are
+  popped (the sender cannot expire them: it has no right to);
 - big members (weight chunks) reach us as views of what the socket read, not as the two
   further copies redis-py's pure-Python parser makes of every bulk string
   (``peers.transport.lean_parser``).
@@ -30,10 +30,13 @@ import math
 import os
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from peers.protocol import NAME_RE
 from peers.transport.base import SEND_MANY, ChannelFull
@@ -45,49 +48,6 @@ RANDOM_PREFIX_LENGTH = 12  # channels_redis default random_prefix_length
 ASGI_CHANNEL_KEY = "__asgi_channel__"  # added by channels_redis group_send; stripped on receive
 PREFETCH = 16  # messages popped per round trip while a channel has a backlog
 PREFETCH_BYTES = 4 << 20  # ...while their total size stays under this (estimated from the last batch)
-
-# Small batches (round plans, reports, small chunks): one EVAL drops expired members, adds as
-# many messages as fit, in order, and returns that number. KEYS[1] channel key; ARGV: cutoff,
-# capacity, expiry, then score1, member1, score2, member2, ...
-_ADD_SCRIPT = """
-local key = KEYS[1]
-redis.call('ZREMRANGEBYSCORE', key, 0, ARGV[1])
-local room = tonumber(ARGV[2]) - redis.call('ZCARD', key)
-local n = math.max(0, math.min(room, (#ARGV - 3) / 2))
-for i = 1, n do
-  redis.call('ZADD', key, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
-end
-if n > 0 then
-  redis.call('EXPIRE', key, ARGV[3])
-end
-return n
-"""
-SMALL_BATCH_BYTES = 64 * 1024  # up to this, members go through Lua; above, MULTI/EXEC + trim
-
-# Big batches: runs inside the same MULTI/EXEC as the ZADD of a batch, so nobody sees the channel over
-# capacity: if it is, this removes the batch's newest members until it fits (or none of them
-# is left) and returns how many of the batch stay. KEYS[1] channel key; ARGV: capacity, then
-# score1, prefix1, score2, prefix2, ... (each member's random prefix; members are not passed:
-# turning megabytes of ARGV into Lua strings doubles Redis' CPU per byte).
-_TRIM_SCRIPT = """
-local key = KEYS[1]
-local excess = redis.call('ZCARD', key) - tonumber(ARGV[1])
-local kept = (#ARGV - 1) / 2
-local i = kept
-while excess > 0 and i >= 1 do
-  local score, prefix = ARGV[2 * i], ARGV[2 * i + 1]
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, score, score)) do
-    if string.sub(member, 1, #prefix) == prefix then
-      redis.call('ZREM', key, member)
-      excess = excess - 1
-      kept = kept - 1
-      break
-    end
-  end
-  i = i - 1
-end
-return kept
-"""
 
 
 def connection_options(block_s: float) -> dict:
@@ -102,6 +62,35 @@ def connection_options(block_s: float) -> dict:
     }
 
 
+class NodeCredentials(CredentialProvider):
+    """A node's user on the peers' exchange, as the platform's hello issued it. Redis forgets its
+    node users when it restarts: ``renew`` (another hello) gets a new password then."""
+
+    def __init__(self, username: str, password: str, renew: Callable[[], Awaitable[tuple[str, str]]] | None = None):
+        self.username = username
+        self.password = password
+        self._renew = renew
+        self._lock = asyncio.Lock()
+        self.renewals = 0
+
+    def get_credentials(self) -> tuple[str, str]:
+        return self.username, self.password
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()
+
+    async def renew(self, refused: tuple[str, str]) -> bool:
+        """Replace the credentials Redis refused (once, however many connections saw it)."""
+        if self._renew is None:
+            return False
+        async with self._lock:
+            if self.get_credentials() == refused:
+                self.username, self.password = await self._renew()
+                self.renewals += 1
+                log.info("exchange credentials renewed (%s)", self.username)
+        return True
+
+
 class RedisChannelTransport:
     extensions = [SEND_MANY]
 
@@ -113,13 +102,16 @@ class RedisChannelTransport:
         expiry: int = 60,
         block_s: float = 5.0,
         prefetch: int = PREFETCH,
+        credentials: NodeCredentials | None = None,
     ):
         self.prefix = prefix
         self.capacity = capacity
         self.expiry = expiry
         self.block_s = block_s
         self.prefetch = max(1, int(prefetch))
-        self._redis = aioredis.from_url(url, **connection_options(block_s), **parser_options())
+        self.credentials = credentials
+        extra = {} if credentials is None else {"credential_provider": credentials}
+        self._redis = aioredis.from_url(url, **connection_options(block_s), **parser_options(), **extra)
         self._last_score = 0.0
         self._has_bzmpop = True
         # One in-flight fetch per channel, kept across cancellation so messages popped while
@@ -154,35 +146,48 @@ class RedisChannelTransport:
         if not await self.send_many(channel, [message]):
             raise ChannelFull(channel)
 
+    async def _renewing(self, operation: Callable[[], Awaitable]):
+        """Run a Redis operation, once more after a restart of the exchange: a pooled connection
+        it closed fails once (a send may then arrive twice: receivers keep the first copy of a
+        chunk), and when Redis refuses our node user (a restart forgets them) new credentials
+        come from the platform first."""
+        for attempt in (1, 2, 3):
+            used = None if self.credentials is None else self.credentials.get_credentials()
+            try:
+                return await operation()
+            except AuthenticationError:
+                if attempt == 3 or used is None or not await self.credentials.renew(used):  # type: ignore[union-attr]
+                    raise
+            except RedisConnectionError:
+                if attempt == 3:
+                    raise
+        raise AssertionError("unreachable")
+
     async def send_many(self, channel: str, messages: list[dict]) -> int:
+        return await self._renewing(lambda: self._send_many(channel, messages))
+
+    async def _send_many(self, channel: str, messages: list[dict]) -> int:
         """Queue ``messages`` in order in one round trip; returns how many fit (a prefix of
-        the list; 0 when the channel is full). Never leaves the channel over capacity."""
+        the list; 0 when the channel is full).
+
+        One MULTI/EXEC adds the batch and counts the inbox; when that count is over capacity
+        a second trip takes back this batch's newest messages until it fits (a sender may only
+        remove what it knows the members of: its own). A receiver popping in between can see
+        the inbox over capacity by at most this batch, for one round trip."""
         key = self._key(channel)
         members = [self._member(m) for m in messages]
         if not members:
             return 0
-        scored = [(member, self._score()) for member in members]
-        cutoff = int(time.time()) - int(self.expiry)
-        if sum(len(m) for m in members) <= SMALL_BATCH_BYTES:
-            args: list = [cutoff, int(self.capacity), int(self.expiry)]
-            for member, score in scored:
-                args += [repr(score), member]
-            return int(await self._redis.eval(_ADD_SCRIPT, 1, key, *args))
-        trim_args: list = [int(self.capacity)]
-        for member, score in scored:
-            trim_args += [repr(score), member[:RANDOM_PREFIX_LENGTH]]
-        # EVAL, not a registered Script: redis-py checks SCRIPT EXISTS before every pipeline
-        # that holds one (an extra round trip), and an EVALSHA failing inside EXEC would leave
-        # the batch untrimmed.
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(key, min=0, max=cutoff)
             # ZADD as a flat command: redis-py's zadd() takes a dict, and building one hashes
             # every (megabyte-sized) member in Python just to throw the hashes away.
-            pipe.execute_command("ZADD", key, *[x for member, score in scored for x in (repr(score), member)])
-            pipe.expire(key, int(self.expiry))
-            pipe.eval(_TRIM_SCRIPT, 1, key, *trim_args)
-            results = await pipe.execute()
-        return int(results[-1])
+            pipe.execute_command("ZADD", key, *[x for member in members for x in (repr(self._score()), member)])
+            pipe.zcard(key)
+            _, size = await pipe.execute()
+        excess = min(int(size) - int(self.capacity), len(members))
+        if excess > 0:
+            await self._redis.zrem(key, *members[len(members) - excess :])
+        return len(members) - max(excess, 0)
 
     async def _fetch(self, key: str, channel: str) -> None:
         """Pop up to a batch of messages into the channel's buffer, blocking while it is empty
@@ -198,12 +203,18 @@ class RedisChannelTransport:
                 return
             if not result:
                 return
-            members = [m for m, _ in result[1]]  # type: ignore[misc,str-unpack]  # (key, [[member, score], ...])
+            popped = [(m, float(score)) for m, score in result[1]]  # type: ignore[misc,str-unpack]  # (key, [[member, score], ...])
         else:
-            popped = await self._redis.bzpopmin(key, timeout=self.block_s)
-            if popped is None:
+            one = await self._redis.bzpopmin(key, timeout=self.block_s)
+            if one is None:
                 return
-            members = [popped[1]]
+            popped = [(one[1], float(one[2]))]
+        cutoff = time.time() - self.expiry
+        members = [m for m, score in popped if score >= cutoff]
+        if len(members) < len(popped):
+            log.info("dropped %d expired message(s) from %s", len(popped) - len(members), channel)
+        if not members:
+            return
         size = sum(len(m) for m in members) / len(members)
         self._batch[channel] = max(1, min(self.prefetch, int(PREFETCH_BYTES // max(size, 1))))
         self._buffers[channel].extend(members)
@@ -219,7 +230,7 @@ class RedisChannelTransport:
                         return message
                 task = self._pending.get(channel)
                 if task is None or task.cancelled():
-                    task = asyncio.ensure_future(self._fetch(key, channel))
+                    task = asyncio.ensure_future(self._renewing(lambda: self._fetch(key, channel)))
                     self._pending[channel] = task
                 try:
                     await asyncio.shield(task)

@@ -156,8 +156,18 @@ else:
             "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 500, **REDIS_CONNECTION_OPTIONS}]},
         }
     }
-# Where peers on other machines reach the channel layer (told to them by the node API).
-PEER_CHANNEL_URL = os.environ.get("PEER_CHANNEL_URL", REDIS_URL)
+# The peers' exchange (nodes.exchange): a Redis of its own for the weights peers swap, never the
+# one above. PEER_REDIS_URL is how the platform reaches it, as its admin user (the server's
+# `default` user disabled); each node gets a user of its own at hello. PEER_REDIS_PUBLIC_URL is
+# the address peers are told (default: PEER_REDIS_URL without its credentials). Unset: the
+# embedded demo's way, plans on the default layer and no exchange for remote peers.
+PEER_REDIS_URL = os.environ.get("PEER_REDIS_URL", "")
+PEER_REDIS_PUBLIC_URL = os.environ.get("PEER_REDIS_PUBLIC_URL", "")
+if PEER_REDIS_URL:
+    CHANNEL_LAYERS["peers"] = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": PEER_REDIS_URL, **REDIS_CONNECTION_OPTIONS}], "prefix": "asgi"},
+    }
 
 # Celery: its own broker, RabbitMQ, which peers never reach (the Redis they use for weights must
 # not let them queue orchestration tasks); eager in the embedded demo. A Redis broker works too

@@ -11,13 +11,13 @@ from datetime import timedelta
 from functools import partial
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from live.broadcast import job_update
+from nodes import exchange
 from nodes.authority import platform_key
 from peers import topology
 from peers.plans import round_plans
@@ -151,10 +151,33 @@ def current_plans_for(node) -> dict:
     return {"current_rounds": {str(job.id): job.current_round for job in jobs}, "plans": plans}
 
 
+def exchange_grants(node_ids: set[int]) -> dict[int, set[int]]:
+    """Whose inboxes each node may add to: its neighbours in every open round it is planned in."""
+    grants: dict[int, set[int]] = {node_id: set() for node_id in node_ids}
+    for rnd in Round.objects.filter(status=Round.Status.OPEN).select_related("job"):
+        if rnd.members is not None and not grants.keys() & set(rnd.members):
+            continue
+        for plan in signed_plans(rnd):
+            if plan.node_id in grants:
+                grants[plan.node_id].update(n.node_id for n in plan.neighbours)
+    return grants
+
+
+def update_exchange_grants(job: Job, only: set[int] | None = None) -> None:
+    """Rewrite what the job's members (or ``only`` these) may send to on the peers' exchange:
+    a new round's neighbours in, a dropped member's or a finished job's out."""
+    nodes = set(job.cohort.values_list("node_id", flat=True)) if only is None else only
+    try:
+        exchange.allow_sends(exchange_grants(nodes))
+    except exchange.ExchangeUnavailable as exc:
+        log.warning("job %s: exchange grants not updated (%s); beat tries again", job.id, exc)
+
+
 def dispatch_plans(rnd: Round, only: set[int] | None = None) -> None:
     """Send each planned member its plan (or only the nodes in ``only``). A node we cannot
     reach is a straggler for this round until beat sends the plan again."""
-    layer = get_channel_layer()
+    update_exchange_grants(rnd.job, only)
+    layer = exchange.plan_layer()
     channels = None if only is None else {node_channel(node_id) for node_id in only}
     for channel, message in build_plans(rnd):
         if channels is not None and channel not in channels:
@@ -279,6 +302,7 @@ def close_round(round_id: int) -> None:
     if following is not None:
         dispatch_plans(following)
     else:
+        update_exchange_grants(job)  # no open round: its members may send nowhere for it
         job_update(job.id, "status", status_event(job))
         if job.status == Job.Status.FINISHED:
             queue.settle_job(job.id)

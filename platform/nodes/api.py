@@ -11,7 +11,7 @@ from hub.ratelimit import allow
 from peers.protocol import key_change_bytes
 from peers.wire.signing import verify
 
-from . import safejson
+from . import exchange, safejson
 from .authority import platform_key
 from .hardware import HardwareError, parse_hardware
 from .models import Node
@@ -59,7 +59,6 @@ def node_info(node: Node) -> dict:
         "node_id": node.id,
         "name": node.name,
         "channel": node.channel,
-        "channel_layer": {"url": settings.PEER_CHANNEL_URL, "prefix": "asgi"},
         "heartbeat_s": node.heartbeat_interval_s(),
         "platform_key": platform_key().public_key_hex,  # peers pin it: round plans must carry its signature
     }
@@ -73,7 +72,7 @@ def me(request, node, body):
 @node_api("POST")
 def hello(request, node, body):
     """A peer announces itself: refreshed hardware and its signing key. It may start jobs."""
-    from jobs.orchestration import rejoin, start_jobs_for_node
+    from jobs.orchestration import exchange_grants, rejoin, start_jobs_for_node
 
     if "hardware" in body:
         try:
@@ -98,9 +97,14 @@ def hello(request, node, body):
     node.save(
         update_fields=["cpu", "cores", "ram_gb", "gpu_name", "vram_gb", "cuda_capability", "hardware", "public_key"]
     )
+    try:
+        # Its own user on the peers' exchange, allowed to send where its open rounds say.
+        credentials = exchange.enroll(node.id, exchange_grants({node.id})[node.id])
+    except exchange.ExchangeUnavailable as exc:
+        return api_error(503, f"{exc}; try again shortly")
     rejoin(node)  # a member left out for missed rounds counts again from the next round
     start_jobs_for_node(node)
-    return JsonResponse(node_info(node))
+    return JsonResponse({**node_info(node), "exchange": credentials})
 
 
 def _key_change_signed(node: Node, new_key: str, signature) -> bool:

@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from . import exchange
 from .forms import NodeForm
 from .models import Node
 
@@ -40,6 +41,7 @@ def node_new_token(request, pk):
     node = get_object_or_404(Node, pk=pk, owner=request.user)
     token = node.issue_token()
     node.save(update_fields=["token_id", "token_hash"])
+    revoke_exchange(request, node)
     messages.info(request, "A new token was issued; the old one no longer works.")
     return render(
         request, "nodes/token.html", {"node": node, "token": token, "server": request.build_absolute_uri("/")}
@@ -53,7 +55,19 @@ def node_reset_key(request, pk):
     its machine replaced): the next hello sets whatever key it brings."""
     node = get_object_or_404(Node, pk=pk, owner=request.user)
     Node.objects.filter(pk=node.pk).update(public_key="")
+    revoke_exchange(request, node)
     messages.info(
         request, "The node's signing key was cleared; the next peer that says hello with its token sets a new one."
     )
     return redirect("nodes:detail", node.pk)
+
+
+def revoke_exchange(request, node) -> None:
+    """Whoever held the old token or key loses the exchange too: its user and connections go."""
+    try:
+        exchange.revoke(node.id)
+    except exchange.ExchangeUnavailable as exc:
+        messages.warning(
+            request,
+            f"The peers' exchange could not be told ({exc}); its old credentials work until the exchange restarts.",
+        )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The CUDA checks and GPU benchmarks, as one script for a lent GPU machine (device tool; see
+# docs/benchmarks.md). That machine's python3 already has CUDA PyTorch, numpy, scikit-learn,
+# msgpack, requests, rich and pytest but no network: what its image lacks travels as wheels in
+# .whl/ (cryptography, cffi, pycparser, redis; docs/benchmarks.md has the download command).
+# Results go to $OUT (the device tool brings them back), or ./gpu-results elsewhere.
+set -u
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+{ nvidia-smi; python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } 2>&1 | tee "$OUT/card.txt"
+# Peer-side tests only (no Django, no services there): --noconftest keeps the platform's fixtures out.
+timeout 180 python3 -m pytest -q -p no:cacheprovider --noconftest -o addopts="-ra" \
+  tests/test_cuda_path.py tests/test_models_training.py tests/test_hw.py 2>&1 | tee "$OUT/tests.txt"
+for bench in "train" "aggregate" "accuracy --quick"; do
+  echo "== python -m bench $bench --device cuda"
+  timeout 120 python3 -m bench $bench --device cuda
+done 2>&1 | tee "$OUT/bench_cuda.txt"
