@@ -1,7 +1,7 @@
 """Weights exchange over real Redis: the project's path vs raw redis-py SET + GET.
 
     python -m bench exchange [--quick] [--device cpu|cuda] [--repeats N] [--url REDIS_URL]
-                             [--params N ...] [--chunk-kib K] [--shared-receiver]
+                             [--params N ...] [--chunk-kib K] [--shared-receiver] [--no-acl]
 
 One model (a state dict of float32 tensors: 1M, 25M and 100M parameters; ``--quick``: 1M
 and 25M) moves from peer A (this process) to peer B (a separate, freshly spawned receiver
@@ -13,7 +13,9 @@ process) through the project's own code:
 The clock starts in the sender before ``pack_state`` and stops in the receiver after
 ``unpack_state`` returned (both read CLOCK_MONOTONIC, which is system-wide on Linux), so
 the time includes serialisation, hashing, signing, chunking, Redis, reassembly and
-validation; sender and receiver run concurrently.
+validation; sender and receiver run concurrently. They connect as peers do on the peers'
+exchange: each as a node's own ACL user with exactly the rights ``peers.acl`` grants (created on
+the Redis at ``--url`` for the run and deleted after it; ``--no-acl``: as the admin user).
 
 Baseline: raw redis-py (sync) ``SET`` of the same payload bytes by the sender plus ``GET``
 by a second receiver process (started and warmed like ours), timed separately and added. It
@@ -99,18 +101,27 @@ def fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
 # -- receiver process -------------------------------------------------------------------------
 
 
-def _receiver_main(conn, url: str, prefix: str, channel: str, public_key: str, spec: dict, max_bytes: int) -> None:
-    asyncio.run(_receiver(conn, url, prefix, channel, public_key, spec, max_bytes))
+def _receiver_main(
+    conn, url: str, prefix: str, channel: str, public_key: str, spec: dict, max_bytes: int, user: tuple | None
+) -> None:
+    asyncio.run(_receiver(conn, url, prefix, channel, public_key, spec, max_bytes, user))
 
 
-async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes) -> None:
+def _transport(url: str, prefix: str, user: tuple | None, **options):
+    """The peers' transport, as a node's ACL user when ``user`` is (username, password)."""
+    from peers.transport.redis import NodeCredentials, RedisChannelTransport
+
+    credentials = None if user is None else NodeCredentials(*user)
+    return RedisChannelTransport(url, prefix=prefix, credentials=credentials, **options)
+
+
+async def _receiver(conn, url, prefix, channel, public_key, spec, max_bytes, user) -> None:
     import redis
 
-    from peers.transport.redis import RedisChannelTransport
     from peers.wire.exchange import Completed, Reassembler, Rejected
     from peers.wire.format import all_finite, unpack_state
 
-    transport = RedisChannelTransport(url, prefix=prefix, block_s=5)
+    transport = _transport(url, prefix, user, block_s=5)
     raw = redis.Redis.from_url(url)
     # A running peer has used torch before a model arrives (it trained; mixing checks sums for
     # finiteness). The first sum and isfinite of a process allocate ~3 MB once (thread pool,
@@ -216,10 +227,12 @@ def _baseline_once(raw, conn, proc, key: str, payload: bytes):
 
 
 async def run_size(params: int, args, url: str) -> dict:
+    import secrets
+
     import redis
 
+    from peers import acl
     from peers.protocol import node_channel
-    from peers.transport.redis import RedisChannelTransport
     from peers.wire.format import describe, pack_state
     from peers.wire.signing import NodeKey
 
@@ -228,8 +241,24 @@ async def run_size(params: int, args, url: str) -> dict:
     payload = pack_state(state)  # the baseline's bytes (same as ours)
     size = len(payload)
     key = NodeKey.generate()
-    prefix = f"bench-exchange-{uuid.uuid4().hex[:8]}:"
-    channel = node_channel(RECEIVER)
+    raw = redis.Redis.from_url(url)
+    users: dict[str, tuple | None] = {"sender": None, "receiver": None}
+    if args.acl:
+        # As peers run: each side a node's ACL user (peers.acl), the inbox at its real key name;
+        # node ids drawn so as not to meet a real node's on a shared Redis.
+        sender_id, receiver_id = (900_000_000 + secrets.randbelow(10**8) for _ in range(2))
+        prefix, channel = acl.KEY_PREFIX, node_channel(receiver_id)
+        for role, node_id, sends_to in (("sender", sender_id, [receiver_id]), ("receiver", receiver_id, [])):
+            password = secrets.token_urlsafe(16)
+            raw.execute_command("ACL", "SETUSER", acl.username(node_id), *acl.user_rules(node_id, password, sends_to))
+            users[role] = (acl.username(node_id), password)
+        baseline_key = f"bench-exchange-{uuid.uuid4().hex[:8]}:baseline"
+        cleanup = [prefix + channel, baseline_key]
+    else:
+        prefix = f"bench-exchange-{uuid.uuid4().hex[:8]}:"
+        channel = node_channel(RECEIVER)
+        baseline_key = prefix + "baseline"
+        cleanup = [prefix + channel, baseline_key]
     ctx = mp.get_context("spawn")
 
     def receiver():
@@ -237,7 +266,16 @@ async def run_size(params: int, args, url: str) -> dict:
         proc = ctx.Process(
             target=_receiver_main,
             daemon=True,
-            args=(child, url, prefix, channel, key.public_key_hex, describe(state), size + (1 << 20)),
+            args=(
+                child,
+                url,
+                prefix,
+                channel,
+                key.public_key_hex,
+                describe(state),
+                size + (1 << 20),
+                users["receiver"],
+            ),
         )
         proc.start()
         return parent, proc
@@ -247,12 +285,11 @@ async def run_size(params: int, args, url: str) -> dict:
     parent, proc = receiver()
     base_parent, base_proc = (parent, proc) if args.shared_receiver else receiver()
     receivers = [(parent, proc)] + ([] if args.shared_receiver else [(base_parent, base_proc)])
-    transport = RedisChannelTransport(url, prefix=prefix)
-    raw = redis.Redis.from_url(url)
+    transport = _transport(url, prefix, users["sender"])
     ours, base, first_peak = [], [], 0
     try:
         for rep in range(args.repeats + 1):  # rep 0 is the warm-up
-            b = _baseline_once(raw, base_parent, base_proc, prefix + "baseline", payload)
+            b = _baseline_once(raw, base_parent, base_proc, baseline_key, payload)
             o = await _ours_once(transport, parent, proc, channel, state, key, seq=rep, chunk_bytes=args.chunk_bytes)
             if o["fingerprint"] != expected_fp or o["size"] != size:
                 raise RuntimeError("received state differs from the sent one")
@@ -269,9 +306,10 @@ async def run_size(params: int, args, url: str) -> dict:
             if p.is_alive():
                 p.terminate()
         await transport.close()
-        leftovers = list(raw.scan_iter(match=prefix + "*"))
-        if leftovers:
-            raw.delete(*leftovers)
+        raw.delete(*cleanup)
+        for user in users.values():
+            if user is not None:
+                raw.execute_command("ACL", "DELUSER", user[0])
         raw.close()
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     mb = size / 1e6
@@ -310,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 7, quick 3)")
     ap.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument(
+        "--no-acl",
+        dest="acl",
+        action="store_false",
+        help="send and receive as the admin user, not as two nodes' ACL users (peers.acl)",
+    )
     ap.add_argument("--chunk-kib", type=int, default=None, help="chunk size (default: send_payload's)")
     ap.add_argument(
         "--shared-receiver",
@@ -370,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_peak_x_model": round(max(r["peak_x_model"] for r in rows), 3),
         "chunk_bytes": args.chunk_bytes,
         "shared_receiver": bool(args.shared_receiver),
+        "as_node_acl_users": bool(args.acl),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
     print(json.dumps(result))

@@ -16,7 +16,9 @@ fi
 # Peer-side tests only (no Django, no services there): --noconftest keeps the platform's fixtures out.
 timeout 180 python3 -m pytest -q -p no:cacheprovider --noconftest -o addopts="-ra" \
   tests/test_cuda_path.py tests/test_models_training.py tests/test_hw.py 2>&1 | tee "$OUT/tests.txt"
-for bench in "train" "aggregate" "accuracy --quick"; do
+# BENCHES: which benchmarks, ';'-separated (default: train; aggregate; accuracy --quick)
+IFS=';' read -ra benches <<< "${BENCHES:-train;aggregate;accuracy --quick}"
+for bench in "${benches[@]}"; do
   echo "== python -m bench $bench --device cuda"
   timeout 120 python3 -m bench $bench --device cuda
 done 2>&1 | tee "$OUT/bench_cuda.txt"

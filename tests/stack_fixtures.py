@@ -133,6 +133,30 @@ class ProductionStack:
         self.peers.append(proc)
         return proc
 
+    def restart(self, name: str) -> Proc:
+        """SIGKILL a service (a crash, not a shutdown) and start it again with the same command;
+        returns once it serves again."""
+        old = next(p for p in self.services if p.name == name)
+        old.kill()
+        proc = Proc(name, old.args, self.env)
+        self.services[self.services.index(old)] = proc
+        if name == "celery-worker":
+            proc.wait_for(r"ready\.", timeout=90)
+        elif name == "daphne":
+            self.wait_until_serving(proc)
+        return proc
+
+    def wait_until_serving(self, web: Proc, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(self.url + "/login/", timeout=2)
+                return
+            except requests.RequestException:
+                if web.popen.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"daphne did not start:\n{web.output()[-3000:]}")
+                time.sleep(0.2)
+
     def check_services(self) -> None:
         for proc in self.services:
             if proc.popen.poll() is not None:
@@ -170,15 +194,7 @@ def production_stack(django_db_setup, django_db_blocker, anvil, peer_redis, tmp_
         worker = stack.service("celery-worker", "celery", "-A", "hub", "worker", "-l", "info")
         stack.service("celery-beat", "celery", "-A", "hub", "beat", "-l", "info", "-s", str(tmp / "beat-schedule"))
         worker.wait_for(r"ready\.", timeout=90)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url + "/login/", timeout=2)
-                break
-            except requests.RequestException:
-                if web.popen.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"daphne did not start:\n{web.output()[-3000:]}")
-                time.sleep(0.2)
+        stack.wait_until_serving(web)
         yield stack
     finally:
         stack.stop()
