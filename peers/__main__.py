@@ -53,6 +53,7 @@ async def _join(args) -> int:
     from peers.hw import detect_hardware
     from peers.training import select_device
     from peers.transport.redis import NodeCredentials, RedisChannelTransport
+    from peers.transport.relay import RelayTransport, relay_url
     from peers.wire.signing import NodeKey
     from peers.worker import Peer
 
@@ -72,23 +73,27 @@ async def _join(args) -> int:
     platform_key = pin_platform_key(key_path.with_suffix(".platform"), info["platform_key"])
     if platform_key is None:
         return 2
-    exchange = info.get("exchange")
-    if not exchange:
-        log.error(
-            "%s offers no exchange for peers on other machines (an embedded demo, or PEER_REDIS_URL unset)",
-            args.server,
+
+    def redis_transport(exchange: dict) -> RedisChannelTransport:
+        async def renew_credentials() -> tuple[str, str]:  # the exchange restarted and forgot our user
+            again = await asyncio.to_thread(client.hello, hardware, key.public_key_hex)
+            return again["exchange"]["username"], again["exchange"]["password"]
+
+        return RedisChannelTransport(
+            args.redis or exchange["url"],
+            prefix=exchange["prefix"],
+            credentials=NodeCredentials(exchange["username"], exchange["password"], renew_credentials),
         )
-        return 2
 
-    async def renew_credentials() -> tuple[str, str]:
-        again = await asyncio.to_thread(client.hello, hardware, key.public_key_hex)
-        return again["exchange"]["username"], again["exchange"]["password"]
-
-    transport = RedisChannelTransport(
-        args.redis or exchange["url"],
-        prefix=exchange["prefix"],
-        credentials=NodeCredentials(exchange["username"], exchange["password"], renew_credentials),
-    )
+    exchange = info.get("exchange")
+    transport: RelayTransport | RedisChannelTransport
+    if args.relay or not exchange:
+        # Behind a firewall, or a platform without a peers' Redis (the embedded demo): the
+        # exchange goes through the platform's own websocket.
+        transport = RelayTransport(relay_url(args.server), args.token)
+        log.info("exchanging weights through the platform's websocket relay (%s)", transport.url)
+    else:
+        transport = redis_transport(exchange)
     peer = Peer(
         info["node_id"], key, data, transport, client, platform_key=platform_key, device=device, attack=args.attack
     )
@@ -175,6 +180,11 @@ def main(argv=None) -> int:
     join.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     join.add_argument("--key", help="Ed25519 key file (created if missing; default ~/.dfl/node-<id>.key)")
     join.add_argument("--redis", help="the exchange's Redis address, if not the one the platform announces")
+    join.add_argument(
+        "--relay",
+        action="store_true",
+        help="exchange weights through the platform's websocket (its HTTPS port only) instead of its Redis",
+    )
     join.add_argument("--max-jobs", type=int, default=None, help="exit after this many finished jobs")
     join.add_argument("--seed", type=int, default=0, help="seed of the local train/eval split")
     join.add_argument("--attack", choices=ATTACK_MODES, default="none", help="simulate a Byzantine peer")

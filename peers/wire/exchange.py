@@ -53,6 +53,7 @@ async def send_payload(
     """
     if chunk_bytes is None:
         chunk_bytes = default_chunk_bytes(len(payload))
+    chunk_bytes = min(chunk_bytes, getattr(transport, "max_chunk_bytes", chunk_bytes))  # the relay's frames
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
     count = max(1, -(-len(payload) // chunk_bytes))

@@ -18,10 +18,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from live.routing import websocket_urlpatterns  # noqa: E402
+from nodes.relay import NodeRelay  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
-)
+browsers = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+node_relay = NodeRelay.as_asgi()  # peers: a bearer token, no cookie, no Origin (not a browser)
+
+
+async def websockets(scope, receive, send):
+    """/ws/node/ is the peers' relay (nodes.relay); every other websocket is a browser's."""
+    app = node_relay if scope["path"] == "/ws/node/" else browsers
+    return await app(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websockets})
