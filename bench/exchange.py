@@ -264,9 +264,12 @@ async def run_size(params: int, args, url: str) -> dict:
         # node ids drawn so as not to meet a real node's on a shared Redis.
         sender_id, receiver_id = (900_000_000 + secrets.randbelow(10**8) for _ in range(2))
         prefix, channel = acl.KEY_PREFIX, node_channel(receiver_id)
+        # The exchange is database 0; on another (a test suite's throw-away one) SELECT is needed too.
+        select = ["+select"] if raw.connection_pool.connection_kwargs.get("db", 0) else []
         for role, node_id, sends_to in (("sender", sender_id, [receiver_id]), ("receiver", receiver_id, [])):
             password = secrets.token_urlsafe(16)
-            raw.execute_command("ACL", "SETUSER", acl.username(node_id), *acl.user_rules(node_id, password, sends_to))
+            rules = [*acl.user_rules(node_id, password, sends_to), *select]
+            raw.execute_command("ACL", "SETUSER", acl.username(node_id), *rules)
             users[role] = (acl.username(node_id), password)
         baseline_key = f"bench-exchange-{uuid.uuid4().hex[:8]}:baseline"
         cleanup = [prefix + channel, baseline_key]

@@ -101,6 +101,13 @@ def exchange(peer_redis, settings):
             if user.startswith(b"node-"):
                 client.execute_command("ACL", "DELUSER", user)
         client.flushall()
+    use_exchange(settings, peer_redis)
+    return peer_redis
+
+
+def use_exchange(settings, peer_redis: PeerRedis) -> None:
+    """Point this process's platform code (pytest-django's ``settings``) at ``peer_redis``, as
+    PEER_REDIS_URL does for the stack's processes."""
     settings.PEER_REDIS_URL = peer_redis.admin_url
     settings.PEER_REDIS_PUBLIC_URL = ""
     settings.CHANNEL_LAYERS = {
@@ -110,4 +117,3 @@ def exchange(peer_redis, settings):
             "CONFIG": {"hosts": [{"address": peer_redis.admin_url}], "prefix": "asgi"},
         },
     }
-    return peer_redis

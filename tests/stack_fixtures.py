@@ -23,6 +23,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from tests.chain_fixtures import ANVIL_DEV_KEY, free_port
+from tests.exchange_fixtures import use_exchange
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_ONLINE_SECONDS = 10  # peers beat every 5 s; two missed beats make a node offline
@@ -201,9 +202,11 @@ def production_stack(django_db_setup, django_db_blocker, anvil, peer_redis, tmp_
 
 
 @pytest.fixture
-def stack(production_stack, transactional_db):
-    """The session's production stack for one test: rows committed so its processes see them;
-    the peers the test started are stopped when it ends."""
+def stack(production_stack, transactional_db, settings):
+    """The session's production stack for one test: rows committed so its processes see them,
+    this process's platform code on the stack's peers' exchange; the peers the test started are
+    stopped when it ends."""
+    use_exchange(settings, production_stack.peer_redis)
     production_stack.check_services()
     try:
         yield production_stack

@@ -15,18 +15,23 @@ test_peer_liveness.py), compose's environment (test_compose.py).
 
 import asyncio
 import json
+import secrets
+import threading
+import time
 
 import msgpack
 import pytest
 import redis
+import requests
 from django.conf import settings
 from django.db import connection
 
+from jobs.models import Consent, Job, Round
 from jobs.orchestration import close_round, dispatch_plans, signed_plans
 from nodes import exchange as node_exchange
 from peers.protocol import node_channel
 from peers.transport.redis import NodeCredentials, RedisChannelTransport
-from tests.factories import make_running_job, make_user
+from tests.factories import make_node, make_running_job, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 KEY = "ab" * 32  # make_running_job's nodes have this key, so their hello passes the key check
@@ -255,3 +260,87 @@ def test_a_peer_renews_its_credentials_after_the_exchange_restarts(exchange, cli
 
     asyncio.run(scenario())
     assert sorted(hellos) == sorted({a.id, b.id})
+
+
+def run_ring_job(stack, name: str, attacker=None) -> tuple[Job, int]:
+    """Four honest peers on a ring train a 6-round job; ``attacker(job, nodes)`` runs beside it
+    (in a thread) and returns how many of its attempts were refused."""
+    nodes = []
+    for i in range(4):
+        owner = make_user(f"{name}-op{i}", payout_address="0x" + secrets.token_hex(20))
+        nodes.append(make_node(owner, f"{name}-{i}"))
+    job = Job.objects.create(
+        owner=nodes[0].owner,
+        name=name,
+        num_peers=4,
+        rounds=6,
+        round_timeout_s=60,
+        local_steps=30,
+        lr=0.2,
+        lr_schedule="constant",
+        seed=1234,
+    )
+    for node in nodes:
+        Consent.objects.create(job=job, node=node, granted=True, by=node.owner)
+    peers = [stack.peer(node.token, f"digits:{i}/4") for i, node in enumerate(nodes)]
+    refusals = []
+    attack = None
+    if attacker is not None:
+        attack = threading.Thread(target=lambda: refusals.append(attacker(job, nodes)))
+        attack.start()
+    for peer in peers:
+        assert peer.popen.wait(timeout=240) == 0, peer.output()[-3000:] + stack.logs()
+    if attack is not None:
+        attack.join(timeout=60)
+    job.refresh_from_db()
+    return job, (refusals[0] if refusals else 0)
+
+
+@pytest.mark.slow
+def test_an_outsider_with_valid_credentials_changes_nothing_in_a_running_job(stack):
+    """Mallory, a registered node with its own exchange user, spends a whole job trying to read,
+    pop, wipe and forge other nodes' inboxes and to run admin commands; every try is refused and
+    the job ends where the same job without her ends (within 2 accuracy points)."""
+    mallory = make_node(make_user("mallory", payout_address="0x" + secrets.token_hex(20)), "mallory")
+    answer = requests.post(
+        stack.url + "/api/v1/node/hello",
+        json={"public_key": KEY},
+        headers={"Authorization": f"Bearer {mallory.token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    creds = answer.json()["exchange"]
+
+    def attack(job, nodes) -> int:
+        refused = 0
+        forged_plan = b"m" * 12 + msgpack.packb({"type": "round.plan", "job_id": job.id, "round": 2})
+        with connect(creds) as m:
+            while Job.objects.filter(pk=job.pk, status__in=[Job.Status.WAITING, Job.Status.RUNNING]).exists():
+                attempts = [("FLUSHALL",), ("CONFIG", "SET", "maxmemory", "1"), ("KEYS", "*")]
+                for node in nodes:
+                    inbox = node_exchange.inbox_key(node.id)
+                    attempts += [
+                        ("ZRANGE", inbox, 0, -1),
+                        ("ZPOPMIN", inbox),
+                        ("BZMPOP", 0.05, 1, inbox, "MIN", "COUNT", 10),
+                        ("DEL", inbox),
+                        ("ZADD", inbox, 1.0, forged_plan),
+                    ]
+                for command in attempts:
+                    try:
+                        m.execute_command(*command)
+                    except redis.exceptions.NoPermissionError:
+                        refused += 1
+                    else:
+                        raise AssertionError(f"mallory ran {command}")
+                time.sleep(0.2)
+        connection.close()
+        return refused
+
+    baseline, _ = run_ring_job(stack, "without-mallory")
+    attacked, refused = run_ring_job(stack, "with-mallory", attack)
+    assert baseline.status == attacked.status == Job.Status.SETTLED, (baseline.failure, attacked.failure)
+    assert refused > 100  # she kept trying all along
+    last = {job.id: Round.objects.get(job=job, number=6) for job in (baseline, attacked)}
+    assert last[attacked.id].reporters == last[baseline.id].reporters == 4
+    assert abs(last[attacked.id].mean_accuracy - last[baseline.id].mean_accuracy) <= 0.02, last

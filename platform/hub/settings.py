@@ -96,7 +96,20 @@ TEMPLATES = [
 DATABASES: dict[str, Any]
 if EMBEDDED and not os.environ.get("DATABASE_URL"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "demo.sqlite3"}}
+    # daphne's threads, the in-process peers and participants' own peers write at once: WAL lets
+    # readers go on during a write, IMMEDIATE takes the write lock when a transaction starts
+    # (no "database is locked" upgrade failures mid-transaction), and writers wait up to 30 s.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "demo.sqlite3",
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
 else:
     DATABASES = {
         "default": dj_database_url.parse(
