@@ -198,7 +198,7 @@ CELERY_BEAT_SCHEDULE = {
     "start-ready-jobs": {"task": "jobs.tasks.start_ready_jobs", "schedule": 10.0},
     "enforce-round-deadlines": {"task": "jobs.tasks.enforce_deadlines", "schedule": 5.0},
     "mark-offline-nodes": {"task": "jobs.tasks.mark_offline_nodes", "schedule": 5.0},
-    "resend-plans": {"task": "jobs.tasks.resend_plans", "schedule": 15.0},
+    "resend-plans": {"task": "jobs.tasks.resend_plans", "schedule": 5.0},
     "settle-finished-jobs": {"task": "ledger.tasks.settle_finished_jobs", "schedule": 60.0},
 }
 

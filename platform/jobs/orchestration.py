@@ -7,6 +7,7 @@ outside world (peers over the channel layer, browsers, Celery) only after the co
 import base64
 import logging
 import math
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -173,19 +174,31 @@ def update_exchange_grants(job: Job, only: set[int] | None = None) -> None:
         log.warning("job %s: exchange grants not updated (%s); beat tries again", job.id, exc)
 
 
+DELIVERY_RETRIES_S = (0.5, 1.0, 2.0)  # a blip of the exchange (a restart) costs seconds, not the round
+
+
 def dispatch_plans(rnd: Round, only: set[int] | None = None) -> None:
-    """Send each planned member its plan (or only the nodes in ``only``). A node we cannot
-    reach is a straggler for this round until beat sends the plan again."""
+    """Send each planned member its plan (or only the nodes in ``only``), trying again for a few
+    seconds while the exchange cannot be reached; a node still unreachable is a straggler for
+    this round until beat sends the plan again (``resend_plans``)."""
     update_exchange_grants(rnd.job, only)
     layer = exchange.plan_layer()
     channels = None if only is None else {node_channel(node_id) for node_id in only}
-    for channel, message in build_plans(rnd):
-        if channels is not None and channel not in channels:
-            continue
-        try:
-            async_to_sync(layer.send)(channel, message)
-        except Exception as exc:
-            log.warning("round plan for %s not delivered: %s", channel, exc)
+    pending = [(c, m) for c, m in build_plans(rnd) if channels is None or c in channels]
+    for delay in (*DELIVERY_RETRIES_S, None):
+        failed = []
+        for channel, message in pending:
+            try:
+                async_to_sync(layer.send)(channel, message)
+            except Exception as exc:
+                failed.append((channel, message))
+                error = exc
+        pending = failed
+        if not pending or delay is None:
+            break
+        time.sleep(delay)
+    for channel, _ in pending:
+        log.warning("round plan for %s not delivered: %s", channel, error)
     if only is None:  # a new round: viewers see it start
         job_update(rnd.job_id, "status", status_event(rnd.job))
 
@@ -330,12 +343,20 @@ def note_slow_links(job: Job, reports) -> None:
 RESEND_AFTER_S = 15  # a plan lost on the way (Redis restarted, a message expired) is sent again
 
 
+def resend_after_s(job: Job) -> float:
+    """How long an open round's plans wait before beat sends them again: RESEND_AFTER_S, or a
+    third of the round's time when that is shorter (so a lost plan still leaves time to train)."""
+    return min(RESEND_AFTER_S, job.round_timeout_s / 3)
+
+
 def resend_plans() -> int:
     """Send the plan again to planned members of open rounds that have not reported after
-    RESEND_AFTER_S (the same signed bytes: a peer that has it already ignores the copy)."""
+    ``resend_after_s`` (the same signed bytes: a peer that has it already ignores the copy)."""
     sent = 0
-    due = timezone.now() - timedelta(seconds=RESEND_AFTER_S)
-    for rnd in Round.objects.filter(status=Round.Status.OPEN, opened_at__lt=due).select_related("job"):
+    now = timezone.now()
+    for rnd in Round.objects.filter(status=Round.Status.OPEN).select_related("job"):
+        if rnd.opened_at > now - timedelta(seconds=resend_after_s(rnd.job)):
+            continue
         waiting = {m.node_id for m in round_members(rnd)} - set(rnd.reports.values_list("node_id", flat=True))
         if waiting:
             dispatch_plans(rnd, only=waiting)

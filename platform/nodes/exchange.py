@@ -97,7 +97,10 @@ def allow_sends(sends_to_by_node: dict[int, set[int]]) -> None:
     """Let each enrolled node add to exactly these inboxes (its neighbours in its open rounds)."""
     if not configured():
         return
-    users = set(admin().execute_command("ACL", "USERS"))
+    try:
+        users = set(admin().execute_command("ACL", "USERS"))
+    except redis.RedisError as exc:
+        raise ExchangeUnavailable(f"peers' exchange: {exc}") from exc
     for node_id, sends_to in sends_to_by_node.items():
         name = username(node_id)
         if name.encode() in users or name in users:
