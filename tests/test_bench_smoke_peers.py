@@ -34,3 +34,22 @@ def test_quick_benchmark_prints_json_last_line(name):
     assert result["bench"] == name and result["quick"] is True and result["device"] == "cpu"
     for key in ("value", "baseline", "ratio"):
         assert isinstance(result[key], (int, float)) and result[key] > 0, (key, result[key])
+
+
+@pytest.mark.slow
+def test_faults_benchmark_runs_a_short_job_twice_and_loses_nothing():
+    """`python -m bench faults` on a small scale: its own stack, a baseline job and one with a
+    killed peer and an exchange restart; the convention's JSON line with its own keys."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "faults", "--quick", "--peers", "3", "--rounds", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= REQUIRED | {"rounds_planned", "rounds_completed", "reports_lost", "duplicate_payouts"}
+    assert result["bench"] == "faults" and result["peers"] == 3 and result["rounds_planned"] == 8
+    assert result["rounds_completed"] == 8 and result["reports_lost"] == 0 and result["duplicate_payouts"] == 0
+    assert result["kills"] >= 1 and result["exchange_restarts"] == 1
