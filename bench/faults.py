@@ -15,10 +15,12 @@ own, anvil, daphne, a Celery worker and beat. Then two jobs of ``--rounds`` roun
 
 Final JSON line: ``rounds_completed`` (must equal ``rounds_planned``), ``reports_lost`` (a
 report a peer made that is neither stored nor refused because its round had closed: must be
-0), ``duplicate_payouts`` (must be 0), ``p95_round_s_after_fault`` (rounds after the first
-fault that no fault touched: not planned with a peer that was dead during them, not open
-across the exchange's restart, not the first round of a peer coming back, which starts cold
-and is listed apart as ``rejoin_round_s``) against ``p95_round_s_baseline``; target: at most 2x.
+0), ``duplicate_payouts`` (must be 0) and ``p95_round_s_after_fault`` against
+``p95_round_s_baseline``; target: at most 2x. Both percentiles are over steady rounds (not the
+first, where every peer starts cold, nor the last); the faulty run's over those after its first
+fault that no fault touched: not planned with a peer that was dead during them, not open across
+the exchange's restart, not the first round of a peer coming back (it starts cold: those are
+listed apart as ``rejoin_round_s``).
 """
 
 from __future__ import annotations
@@ -385,10 +387,13 @@ def measure(run: Run) -> dict:
     def seconds(r) -> float:
         return r.closed_at.timestamp() - r.opened_at.timestamp()
 
-    durations = [seconds(r) for r in completed]
+    # The first round (every peer process starts cold) and the last (peers finish, settlement
+    # starts) are neither's steady state: both runs leave them out of the percentiles.
+    steady = [r for r in completed if 1 < r.number < job.rounds]
+    durations = [seconds(r) for r in steady]
     after = [
         seconds(r)
-        for r in completed
+        for r in steady
         if run.first_fault_round is not None and r.number > run.first_fault_round and not touched(r)
     ]
     return {

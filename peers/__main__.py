@@ -155,6 +155,7 @@ def cmd_simulate(args) -> int:
         degree=args.degree,
         every_k=args.every_k,
         dynamic_base=args.dynamic_base,
+        secagg=args.secagg,
     )
     try:
         return simulate_cli(cfg, as_json=args.json)
@@ -226,6 +227,9 @@ def main(argv=None) -> int:
     sim.add_argument("--dynamic-base", default="random_regular", help="dynamic: random_regular, ring or torus")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sim.add_argument(
+        "--secagg", action="store_true", help="secure aggregation of the uploads (star rules: fedavg, fedprox, fedadam)"
+    )
     sim.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
     sim.set_defaults(func=cmd_simulate)
 

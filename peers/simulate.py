@@ -38,6 +38,7 @@ from peers.data import LocalData, load_local_data
 from peers.federation import InMemoryPlatform, RoundResult
 from peers.models import build_model
 from peers.protocol import JobConfig
+from peers.secagg.fedavg import secure_weighted_mean
 from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.wire.format import pack_state
@@ -66,6 +67,7 @@ class SimConfig:
     every_k: int = 5  # dynamic: redraw every k rounds
     dynamic_base: str = "random_regular"
     round_timeout_s: float = 120.0
+    secagg: bool = False  # star rules only: the aggregator sums masked uploads (peers.secagg.fedavg)
 
     def job_config(self, data: LocalData) -> JobConfig:
         """What the platform's Job.config() would send for this run."""
@@ -205,6 +207,9 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
         from peers.rules import get_rule
 
         get_rule(cfg.rule)
+    if cfg.secagg and cfg.rule not in SERVER_RULES:
+        # Gossip neighbourhoods would need equal mixing weights and >= 3 neighbours: not built yet.
+        raise ValueError("--secagg works with the star's rules (fedavg, fedprox, fedadam) only")
     check_lr_schedule(cfg.lr_schedule)
     build_model(
         cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed, input_shape=data.input_shape
@@ -308,7 +313,8 @@ def run_fedavg(
             with proximal(t.model, global_state, mu) if mu else contextlib.nullcontext():
                 losses.append(t.train(cfg.local_steps).loss)
             uploads.append((float(t.data.samples), t.state()))
-        average = mix(uploads)  # at the aggregator: sample-weighted mean
+        # at the aggregator: sample-weighted mean (of masked uploads, with SecAgg)
+        average = secure_weighted_mean(uploads, r) if cfg.secagg else mix(uploads)
         global_state = server.step(global_state, average) if server else average
         accs = []
         for t in trainers:

@@ -111,3 +111,22 @@ async def test_no_token_or_a_bad_one_gets_no_relay(exchange):
         communicator = await relay(token)
         connected, code = await communicator.connect(timeout=TIMEOUT)
         assert not connected and code == 4401
+
+
+async def test_a_new_token_ends_the_relay_session_of_the_old_one(exchange, settings, monkeypatch):
+    from nodes import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "TOKEN_CHECK_S", 0.2)
+    nodes, _, _ = await ring_of_four()
+    session = await relay(nodes[0].token)
+    assert (await session.connect(timeout=TIMEOUT))[0]
+    assert (await frame(session))["message"]["type"] == "round.plan"
+
+    @database_sync_to_async
+    def new_token():
+        nodes[0].issue_token()
+        nodes[0].save(update_fields=["token_id", "token_hash"])
+
+    await new_token()
+    closed = await session.receive_output(timeout=TIMEOUT)
+    assert closed == {"type": "websocket.close", "code": 4401}

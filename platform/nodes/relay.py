@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 4 << 20  # a relay.send batch (the peer sends at most ~1 MiB of chunks at a time)
 GRANTS_TTL_S = 2.0  # how long a node's allowed recipients are cached before the next look-up
 GRANTS_MIN_INTERVAL_S = 0.25  # and never looked up more often than this (a hostile node's misses)
+TOKEN_CHECK_S = 5.0  # how soon a revoked token's relay session ends
 
 
 class NodeRelay(AsyncWebsocketConsumer):
@@ -55,13 +56,21 @@ class NodeRelay(AsyncWebsocketConsumer):
         self._grants: set[int] = set()
         self._grants_at = 0.0
         await self.accept()
-        self.pump = asyncio.create_task(self._pump())
+        self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._watch_token())]
         log.info("node %s connected to the relay", self.node.id)
 
     async def disconnect(self, code):
-        pump = getattr(self, "pump", None)
-        if pump is not None:
-            pump.cancel()
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+
+    async def _watch_token(self) -> None:
+        """A new token (or the node deleted) ends the session its old token opened."""
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_S)
+            if not await database_sync_to_async(_token_still_valid)(self.node):
+                log.info("node %s: token revoked, closing its relay session", self.node.id)
+                await self.close(code=4401)
+                return
 
     async def _pump(self) -> None:
         """Forward the node's inbox, in order, as long as the socket lives."""
@@ -120,6 +129,10 @@ class NodeRelay(AsyncWebsocketConsumer):
             self._grants = await database_sync_to_async(_grants_of)(self.node.id)
             self._grants_at = time.monotonic()
         return to in self._grants
+
+
+def _token_still_valid(node: Node) -> bool:
+    return Node.objects.filter(pk=node.pk, token_id=node.token_id, token_hash=node.token_hash).exists()
 
 
 def _grants_of(node_id: int) -> set[int]:
