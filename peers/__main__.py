@@ -48,6 +48,7 @@ def pin_platform_key(path: Path, announced: str) -> str | None:
 
 
 async def _join(args) -> int:
+    from peers.attacks import make_peer
     from peers.client import PlatformClient, PlatformError
     from peers.data import load_local_data
     from peers.hw import detect_hardware
@@ -55,7 +56,6 @@ async def _join(args) -> int:
     from peers.transport.redis import NodeCredentials, RedisChannelTransport
     from peers.transport.relay import RelayTransport, relay_url
     from peers.wire.signing import NodeKey
-    from peers.worker import Peer
 
     log = logging.getLogger("peers")
     data = load_local_data(args.data, seed=args.seed)
@@ -94,7 +94,7 @@ async def _join(args) -> int:
         log.info("exchanging weights through the platform's websocket relay (%s)", transport.url)
     else:
         transport = redis_transport(exchange)
-    peer = Peer(
+    peer = make_peer(
         info["node_id"], key, data, transport, client, platform_key=platform_key, device=device, attack=args.attack
     )
     try:
@@ -156,6 +156,8 @@ def cmd_simulate(args) -> int:
         every_k=args.every_k,
         dynamic_base=args.dynamic_base,
         secagg=args.secagg,
+        attack=args.attack,
+        attackers=args.attackers,
     )
     try:
         return simulate_cli(cfg, as_json=args.json)
@@ -227,6 +229,8 @@ def main(argv=None) -> int:
     sim.add_argument("--dynamic-base", default="random_regular", help="dynamic: random_regular, ring or torus")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sim.add_argument("--attack", choices=ATTACK_MODES, default="none", help="what the --attackers do")
+    sim.add_argument("--attackers", type=int, default=0, help="peers that attack (accuracy is the honest peers')")
     sim.add_argument(
         "--secagg", action="store_true", help="secure aggregation of the uploads (star rules: fedavg, fedprox, fedadam)"
     )

@@ -68,6 +68,12 @@ class SimConfig:
     dynamic_base: str = "random_regular"
     round_timeout_s: float = 120.0
     secagg: bool = False  # star rules only: the aggregator sums masked uploads (peers.secagg.fedavg)
+    attack: str = "none"  # what the attackers do (peers.attacks.ATTACK_MODES); gossip rules only
+    attackers: int = 0  # how many peers attack, spread evenly over the node ids
+
+    def attacker_ids(self) -> set[int]:
+        """Node ids (1..peers) of the attackers: evenly spread, so no neighbourhood gets them all."""
+        return {1 + (k * self.peers) // self.attackers for k in range(self.attackers)} if self.attackers else set()
 
     def job_config(self, data: LocalData) -> JobConfig:
         """What the platform's Job.config() would send for this run."""
@@ -207,6 +213,14 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
         from peers.rules import get_rule
 
         get_rule(cfg.rule)
+    from peers.attacks import ATTACK_MODES
+
+    if cfg.attack not in ATTACK_MODES:
+        raise ValueError(f"unknown attack {cfg.attack!r}; expected one of {', '.join(ATTACK_MODES)}")
+    if not 0 <= cfg.attackers < cfg.peers or (cfg.attackers > 0) == (cfg.attack == "none"):
+        raise ValueError("--attackers must be between 1 and peers - 1 with an --attack, and 0 without")
+    if cfg.attackers and cfg.rule in SERVER_RULES:
+        raise ValueError("attackers run with the gossip rules (the star's FedAvg trains in process)")
     if cfg.secagg and cfg.rule not in SERVER_RULES:
         # Gossip neighbourhoods would need equal mixing weights and >= 3 neighbours: not built yet.
         raise ValueError("--secagg works with the star's rules (fedavg, fedprox, fedadam) only")
@@ -220,14 +234,15 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
 async def _run_gossip(
     cfg: SimConfig, datas, evaluator: Evaluator, device, on_round: Callable[[RoundStats], None] | None
 ) -> tuple[list[RoundStats], float, list[dict]]:
+    from peers.attacks import make_peer
     from peers.spectral import spectral_gap
-    from peers.worker import Peer
 
     n = cfg.peers
+    attackers = cfg.attacker_ids()
     platform = InMemoryPlatform(cfg.job_config(datas[0]), cfg.rounds, round_timeout_s=cfg.round_timeout_s)
     transport = MemoryTransport(capacity=max(100, 4 * n))
     peers = {
-        i + 1: Peer(
+        i + 1: make_peer(
             i + 1,
             NodeKey.generate(),
             datas[i],
@@ -235,6 +250,7 @@ async def _run_gossip(
             platform,
             platform_key=platform.public_key_hex,
             device=device,
+            attack=cfg.attack if i + 1 in attackers else "none",
         )
         for i in range(n)
     }
@@ -244,13 +260,13 @@ async def _run_gossip(
     def score(message: dict) -> None:
         """Each peer's freshly mixed model on the union eval set (it still holds the job's state)."""
         state = peers[message["node_id"]].jobs.get(message["job_id"])
-        if state is not None:
+        if state is not None and message["node_id"] not in attackers:  # the honest peers' figures
             global_acc.setdefault(message["round"], []).append(evaluator.accuracy(state.trainer.model))
             if message["round"] == cfg.rounds:
                 final_states[message["node_id"]] = state.trainer.state()
 
     def stats_of(result: RoundResult) -> RoundStats:
-        got = result.reports
+        got = [rep for rep in result.reports if rep["node_id"] not in attackers]
         return _stats(
             result.round,
             [rep["accuracy"] for rep in got],

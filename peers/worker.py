@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import torch
 
-from peers.attacks import corrupt, tamper_payload, unchecked_payload
 from peers.data import LocalData
 from peers.models import build_model
 from peers.protocol import (
@@ -95,7 +94,6 @@ class Peer:
         *,
         platform_key: str,
         device: str | torch.device = "cpu",
-        attack: str = "none",
         deadline_margin_s: float = 2.0,
     ):
         self.node_id = node_id
@@ -105,7 +103,6 @@ class Peer:
         self.transport = transport
         self.reporter = reporter
         self.device = device
-        self.attack = attack
         self.deadline_margin_s = deadline_margin_s
         self.channel = node_channel(node_id)
         self.jobs: dict[int, JobState] = {}
@@ -320,6 +317,7 @@ class Peer:
         steps = cfg.local_steps
         state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule, plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
+        self._before_training(plan, state)
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         local = state.trainer.state()
         bytes_sent = await self._send_to_neighbours(plan, local)
@@ -410,21 +408,27 @@ class Peer:
         weights = [w for w, _ in weighted]
         return get_rule(state.rule)([s for _, s in weighted], weights, **state.rule_params)
 
+    def _before_training(self, plan: RoundPlan, state: JobState) -> None:
+        """Called with the round's starting model in place; honest peers need nothing here (the
+        Byzantine peers of peers/attacks.py remember it)."""
+
+    def _outgoing(self, plan: RoundPlan, state: JobState, local: dict) -> tuple[bytes, str] | None:
+        """The payload this peer sends its neighbours this round and the sha256 it signs for it;
+        None: nothing worth sending. peers/attacks.py overrides this, not the send path."""
+        if not all(all_finite(t) for t in local.values()):
+            # Diverged: nothing worth sending (neighbours would reject it); the report says so.
+            log.warning("node %s: its model is not finite after training; sending nothing this round", self.node_id)
+            return None
+        payload = state.encoder.encode(local, plan.round)
+        return payload, sha256_hex(payload)
+
     async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
         if not plan.neighbours:
             return 0
-        state = self.jobs[plan.job_id]
-        if self.attack in ("nan", "shape", "scale"):
-            payload = unchecked_payload(corrupt(local, self.attack))
-        elif not all(all_finite(t) for t in local.values()):
-            # Diverged: nothing worth sending (neighbours would reject it); the report says so.
-            log.warning("node %s: its model is not finite after training; sending nothing this round", self.node_id)
+        outgoing = self._outgoing(plan, self.jobs[plan.job_id], local)
+        if outgoing is None:
             return 0
-        else:
-            payload = state.encoder.encode(local, plan.round)
-        digest = sha256_hex(payload)
-        if self.attack == "bad-hash":
-            payload = tamper_payload(payload)
+        payload, digest = outgoing
         sends = [
             send_payload(
                 self.transport,

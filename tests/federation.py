@@ -4,12 +4,12 @@ the settings the tests share."""
 from dataclasses import replace
 
 from peers import topology
+from peers.attacks import make_peer
 from peers.data import load_local_data
 from peers.federation import InMemoryPlatform
 from peers.protocol import ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel
 from peers.transport.memory import MemoryTransport
 from peers.wire.signing import NodeKey
-from peers.worker import Peer
 
 BASE_CONFIG = JobConfig(
     model="mlp",
@@ -33,7 +33,7 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
     platform = InMemoryPlatform(replace(BASE_CONFIG, **config), rounds, round_timeout_s=deadline_s)
     transport = MemoryTransport()
     peers = {
-        i: Peer(
+        i: make_peer(
             i,
             NodeKey.generate(),
             load_local_data(f"digits:{i - 1}/{n}"),

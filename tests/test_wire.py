@@ -123,7 +123,7 @@ def test_attack_none_and_bad_hash_leave_state_alone():
         assert all(torch.equal(out[k], state[k]) for k in state)
         out["fc1.bias"].add_(1)  # a copy, not the caller's tensors
         assert not torch.equal(out["fc1.bias"], state["fc1.bias"])
-    assert ATTACK_MODES == ("none", "nan", "shape", "bad-hash", "scale")
+    assert ATTACK_MODES[:5] == ("none", "nan", "shape", "bad-hash", "scale")  # more in tests/test_attacks.py
     with pytest.raises(ValueError):
         corrupt(state, "evil")
 
