@@ -158,6 +158,9 @@ def cmd_simulate(args) -> int:
         secagg=args.secagg,
         attack=args.attack,
         attackers=args.attackers,
+        dp_clip=args.dp_clip,
+        dp_noise=args.dp_noise,
+        dp_epsilon=args.dp_epsilon,
     )
     try:
         return simulate_cli(cfg, as_json=args.json)
@@ -231,6 +234,9 @@ def main(argv=None) -> int:
     sim.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sim.add_argument("--attack", choices=ATTACK_MODES, default="none", help="what the --attackers do")
     sim.add_argument("--attackers", type=int, default=0, help="peers that attack (accuracy is the honest peers')")
+    sim.add_argument("--dp-clip", type=float, default=1.0, help="client-level DP: L2 bound of a round's update")
+    sim.add_argument("--dp-noise", type=float, default=0.0, help="client-level DP noise multiplier (0: off)")
+    sim.add_argument("--dp-epsilon", type=float, default=0.0, help="privacy budget: stop at the last round within it")
     sim.add_argument(
         "--secagg", action="store_true", help="secure aggregation of the uploads (star rules: fedavg, fedprox, fedadam)"
     )

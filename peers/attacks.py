@@ -109,6 +109,7 @@ class ByzantinePeer(Peer):
         self._start: dict[int, dict[str, torch.Tensor]] = {}
 
     def _before_training(self, plan: RoundPlan, state: JobState) -> None:
+        super()._before_training(plan, state)
         self._start[plan.job_id] = state.trainer.state()
 
     def _outgoing(self, plan: RoundPlan, state: JobState, local: dict) -> tuple[bytes, str] | None:

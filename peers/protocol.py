@@ -46,10 +46,23 @@ class JobConfig:
     rule: str = "mean"  # peers.rules
     rule_params: dict[str, float] = field(default_factory=dict)
     compression: str = "none"  # peers.wire.compression
+    # Client-level differential privacy (peers.privacy): off while dp_noise is 0.
+    dp_clip: float = 0.0  # L2 bound of a round's update
+    dp_noise: float = 0.0  # noise multiplier: Gaussian noise of std dp_noise * dp_clip
+    dp_epsilon: float = 0.0  # budget: a peer trains no round past it (0: none)
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ProtocolError(f"config.lr must be a positive finite number, got {self.lr}")
+        for name in ("dp_clip", "dp_noise", "dp_epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ProtocolError(f"config.{name} must be a finite number >= 0, got {value}")
+        if self.dp_noise > 0 and self.dp_clip <= 0:
+            raise ProtocolError("config.dp_noise needs config.dp_clip > 0 (the noise is calibrated to it)")
+        if not 0 < self.dp_delta < 1:
+            raise ProtocolError(f"config.dp_delta must be between 0 and 1, got {self.dp_delta}")
         for name, low in (
             ("hidden", 1),
             ("local_steps", 0),
@@ -130,6 +143,7 @@ class PeerReport:
     duration_s: float
     rejected: list[dict] = field(default_factory=list)  # [{"sender": int, "reason": str}]
     diverged: bool = False  # the peer's model or losses are not finite: the numbers above mean nothing
+    epsilon: float = 0.0  # privacy spent so far in the job (client-level DP; 0 when off)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -69,6 +69,9 @@ class SimConfig:
     round_timeout_s: float = 120.0
     secagg: bool = False  # star rules only: the aggregator sums masked uploads (peers.secagg.fedavg)
     attack: str = "none"  # what the attackers do (peers.attacks.ATTACK_MODES); gossip rules only
+    dp_clip: float = 0.0  # client-level DP (peers.privacy), gossip rules: the update's L2 bound
+    dp_noise: float = 0.0  # noise multiplier (0: DP off)
+    dp_epsilon: float = 0.0  # budget: the run stops at the last round within it (0: none)
     attackers: int = 0  # how many peers attack, spread evenly over the node ids
 
     def attacker_ids(self) -> set[int]:
@@ -89,6 +92,9 @@ class SimConfig:
             num_classes=data.num_classes,
             rule=self.rule,
             rule_params=dict(self.rule_params),
+            dp_clip=self.dp_clip,
+            dp_noise=self.dp_noise,
+            dp_epsilon=self.dp_epsilon,
         )
 
     def topology_params(self, round: int, cut_links=frozenset()) -> dict:
@@ -116,6 +122,7 @@ class RoundStats:
     train_loss: float
     bytes_sent: int
     seconds: float
+    epsilon: float = 0.0  # client-level DP: the most any peer has spent so far
 
 
 @dataclass
@@ -153,6 +160,7 @@ class SimResult:
             "final_global_accuracy": round(self.final_global_accuracy, 4),
             "spectral_gap": round(self.spectral_gap, 6),
             "bytes_sent": sum(s.bytes_sent for s in self.rounds),
+            "epsilon": [round(s.epsilon, 4) for s in self.rounds] if cfg.dp_noise else None,
             "seconds": round(self.seconds, 3),
             "device": self.device,
         }
@@ -188,7 +196,7 @@ class Evaluator:
         return correct / max(1, len(self.y))
 
 
-def _stats(r: int, accs, globals_, losses, sent: int, seconds: float) -> RoundStats:
+def _stats(r: int, accs, globals_, losses, sent: int, seconds: float, epsilon: float = 0.0) -> RoundStats:
     return RoundStats(
         r,
         float(np.mean(accs)),
@@ -198,6 +206,7 @@ def _stats(r: int, accs, globals_, losses, sent: int, seconds: float) -> RoundSt
         float(np.nanmean(losses)) if losses else float("nan"),
         int(sent),
         seconds,
+        epsilon,
     )
 
 
@@ -221,6 +230,8 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
         raise ValueError("--attackers must be between 1 and peers - 1 with an --attack, and 0 without")
     if cfg.attackers and cfg.rule in SERVER_RULES:
         raise ValueError("attackers run with the gossip rules (the star's FedAvg trains in process)")
+    if cfg.dp_noise and cfg.rule in SERVER_RULES:
+        raise ValueError("client-level DP runs with the gossip rules (the star's FedAvg trains in process)")
     if cfg.secagg and cfg.rule not in SERVER_RULES:
         # Gossip neighbourhoods would need equal mixing weights and >= 3 neighbours: not built yet.
         raise ValueError("--secagg works with the star's rules (fedavg, fedprox, fedadam) only")
@@ -274,6 +285,7 @@ async def _run_gossip(
             [rep["train_loss"] for rep in got],
             sum(rep["bytes_sent"] for rep in got),
             result.seconds,
+            max((rep.get("epsilon", 0.0) for rep in got), default=0.0),
         )
 
     def graph(r: int, cut: frozenset) -> list[dict[int, float]]:
@@ -360,10 +372,26 @@ def prepare(cfg: SimConfig, datas: list[LocalData] | None = None) -> list[LocalD
     return datas
 
 
+def within_privacy_budget(cfg: SimConfig) -> SimConfig:
+    """``cfg`` with no more rounds than its DP budget allows (ValueError: not even one)."""
+    if not (cfg.dp_noise > 0 and cfg.dp_epsilon > 0):
+        return cfg
+    from peers.privacy import rounds_within_budget
+
+    allowed = rounds_within_budget(cfg.dp_epsilon, cfg.dp_noise)
+    if allowed == 0:
+        raise ValueError(
+            f"one round with noise multiplier {cfg.dp_noise} already costs more than epsilon {cfg.dp_epsilon}"
+        )
+    return replace(cfg, rounds=min(cfg.rounds, allowed))
+
+
 def run_simulation(
     cfg: SimConfig, on_round: Callable[[RoundStats], None] | None = None, datas: list[LocalData] | None = None
 ) -> SimResult:
-    """Run the federation described by `cfg`; `on_round` is called after every round."""
+    """Run the federation described by `cfg`; `on_round` is called after every round. With a DP
+    budget the run ends at the last round within it (``result.config.rounds``)."""
+    cfg = within_privacy_budget(cfg)
     datas = prepare(cfg, datas)
     device = select_device(cfg.device)
     evaluator = Evaluator(*union_eval(datas), device)

@@ -20,6 +20,7 @@ import torch
 
 from peers.data import LocalData
 from peers.models import build_model
+from peers.privacy import ClientDPAccountant, privatize
 from peers.protocol import (
     NO_WEIGHTS_BEFORE_DEADLINE,
     ModelRequest,
@@ -70,6 +71,8 @@ class JobState:
     payloads: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> bytes
     rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    privacy: ClientDPAccountant | None = None  # client-level DP on: what this peer has spent
+    round_start: dict | None = None  # the model the round began from (what DP clips the update against)
 
     def decoder(self, sender: int) -> WeightsDecoder:
         if sender not in self.decoders:
@@ -278,6 +281,7 @@ class Peer:
                 max_bytes,
                 rule=cfg.rule,
                 rule_params=dict(cfg.rule_params),
+                privacy=ClientDPAccountant(cfg.dp_noise, cfg.dp_epsilon, cfg.dp_delta) if cfg.dp_noise > 0 else None,
             )
         state.neighbours = neighbour_keys
         state.reassembler.trust(neighbour_keys)
@@ -308,6 +312,16 @@ class Peer:
                 self._on_chunk(chunk)
         except Exception as exc:
             log.error("node %s cannot take part in job %s: %s", self.node_id, plan.job_id, exc)
+            return
+        if state.privacy is not None and not state.privacy.can_spend():
+            # The data owner's guarantee, whatever the platform plans: no release past the budget.
+            log.warning(
+                "node %s: job %s's privacy budget (epsilon %s) is spent; it trains no more rounds",
+                self.node_id,
+                plan.job_id,
+                plan.config.dp_epsilon,
+            )
+            self._finish(plan.job_id)
             return
         if state.last_round < plan.round - 1:
             await self._catch_up(plan, state)  # joined late or restarted: start from a neighbour's model
@@ -374,6 +388,7 @@ class Peer:
             duration_s=time.perf_counter() - started,
             rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
             diverged=diverged,
+            epsilon=state.privacy.epsilon if state.privacy is not None else 0.0,
         )
         try:
             await self.reporter.report(to_message(report))
@@ -409,16 +424,22 @@ class Peer:
         return get_rule(state.rule)([s for _, s in weighted], weights, **state.rule_params)
 
     def _before_training(self, plan: RoundPlan, state: JobState) -> None:
-        """Called with the round's starting model in place; honest peers need nothing here (the
-        Byzantine peers of peers/attacks.py remember it)."""
+        """Called with the round's starting model in place: with DP on, keep it (the update is
+        clipped against it). The Byzantine peers of peers/attacks.py keep it too."""
+        state.round_start = state.trainer.state() if state.privacy is not None else None
 
     def _outgoing(self, plan: RoundPlan, state: JobState, local: dict) -> tuple[bytes, str] | None:
         """The payload this peer sends its neighbours this round and the sha256 it signs for it;
-        None: nothing worth sending. peers/attacks.py overrides this, not the send path."""
+        None: nothing worth sending. With DP on, the update is clipped and noised first, and the
+        release counted. peers/attacks.py overrides this, not the send path."""
         if not all(all_finite(t) for t in local.values()):
             # Diverged: nothing worth sending (neighbours would reject it); the report says so.
             log.warning("node %s: its model is not finite after training; sending nothing this round", self.node_id)
             return None
+        if state.privacy is not None and state.round_start is not None:
+            cfg = plan.config
+            local = privatize(state.round_start, local, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise)
+            state.privacy.spend()
         payload = state.encoder.encode(local, plan.round)
         return payload, sha256_hex(payload)
 
