@@ -161,6 +161,7 @@ def cmd_simulate(args) -> int:
         dp_clip=args.dp_clip,
         dp_noise=args.dp_noise,
         dp_epsilon=args.dp_epsilon,
+        dp_level=args.dp_level,
     )
     try:
         return simulate_cli(cfg, as_json=args.json)
@@ -236,6 +237,9 @@ def main(argv=None) -> int:
     sim.add_argument("--attackers", type=int, default=0, help="peers that attack (accuracy is the honest peers')")
     sim.add_argument("--dp-clip", type=float, default=1.0, help="client-level DP: L2 bound of a round's update")
     sim.add_argument("--dp-noise", type=float, default=0.0, help="client-level DP noise multiplier (0: off)")
+    sim.add_argument(
+        "--dp-level", choices=("client", "sample"), default="client", help="client: noised updates; sample: DP-SGD"
+    )
     sim.add_argument("--dp-epsilon", type=float, default=0.0, help="privacy budget: stop at the last round within it")
     sim.add_argument(
         "--secagg", action="store_true", help="secure aggregation of the uploads (star rules: fedavg, fedprox, fedadam)"

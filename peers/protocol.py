@@ -51,6 +51,7 @@ class JobConfig:
     dp_noise: float = 0.0  # noise multiplier: Gaussian noise of std dp_noise * dp_clip
     dp_epsilon: float = 0.0  # budget: a peer trains no round past it (0: none)
     dp_delta: float = 1e-5
+    dp_level: str = "client"  # "client": noise on each round's update; "sample": DP-SGD (per-sample clip)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -61,6 +62,8 @@ class JobConfig:
                 raise ProtocolError(f"config.{name} must be a finite number >= 0, got {value}")
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise ProtocolError("config.dp_noise needs config.dp_clip > 0 (the noise is calibrated to it)")
+        if self.dp_level not in ("client", "sample"):
+            raise ProtocolError(f"config.dp_level must be 'client' or 'sample', got {self.dp_level!r}")
         if not 0 < self.dp_delta < 1:
             raise ProtocolError(f"config.dp_delta must be between 0 and 1, got {self.dp_delta}")
         for name, low in (

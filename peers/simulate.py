@@ -72,6 +72,7 @@ class SimConfig:
     dp_clip: float = 0.0  # client-level DP (peers.privacy), gossip rules: the update's L2 bound
     dp_noise: float = 0.0  # noise multiplier (0: DP off)
     dp_epsilon: float = 0.0  # budget: the run stops at the last round within it (0: none)
+    dp_level: str = "client"  # or "sample": DP-SGD (peers.privacy.dp_sgd)
     attackers: int = 0  # how many peers attack, spread evenly over the node ids
 
     def attacker_ids(self) -> set[int]:
@@ -95,6 +96,7 @@ class SimConfig:
             dp_clip=self.dp_clip,
             dp_noise=self.dp_noise,
             dp_epsilon=self.dp_epsilon,
+            dp_level=self.dp_level,
         )
 
     def topology_params(self, round: int, cut_links=frozenset()) -> dict:
@@ -376,6 +378,8 @@ def within_privacy_budget(cfg: SimConfig) -> SimConfig:
     """``cfg`` with no more rounds than its DP budget allows (ValueError: not even one)."""
     if not (cfg.dp_noise > 0 and cfg.dp_epsilon > 0):
         return cfg
+    if cfg.dp_level != "client":
+        raise ValueError("the simulator applies a budget to client-level DP only (DP-SGD peers stop on their own)")
     from peers.privacy import rounds_within_budget
 
     allowed = rounds_within_budget(cfg.dp_epsilon, cfg.dp_noise)

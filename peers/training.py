@@ -88,6 +88,8 @@ def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
 class LocalTrainer:
     """Minibatch SGD over a peer's LocalData; tensors live on `device` for the trainer's lifetime."""
 
+    is_dp_sgd = False  # peers.privacy.dp_sgd.DPSGDTrainer: sample-level DP, with its own accountant
+
     def __init__(
         self,
         model: nn.Module,
@@ -119,6 +121,7 @@ class LocalTrainer:
         self.mixed_precision = self.device.type == "cuda" and params >= AUTOCAST_MIN_PARAMS
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self.train_module: nn.Module = self.model  # what training steps run through (DP-SGD wraps it)
         self._order = torch.empty(0, dtype=torch.long, device=self.device)
         self._cursor = 0
 
@@ -152,7 +155,7 @@ class LocalTrainer:
         for _ in range(steps):
             idx = self._next_batch()
             with self._autocast():
-                loss = F.cross_entropy(self.model(self.X[idx]), self.y[idx])
+                loss = F.cross_entropy(self.train_module(self.X[idx]), self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

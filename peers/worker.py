@@ -267,9 +267,7 @@ class Peer:
                 seed=cfg.seed,
                 input_shape=self.data.input_shape,
             )
-            trainer = LocalTrainer(
-                model, self.data, lr=cfg.lr, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed + self.node_id
-            )
+            trainer = make_trainer(model, self.data, cfg, device=self.device, seed=cfg.seed + self.node_id)
             spec = describe(trainer.state())
             # Hold no more per transfer than this model could need, whatever the plan allows.
             max_bytes = min(plan.max_payload_bytes, payload_bound(spec))
@@ -281,7 +279,9 @@ class Peer:
                 max_bytes,
                 rule=cfg.rule,
                 rule_params=dict(cfg.rule_params),
-                privacy=ClientDPAccountant(cfg.dp_noise, cfg.dp_epsilon, cfg.dp_delta) if cfg.dp_noise > 0 else None,
+                privacy=ClientDPAccountant(cfg.dp_noise, cfg.dp_epsilon, cfg.dp_delta)
+                if cfg.dp_noise > 0 and cfg.dp_level == "client"
+                else None,
             )
         state.neighbours = neighbour_keys
         state.reassembler.trust(neighbour_keys)
@@ -313,7 +313,7 @@ class Peer:
         except Exception as exc:
             log.error("node %s cannot take part in job %s: %s", self.node_id, plan.job_id, exc)
             return
-        if state.privacy is not None and not state.privacy.can_spend():
+        if not self._within_privacy_budget(plan, state):
             # The data owner's guarantee, whatever the platform plans: no release past the budget.
             log.warning(
                 "node %s: job %s's privacy budget (epsilon %s) is spent; it trains no more rounds",
@@ -388,7 +388,7 @@ class Peer:
             duration_s=time.perf_counter() - started,
             rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
             diverged=diverged,
-            epsilon=state.privacy.epsilon if state.privacy is not None else 0.0,
+            epsilon=privacy_spent(state),
         )
         try:
             await self.reporter.report(to_message(report))
@@ -422,6 +422,17 @@ class Peer:
         `mean` this is x_i <- sum_j W_ij x_j, the weights renormalised over the survivors."""
         weights = [w for w, _ in weighted]
         return get_rule(state.rule)([s for _, s in weighted], weights, **state.rule_params)
+
+    @staticmethod
+    def _within_privacy_budget(plan: RoundPlan, state: JobState) -> bool:
+        """Whether this round's release keeps the job's epsilon within its budget (no DP or no
+        budget: always)."""
+        cfg = plan.config
+        if cfg.dp_noise <= 0 or cfg.dp_epsilon <= 0:
+            return True
+        if state.trainer.is_dp_sgd:
+            return state.trainer.epsilon(more_steps=cfg.local_steps) <= cfg.dp_epsilon  # type: ignore[attr-defined]
+        return state.privacy is None or state.privacy.can_spend()
 
     def _before_training(self, plan: RoundPlan, state: JobState) -> None:
         """Called with the round's starting model in place: with DP on, keep it (the update is
@@ -564,6 +575,32 @@ class Peer:
                 await asyncio.wait_for(state.arrived.wait(), timeout=remaining)
             except TimeoutError:
                 return
+
+
+def make_trainer(model, data, cfg, *, device, seed: int) -> LocalTrainer:
+    """The job's trainer: DP-SGD when the job asks for sample-level DP, plain SGD otherwise."""
+    if cfg.dp_noise > 0 and cfg.dp_level == "sample":
+        from peers.privacy.dp_sgd import DPSGDTrainer  # here: importing Opacus takes a second
+
+        return DPSGDTrainer(
+            model,
+            data,
+            noise_multiplier=cfg.dp_noise,
+            max_grad_norm=cfg.dp_clip,
+            delta=cfg.dp_delta,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=seed,
+        )
+    return LocalTrainer(model, data, lr=cfg.lr, batch_size=cfg.batch_size, device=device, seed=seed)
+
+
+def privacy_spent(state: JobState) -> float:
+    """The epsilon a peer reports: client-level or DP-SGD's, 0 without DP."""
+    if state.trainer.is_dp_sgd:
+        return state.trainer.epsilon()  # type: ignore[attr-defined]
+    return state.privacy.epsilon if state.privacy is not None else 0.0
 
 
 def _finite(value: float) -> float:

@@ -13,9 +13,11 @@ module          role
 ==============  ==========================================================================
 client_dp       clip the update, add calibrated Gaussian noise (a pure function of tensors)
 accountant      epsilon after n rounds (Opacus RDP), the rounds a budget allows
+dp_sgd          sample-level DP-SGD through Opacus (``dp_level="sample"``): a LocalTrainer
 ==============  ==========================================================================
 """
 
+# dp_sgd is not imported here: it imports Opacus (a second), which only DP-SGD jobs need.
 from peers.privacy.accountant import ClientDPAccountant, epsilon_after, rounds_within_budget
 from peers.privacy.client_dp import privatize
 

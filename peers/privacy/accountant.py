@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-from opacus.accountants import RDPAccountant
-
 DEFAULT_DELTA = 1e-5
 # RDP orders to optimise over: Opacus' defaults start at 1.1, too coarse for the large epsilons
 # of many unsampled rounds; finer near 1, wider above.
@@ -19,6 +17,8 @@ def epsilon_after(rounds: int, noise_multiplier: float, delta: float = DEFAULT_D
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
+    from opacus.accountants import RDPAccountant  # here: importing Opacus takes a second
+
     accountant = RDPAccountant()
     # What `rounds` calls of accountant.step(noise_multiplier=..., sample_rate=1.0) leave in its
     # history (it merges equal steps), without the calls.
