@@ -53,3 +53,16 @@ def test_faults_benchmark_runs_a_short_job_twice_and_loses_nothing():
     assert result["bench"] == "faults" and result["peers"] == 3 and result["rounds_planned"] == 8
     assert result["rounds_completed"] == 8 and result["reports_lost"] == 0 and result["duplicate_payouts"] == 0
     assert result["kills"] >= 1 and result["exchange_restarts"] == 1
+
+
+@pytest.mark.slow
+def test_privacy_benchmark_reports_its_three_costs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "privacy", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= REQUIRED | {"secagg_round_ratio", "secagg_accuracy_drop_points", "dpsgd_train_ratio", "epsilon"}
+    assert result["bench"] == "privacy" and result["quick"] is True
+    assert result["secagg_round_ratio"] > 0 and result["dpsgd_train_ratio"] > 0 and result["epsilon"] > 0
+    assert abs(result["secagg_accuracy_drop_points"]) < 5  # masks cancel: the same model up to rounding
