@@ -62,7 +62,12 @@ def test_privacy_benchmark_reports_its_three_costs():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) >= REQUIRED | {"secagg_round_ratio", "secagg_accuracy_drop_points", "dpsgd_train_ratio", "epsilon"}
+    assert set(result) >= REQUIRED | {
+        "secagg_round_ratio",
+        "secagg_accuracy_drop_points",
+        "dpsgd_train_ratio",
+        "epsilon",
+    }
     assert result["bench"] == "privacy" and result["quick"] is True
     assert result["secagg_round_ratio"] > 0 and result["dpsgd_train_ratio"] > 0 and result["epsilon"] > 0
     assert abs(result["secagg_accuracy_drop_points"]) < 5  # masks cancel: the same model up to rounding
