@@ -26,6 +26,12 @@ class ProtocolError(ValueError):
     """A message that does not match the protocol."""
 
 
+def since(date: str, default: Any) -> Any:
+    """A field added on ``date``: it may be missing from messages of older peers and platforms
+    (``from_message`` then uses ``default``)."""
+    return field(default=default, metadata={"since": date})
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """How every peer of a job trains and mixes: built once by the platform (``Job.config()``),
@@ -46,12 +52,12 @@ class JobConfig:
     rule: str = "mean"  # peers.rules
     rule_params: dict[str, float] = field(default_factory=dict)
     compression: str = "none"  # peers.wire.compression
-    # Client-level differential privacy (peers.privacy): off while dp_noise is 0.
-    dp_clip: float = 0.0  # L2 bound of a round's update
-    dp_noise: float = 0.0  # noise multiplier: Gaussian noise of std dp_noise * dp_clip
-    dp_epsilon: float = 0.0  # budget: a peer trains no round past it (0: none)
-    dp_delta: float = 1e-5
-    dp_level: str = "client"  # "client": noise on each round's update; "sample": DP-SGD (per-sample clip)
+    # Differential privacy (peers.privacy): off while dp_noise is 0.
+    dp_clip: float = since("2026-11-26", 0.0)  # L2 bound of a round's update (or of a sample's gradient)
+    dp_noise: float = since("2026-11-26", 0.0)  # noise multiplier: Gaussian noise of std dp_noise * dp_clip
+    dp_epsilon: float = since("2026-11-26", 0.0)  # budget: a peer trains no round past it (0: none)
+    dp_delta: float = since("2026-11-26", 1e-5)
+    dp_level: str = since("2026-11-26", "client")  # "client": noise on each round's update; "sample": DP-SGD
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -146,7 +152,7 @@ class PeerReport:
     duration_s: float
     rejected: list[dict] = field(default_factory=list)  # [{"sender": int, "reason": str}]
     diverged: bool = False  # the peer's model or losses are not finite: the numbers above mean nothing
-    epsilon: float = 0.0  # privacy spent so far in the job (client-level DP; 0 when off)
+    epsilon: float = since("2026-11-26", 0.0)  # privacy spent so far in the job (0 without DP)
 
 
 @dataclass
@@ -199,6 +205,12 @@ _KINDS = {
 _SCHEMAS: dict[type, dict[str, str]] = {
     cls: {f.name: _KINDS[str(f.type)] for f in fields(cls)}
     for cls in (JobConfig, ConsentGrant, Neighbour, *MESSAGE_TYPES.values())
+}
+# Fields added after peers and platforms were deployed (``since(...)``) may be absent from the
+# wire, and take their default then: a report without ``epsilon``, a plan's config without the
+# DP settings. Every other field must be there. A plan's signature covers the values either way.
+_OPTIONAL: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in fields(cls) if "since" in f.metadata) for cls in _SCHEMAS
 }
 
 
@@ -258,13 +270,13 @@ def _build(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise ProtocolError(f"{where}: expected a dict, got {type(d).__name__}")
     schema = _SCHEMAS[cls]
-    missing = [k for k in schema if k not in d]
+    missing = [k for k in schema if k not in d and k not in _OPTIONAL[cls]]
     if missing:
         raise ProtocolError(f"{where}: missing field(s) {', '.join(missing)}")
     extra = sorted(str(k) for k in d if k not in schema and k != "type")
     if extra:
         raise ProtocolError(f"{where}: unexpected field(s) {', '.join(extra)}")
-    values = {k: _coerce(f"{where}.{k}", kind, d[k]) for k, kind in schema.items()}
+    values = {k: _coerce(f"{where}.{k}", kind, d[k]) for k, kind in schema.items() if k in d}
     try:
         return cls(**values)
     except ProtocolError as exc:

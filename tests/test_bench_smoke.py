@@ -46,7 +46,8 @@ def test_bench_aggregate_quick_prints_json_last_line():
     assert result["models"] == 16 and result["params"] == 2_000_000 and result["repeats"] == 3
     for key in ("value", "baseline", "ratio", "median_ratio"):
         assert isinstance(result[key], float) and result[key] > 0, key
-    assert result["ratio"] == round(result["value"] / result["baseline"], 4)
+    # value and baseline are rounded apart from the ratio: compare within their rounding
+    assert abs(result["ratio"] - result["value"] / result["baseline"]) < 1e-3
     # the rules computed the right thing on the benchmark's inputs
     assert result["mean_max_abs_err"] < 1e-5 and result["median_max_abs_err"] < 1e-5
 

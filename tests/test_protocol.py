@@ -239,3 +239,31 @@ def test_schemas_are_derived_from_the_dataclasses():
 
     for cls in (p.JobConfig, p.Neighbour, *p.MESSAGE_TYPES.values()):
         assert list(p._SCHEMAS[cls]) == [f.name for f in fields(cls)]
+
+
+def test_fields_added_later_may_be_missing_and_take_their_default():
+    """A report from a peer that predates ``epsilon`` and a plan whose config predates the DP
+    settings still parse; fields that were always there stay required."""
+    report = p.to_message(
+        p.PeerReport(
+            job_id=1,
+            round=1,
+            node_id=2,
+            train_loss=0.5,
+            eval_loss=0.6,
+            accuracy=0.7,
+            samples=10,
+            eval_samples=5,
+            model_hash="a" * 64,
+            bytes_sent=1,
+            bytes_received=1,
+            duration_s=0.1,
+        )
+    )
+    del report["epsilon"]
+    assert p.from_message(report).epsilon == 0.0
+    wire = p.to_message(_plan())
+    old_config = {k: v for k, v in wire["config"].items() if not k.startswith("dp_")}
+    assert p.from_message({**wire, "config": old_config}).config.dp_noise == 0.0
+    with pytest.raises(p.ProtocolError, match="missing field"):
+        p.from_message({k: v for k, v in report.items() if k != "accuracy"})
