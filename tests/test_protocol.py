@@ -244,22 +244,7 @@ def test_schemas_are_derived_from_the_dataclasses():
 def test_fields_added_later_may_be_missing_and_take_their_default():
     """A report from a peer that predates ``epsilon`` and a plan whose config predates the DP
     settings still parse; fields that were always there stay required."""
-    report = p.to_message(
-        p.PeerReport(
-            job_id=1,
-            round=1,
-            node_id=2,
-            train_loss=0.5,
-            eval_loss=0.6,
-            accuracy=0.7,
-            samples=10,
-            eval_samples=5,
-            model_hash="a" * 64,
-            bytes_sent=1,
-            bytes_received=1,
-            duration_s=0.1,
-        )
-    )
+    report = p.to_message(next(m for m in SAMPLES if isinstance(m, p.PeerReport)))
     del report["epsilon"]
     assert p.from_message(report).epsilon == 0.0
     wire = p.to_message(_plan())
