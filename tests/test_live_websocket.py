@@ -75,6 +75,7 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "samples": 200,
             "rejected": [],
             "diverged": False,
+            "epsilon": 0.0,
         }
         assert saved.pk != first.pk
 

@@ -1,3 +1,5 @@
+import math
+
 from django import forms
 
 from peers import topology
@@ -32,8 +34,16 @@ class JobForm(forms.ModelForm):
             "min_vram_gb",
             "require_cuda",
             "reward_per_round",
+            "dp_level",
+            "dp_noise",
+            "dp_clip",
+            "dp_epsilon",
         ]
         labels = {
+            "dp_level": "Differential privacy",
+            "dp_noise": "DP noise multiplier",
+            "dp_clip": "DP clipping bound",
+            "dp_epsilon": "Privacy budget (epsilon)",
             "num_peers": "Number of peers",
             "local_steps": "Local steps per round (tau)",
             "lr": "Learning rate",
@@ -60,6 +70,7 @@ class JobForm(forms.ModelForm):
         ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
+        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon"]),
         ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round"]),
     ]
 
@@ -67,7 +78,19 @@ class JobForm(forms.ModelForm):
         return [(title, [self[name] for name in names]) for title, names in self.FIELDSETS]
 
     # Advanced options fall back to the model's defaults when a client leaves them out.
-    OPTIONAL = ("degree", "redraw_every", "rule", "byzantine_f", "clip_norm", "compression", "lr_schedule")
+    OPTIONAL = (
+        "degree",
+        "redraw_every",
+        "rule",
+        "byzantine_f",
+        "clip_norm",
+        "compression",
+        "lr_schedule",
+        "dp_level",
+        "dp_noise",
+        "dp_clip",
+        "dp_epsilon",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -106,9 +129,19 @@ class JobForm(forms.ModelForm):
             self.add_error("min_vram_gb", "Must not be negative.")
         if data.get("rule") == "norm_clip" and not (data.get("clip_norm") or 0) > 0:
             self.add_error("clip_norm", "Must be greater than 0.")
+        self._check_privacy(data)
         if not self.errors:
             self._check_graph(data)
         return data
+
+    def _check_privacy(self, data) -> None:
+        """The numbers a peer would refuse (JobConfig's checks), as form errors."""
+        for name, high in (("dp_noise", 100.0), ("dp_clip", 1e6), ("dp_epsilon", 1e6)):
+            value = data.get(name)
+            if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+                self.add_error(name, f"Must be between 0 and {high:g}.")
+        if (data.get("dp_noise") or 0) > 0 and not (data.get("dp_clip") or 0) > 0:
+            self.add_error("dp_clip", "Must be greater than 0 when there is noise (the noise is calibrated to it).")
 
     def _check_graph(self, data) -> None:
         """The topology must exist for this many peers, and a robust rule needs enough inputs

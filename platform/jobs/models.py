@@ -86,6 +86,21 @@ class Job(models.Model):
     byzantine_f = models.PositiveIntegerField(default=0, help_text="Faulty neighbours to tolerate (Krum, Bulyan).")
     clip_norm = models.FloatField(default=10.0, help_text="L2 bound (norm clipping).")
     compression = models.CharField(max_length=16, choices=COMPRESSION_CHOICES, default="none")
+    # Differential privacy (peers.privacy): off while dp_noise is 0.
+    dp_level = models.CharField(
+        max_length=8,
+        choices=[("client", "Client-level (noise on each round's update)"), ("sample", "Sample-level (DP-SGD)")],
+        default="client",
+    )
+    dp_noise = models.FloatField(default=0.0, help_text="Noise multiplier; 0 turns differential privacy off.")
+    dp_clip = models.FloatField(
+        default=1.0, help_text="L2 bound of a peer's round update (client-level) or of a sample's gradient (DP-SGD)."
+    )
+    dp_epsilon = models.FloatField(
+        default=0.0,
+        help_text="Privacy budget: peers train no round past this epsilon (at delta 1e-5); 0: none. "
+        "Choose rounds the budget covers: a job ends when its peers stop.",
+    )
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
     # Who may join.
@@ -131,6 +146,10 @@ class Job(models.Model):
             rule=self.rule,
             rule_params=self.rule_params(),
             compression=self.compression,
+            dp_level=self.dp_level,
+            dp_noise=self.dp_noise,
+            dp_clip=self.dp_clip,
+            dp_epsilon=self.dp_epsilon,
         )
 
     def spectral_gap(self) -> float | None:
@@ -282,6 +301,7 @@ class PeerReport(models.Model):
     diverged = models.BooleanField(
         default=False, help_text="The peer's model or losses were not finite; its numbers mean nothing."
     )
+    epsilon = models.FloatField(default=0.0, help_text="Privacy the peer had spent in the job (0 without DP).")
 
     class Meta:
         ordering = ["round__number", "node_id"]
@@ -298,4 +318,5 @@ class PeerReport(models.Model):
             "samples": self.samples,
             "rejected": self.rejected,
             "diverged": self.diverged,
+            "epsilon": self.epsilon,
         }

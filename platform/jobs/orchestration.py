@@ -204,10 +204,12 @@ def dispatch_plans(rnd: Round, only: set[int] | None = None) -> None:
 
 
 def _check_report(msg: ReportMessage) -> None:
-    for name in ("train_loss", "eval_loss", "accuracy", "duration_s"):
+    for name in ("train_loss", "eval_loss", "accuracy", "duration_s", "epsilon"):
         value = getattr(msg, name)
         if not math.isfinite(value):
             raise ReportRefused(400, f"{name} must be a finite number")
+    if msg.epsilon < 0:
+        raise ReportRefused(400, "epsilon must not be negative")
     if not 0.0 <= msg.accuracy <= 1.0:
         raise ReportRefused(400, "accuracy must be between 0 and 1")
     # Upper bounds are the database columns' (integer / bigint): beyond them the insert would fail.
@@ -259,6 +261,7 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
             duration_s=msg.duration_s,
             rejected=list(msg.rejected),
             diverged=msg.diverged,
+            epsilon=msg.epsilon,
         )
         complete = rnd.reports.count() >= len(members)
         transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))

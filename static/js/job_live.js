@@ -48,6 +48,7 @@
     badge.className = "badge " + state.status;
     renderPeers();
     renderPayouts();
+    renderPrivacy();
   }
 
   function cell(row, text, className) {
@@ -93,6 +94,14 @@
     }
     document.getElementById("waiting-on").textContent = running && missing.length
       ? "Round " + state.current_round + " is waiting for " + missing.join(", ") + "." : "";
+  }
+
+  // The most privacy any peer reports having spent (shown only for jobs with DP on).
+  function renderPrivacy() {
+    const card = document.getElementById("job-epsilon");
+    if (!card) return;
+    const spent = state.reports.map(r => r.epsilon || 0);
+    card.textContent = spent.length ? Math.max(...spent).toFixed(2) : "–";
   }
 
   function renderPayouts() {

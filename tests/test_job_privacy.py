@@ -1,0 +1,59 @@
+"""A job creator switches differential privacy on in the job form; the plan carries it to the
+peers, their reports carry the epsilon they spent, and the job page shows it."""
+
+import math
+
+import pytest
+
+from jobs.forms import JobForm
+from jobs.orchestration import ReportRefused, accept_report, signed_plans
+from tests.factories import make_running_job, make_user, peer_report
+from tests.test_job_options import FORM
+
+PRIVATE = {"dp_level": "sample", "dp_noise": 1.1, "dp_clip": 0.5, "dp_epsilon": 8}
+
+
+@pytest.mark.django_db
+def test_the_form_switches_dp_on_and_the_plans_carry_it():
+    form = JobForm({**FORM, **PRIVATE})
+    assert form.is_valid(), form.errors
+    job = form.save(commit=False)
+    job.owner = make_user()
+    job.save()
+    config = job.config()
+    assert (config.dp_level, config.dp_noise, config.dp_clip, config.dp_epsilon) == ("sample", 1.1, 0.5, 8.0)
+    assert JobForm(FORM).is_valid() and JobForm(FORM).save(commit=False).config().dp_noise == 0.0  # off by default
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"dp_noise": 1.0, "dp_clip": 0}, "dp_clip"),
+        ({"dp_noise": -1}, "dp_noise"),
+        ({"dp_noise": "nan"}, "dp_noise"),
+        ({"dp_epsilon": "inf"}, "dp_epsilon"),
+        ({"dp_level": "everything"}, "dp_level"),
+    ],
+)
+@pytest.mark.django_db
+def test_numbers_a_peer_would_refuse_are_form_errors(changes, field):
+    form = JobForm({**FORM, **changes})
+    assert not form.is_valid() and field in form.errors, form.errors
+
+
+@pytest.mark.django_db
+def test_reports_keep_the_epsilon_spent_and_refuse_nonsense(client):
+    owner = make_user()
+    job, rnd, (a, b) = make_running_job(owner, dp_noise=1.0, dp_clip=1.0, dp_epsilon=10)
+    assert all(plan.config.dp_noise == 1.0 for plan in signed_plans(rnd))
+    stored = accept_report(a, peer_report(job, a, epsilon=2.5))
+    assert stored.epsilon == 2.5 and stored.as_event()["epsilon"] == 2.5
+    for bad in (-1.0, math.inf):
+        with pytest.raises(ReportRefused, match="epsilon"):
+            accept_report(b, peer_report(job, b, epsilon=bad))
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="job-epsilon"' in page and "budget 10.00" in page
+    assert "client-level" in page.split('id="job-epsilon"')[1][:300]
+    plain_job, _, _ = make_running_job(owner, name="plain")
+    assert 'id="job-epsilon"' not in client.get(f"/jobs/{plain_job.id}/").content.decode()
