@@ -344,3 +344,15 @@ def test_an_outsider_with_valid_credentials_changes_nothing_in_a_running_job(sta
     last = {job.id: Round.objects.get(job=job, number=6) for job in (baseline, attacked)}
     assert last[attacked.id].reporters == last[baseline.id].reporters == 4
     assert abs(last[attacked.id].mean_accuracy - last[baseline.id].mean_accuracy) <= 0.02, last
+
+
+def test_the_grants_are_the_signed_plans_links(exchange):
+    """exchange_grants reads the neighbours off the mixing rows without signing plans: they must
+    be exactly the plans' (on a ring, a torus and an expander)."""
+    from jobs.orchestration import exchange_grants
+
+    owner = make_user()
+    for topology, size in (("ring", 5), ("torus", 9), ("expander", 8)):
+        _, rnd, nodes = make_running_job(owner, cohort_size=size, topology=topology, name=topology, degree=4)
+        from_plans = {plan.node_id: {n.node_id for n in plan.neighbours} for plan in signed_plans(rnd)}
+        assert exchange_grants({n.id for n in nodes}) == from_plans

@@ -71,7 +71,6 @@ class NodeCredentials(CredentialProvider):
         self.password = password
         self._renew = renew
         self._lock = asyncio.Lock()
-        self.renewals = 0
 
     def get_credentials(self) -> tuple[str, str]:
         return self.username, self.password
@@ -86,7 +85,6 @@ class NodeCredentials(CredentialProvider):
         async with self._lock:
             if self.get_credentials() == refused:
                 self.username, self.password = await self._renew()
-                self.renewals += 1
                 log.info("exchange credentials renewed (%s)", self.username)
         return True
 

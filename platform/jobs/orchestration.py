@@ -152,15 +152,24 @@ def current_plans_for(node) -> dict:
     return {"current_rounds": {str(job.id): job.current_round for job in jobs}, "plans": plans}
 
 
+def round_neighbours(rnd: Round) -> dict[int, set[int]]:
+    """Each planned member's neighbours in the round: the links of its signed plan, from the same
+    mixing rows, without building and signing the plans (hello, beat and the relay ask often)."""
+    members = round_members(rnd)
+    rows = mixing_rows(rnd.job, rnd.number, {m.node_id: i for i, m in enumerate(members)}) if members else []
+    ids = [m.node_id for m in members]
+    return {ids[i]: {ids[j] for j in row if j != i} for i, row in enumerate(rows)}
+
+
 def exchange_grants(node_ids: set[int]) -> dict[int, set[int]]:
     """Whose inboxes each node may add to: its neighbours in every open round it is planned in."""
     grants: dict[int, set[int]] = {node_id: set() for node_id in node_ids}
     for rnd in Round.objects.filter(status=Round.Status.OPEN).select_related("job"):
         if rnd.members is not None and not grants.keys() & set(rnd.members):
             continue
-        for plan in signed_plans(rnd):
-            if plan.node_id in grants:
-                grants[plan.node_id].update(n.node_id for n in plan.neighbours)
+        for node_id, neighbours in round_neighbours(rnd).items():
+            if node_id in grants:
+                grants[node_id] |= neighbours
     return grants
 
 
