@@ -26,6 +26,7 @@ listed apart as ``rejoin_round_s``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -141,6 +142,7 @@ class Stack:
             "PEER_REDIS_URL": f"redis://platform:{self.exchange_password}@127.0.0.1:{self.exchange_port}/0",
             "CHAIN_RPC_URL": f"http://127.0.0.1:{anvil_port}",
             "CHAIN_PRIVATE_KEY": ANVIL_KEY,
+            "WALLET_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "SECRET_KEY": secrets.token_urlsafe(40),
             "PLATFORM_SIGNING_KEY": secrets.token_hex(32),
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -163,16 +165,22 @@ class Stack:
             self.logs,
         )
         self.worker = Proc(
-            "worker", [*python, "celery", "-A", "hub", "worker", "-l", "info", "-c", "2"], self.env, self.logs
+            "worker",
+            [*python, "celery", "-A", "hub", "worker", "-l", "info", "-c", "2", "-Q", "celery"],
+            self.env,
+            self.logs,
         )
+        settler = [*python, "celery", "-A", "hub", "worker", "-l", "info", "-c", "1", "-Q", "settlement"]
+        self.settler = Proc("settler", [*settler, "-n", "settler@%h"], self.env, self.logs)
         self.beat = Proc(
             "beat",
             [*python, "celery", "-A", "hub", "beat", "-l", "info", "-s", str(self.logs / "beat-schedule")],
             self.env,
             self.logs,
         )
-        self.procs += [self.web, self.worker, self.beat]
+        self.procs += [self.web, self.worker, self.settler, self.beat]
         wait_until(lambda: "ready." in self.worker.output(), 120, "the Celery worker")
+        wait_until(lambda: "ready." in self.settler.output(), 120, "the settlement worker")
         wait_until(self._serving, 60, "daphne")
         return self
 
@@ -251,7 +259,11 @@ def new_job(stack: Stack, peers: int, rounds: int, name: str) -> tuple[int, list
         lr=0.2,
         lr_schedule="constant",
         hidden=32,
+        reward_per_round=10,
     )
+    from ledger.settlement import fund_with_test_tokens
+
+    fund_with_test_tokens(job)
     nodes = []
     for i in range(peers):
         user = User.objects.create_user(f"{name}-p{i}-{secrets.token_hex(3)}", password=secrets.token_urlsafe(12))
@@ -366,7 +378,10 @@ def measure(run: Run) -> dict:
             (int(n), int(r)) for n, r in re.findall(rf"node (\d+): round (\d+) of job {job.id} closed before", text)
         }
     lost = sorted(made - late - stored)
-    duplicates = Payout.objects.filter(job=job).values("node").annotate(n=Count("id")).filter(n__gt=1).count()
+    duplicates = Payout.objects.filter(job=job).values("round", "node").annotate(n=Count("id")).filter(n__gt=1).count()
+    from ledger.audit import audit_job
+
+    audit_mismatches = [f"{c.round}: {c.what}" for c in audit_job(job) if not c.ok]
 
     # The first round a killed peer is planned in again: it starts cold (a new process builds its
     # model, asks a neighbour for the current one) and is reported apart, as the cost of a rejoin.
@@ -403,6 +418,7 @@ def measure(run: Run) -> dict:
         "reports_lost": len(lost),
         "lost": lost[:10],
         "duplicate_payouts": duplicates,
+        "audit_mismatches": audit_mismatches,
         "payouts": Payout.objects.filter(job=job).count(),
         "p95_round_s": p95(durations),
         "p95_round_s_after_fault": p95(after) if after else None,

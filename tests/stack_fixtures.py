@@ -89,6 +89,7 @@ def production_env(chain_url: str, peer_redis_url: str, base_url: str, static_ro
         "PEER_REDIS_URL": peer_redis_url,
         "CHAIN_RPC_URL": chain_url,
         "CHAIN_PRIVATE_KEY": ANVIL_DEV_KEY,
+        "WALLET_ENCRYPTION_KEY": django_settings.WALLET_ENCRYPTION_KEY,  # wallets made here and there agree
         "SECRET_KEY": "production-stack-test-secret-key-0123456789-abcdefghij",
         "PLATFORM_SIGNING_KEY": django_settings.PLATFORM_SIGNING_KEY,  # plans signed here and there agree
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -141,7 +142,7 @@ class ProductionStack:
         old.kill()
         proc = Proc(name, old.args, self.env)
         self.services[self.services.index(old)] = proc
-        if name == "celery-worker":
+        if name in ("celery-worker", "celery-settler"):
             proc.wait_for(r"ready\.", timeout=90)
         elif name == "daphne":
             self.wait_until_serving(proc)
@@ -192,9 +193,25 @@ def production_stack(django_db_setup, django_db_blocker, anvil, peer_redis, tmp_
     stack.manage("collectstatic", "--noinput")
     try:
         web = stack.service("daphne", "daphne", "-b", "127.0.0.1", "-p", str(port), "hub.asgi:application")
-        worker = stack.service("celery-worker", "celery", "-A", "hub", "worker", "-l", "info")
+        worker = stack.service("celery-worker", "celery", "-A", "hub", "worker", "-l", "info", "-Q", "celery")
+        settler = stack.service(
+            "celery-settler",
+            "celery",
+            "-A",
+            "hub",
+            "worker",
+            "-l",
+            "info",
+            "-Q",
+            "settlement",
+            "-c",
+            "1",
+            "-n",
+            "settler@%h",
+        )
         stack.service("celery-beat", "celery", "-A", "hub", "beat", "-l", "info", "-s", str(tmp / "beat-schedule"))
         worker.wait_for(r"ready\.", timeout=90)
+        settler.wait_for(r"ready\.", timeout=90)
         stack.wait_until_serving(web)
         yield stack
     finally:
@@ -207,6 +224,7 @@ def stack(production_stack, transactional_db, settings):
     this process's platform code on the stack's peers' exchange; the peers the test started are
     stopped when it ends."""
     use_exchange(settings, production_stack.peer_redis)
+    settings.CHAIN_RPC_URL, settings.CHAIN_PRIVATE_KEY = production_stack.chain_url, ANVIL_DEV_KEY  # the same chain
     production_stack.check_services()
     try:
         yield production_stack

@@ -10,9 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compose_file_describes_the_real_services():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "peer-redis", "rabbitmq", "chain", "web", "worker", "beat", "peer"} <= set(services)
+    assert {"postgres", "redis", "peer-redis", "rabbitmq", "chain", "web", "worker", "settler", "beat", "peer"} <= set(
+        services
+    )
     assert services["web"]["command"][:1] == ["daphne"] and "hub.asgi:application" in services["web"]["command"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "hub", "worker"]
+    # Settlement has a worker of its own, one task at a time, on the queue hub.settings routes it to.
+    settler = services["settler"]["command"]
+    assert settler[:4] == ["celery", "-A", "hub", "worker"] and settler[settler.index("-Q") + 1] == "settlement"
+    assert settler[settler.index("-c") + 1] == "1"
+    assert services["worker"]["command"][services["worker"]["command"].index("-Q") + 1] == "celery"
     assert services["beat"]["command"][:4] == ["celery", "-A", "hub", "beat"]
     assert "anvil" in services["chain"]["entrypoint"]
     peer = services["peer"]
@@ -58,7 +65,7 @@ def test_readme_production_section_documents_every_setting():
         "celery -A hub beat",
     ):
         assert step in section
-    assert "Payouts" in section and "first settlement" in section  # where the token comes from and shows
+    assert "Payouts" in section and "at first use" in section  # where the contracts come from and show
 
 
 def test_peer_service_gets_only_its_own_environment():
@@ -69,12 +76,14 @@ def test_peer_service_gets_only_its_own_environment():
 def test_the_operator_key_lives_only_where_settlement_runs_and_the_chain_is_internal():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    holders = sorted(name for name, s in services.items() if "CHAIN_PRIVATE_KEY" in (s.get("environment") or {}))
-    assert holders == ["worker"]
-    assert ":?" in services["worker"]["environment"]["CHAIN_PRIVATE_KEY"]  # required: no default key
+    for secret in ("CHAIN_PRIVATE_KEY", "WALLET_ENCRYPTION_KEY"):
+        holders = sorted(name for name, s in services.items() if secret in (s.get("environment") or {}))
+        assert holders == ["settler"]
+        assert ":?" in services["settler"]["environment"][secret]  # required: no default key
     assert "ports" not in services["chain"] and services["chain"]["networks"] == ["chain"]
     assert compose["networks"]["chain"]["internal"] is True
-    assert "chain" in services["worker"]["networks"] and "networks" not in services["web"]
+    assert "chain" in services["settler"]["networks"] and "networks" not in services["web"]
+    assert "networks" not in services["worker"]
 
 
 def test_the_peers_exchange_is_a_redis_of_its_own():

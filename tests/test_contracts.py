@@ -52,3 +52,45 @@ def test_artifact_shape():
     assert artifact["compiler"].startswith("solc-0.8.30") and artifact["evmVersion"] == "cancun"
     functions = {item["name"] for item in artifact["abi"] if item["type"] == "function"}
     assert {"mint", "transfer", "balanceOf", "decimals", "MINTER_ROLE", "hasRole"} <= functions
+
+
+def abi_names(name: str, kind: str) -> set[str]:
+    artifact = json.loads((ARTIFACT.parent / f"{name}.json").read_text())
+    assert artifact["contractName"] == name and artifact["compiler"].startswith("solc-0.8.30")
+    return {item["name"] for item in artifact["abi"] if item["type"] == kind}
+
+
+def test_the_abi_the_platform_codes_against():
+    assert {"burn", "burnFrom", "permit", "nonces", "DOMAIN_SEPARATOR", "mint"} <= abi_names("RewardToken", "function")
+    assert {
+        "registerJob",
+        "fundJob",
+        "fundJobWithPermit",
+        "commitRound",
+        "claim",
+        "payBatch",
+        "closeJob",
+        "stake",
+        "slash",
+        "releaseStake",
+        "jobs",
+        "rounds",
+        "isPaid",
+        "stakes",
+        "rewardLeaf",
+        "COORDINATOR_ROLE",
+    } <= abi_names("TrainingLedger", "function")
+    assert {
+        "JobRegistered",
+        "JobFunded",
+        "RoundCommitted",
+        "RewardPaid",
+        "JobClosed",
+        "Staked",
+        "Slashed",
+        "StakeReleased",
+    } <= abi_names("TrainingLedger", "event")
+    assert {"registerModel", "grantAccess", "revokeAccess", "hasAccess", "models"} <= abi_names(
+        "ModelRegistry", "function"
+    )
+    assert {"ModelRegistered", "AccessGranted", "AccessRevoked"} <= abi_names("ModelRegistry", "event")

@@ -9,13 +9,15 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from jobs.models import Job, Round
+from ledger.audit import audit_job
 from ledger.chain import Chain
-from ledger.models import ContractDeployment, Payout, tokens_text
+from ledger.models import ContractDeployment, Escrow, Payout, tokens_text
 from tests.browser import Browser
 from tests.chain_fixtures import ANVIL_DEV_KEY
 from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
@@ -80,7 +82,18 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
         },
     )
     job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
-    assert "Waiting for peers" in page.text
+    assert "Waiting for peers" in page.text and 'id="fund-job"' in page.text
+    # The creator takes test tokens from the faucet and deposits the budget; the settlement
+    # worker signs both, and the page shows the escrow funded.
+    creator.submit("/payouts/faucet/", {}, form_page="/payouts/")
+    deadline = time.monotonic() + 60
+    while '<b id="wallet-tokens">1,000</b>' not in creator.get("/payouts/").text:
+        assert time.monotonic() < deadline, "the faucet's tokens never arrived"
+        time.sleep(0.5)
+    creator.submit(f"/jobs/{job_id}/fund/", {}, form_page=f"/jobs/{job_id}/")
+    while not Escrow.objects.filter(job_id=job_id, status=Escrow.Status.FUNDED).exists():
+        assert time.monotonic() < deadline, f"the deposit was not made\n{stack.logs()}"
+        time.sleep(0.5)
 
     # An independent websocket client watches from before the job starts...
     watcher = JobWatcher(stack.url, job_id, creator.session_cookie)
@@ -141,22 +154,38 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     for report in rounds[-1].reports.all():
         assert report.bytes_received > 0 and report.rejected == []
 
-    # Every payout is on chain: balances and receipts read from anvil, not from the database.
+    # Every round's payouts are on chain: balances and receipts read from anvil, not the database.
     chain = Chain.from_settings()
-    payouts = list(Payout.objects.filter(job=job).select_related("node").order_by("node_id"))
-    assert len(payouts) == PEERS
-    total = 0
+    payouts = list(Payout.objects.filter(job=job).select_related("node", "round").order_by("round__number", "node_id"))
+    assert sorted((p.round.number, p.node.name) for p in payouts) == sorted(
+        (r, f"node-{i}") for r in range(1, ROUNDS + 1) for i in range(PEERS)
+    )
+    owed: dict[str, int] = {}
     for payout in payouts:
         assert payout.status == "confirmed"
         receipt = chain.receipt(payout.tx_hash)
         assert receipt["status"] == 1 and receipt["blockNumber"] == payout.block_number
-        assert chain.balance_of(payout.address) == int(payout.amount_wei) > 0
-        total += chain.balance_of(payout.address)
-    assert {p.address.lower() for p in payouts} == {a.lower() for a in addresses}
-    assert total == ROUNDS * 100 * 10**18
+        owed[payout.address.lower()] = owed.get(payout.address.lower(), 0) + int(payout.amount_wei)
+    assert set(owed) == {a.lower() for a in addresses}
+    assert all(chain.balance_of(address) == amount > 0 for address, amount in owed.items())
+    assert sum(owed.values()) == ROUNDS * 100 * 10**18
+    assert [c for c in audit_job(job) if not c.ok] == []
+    escrow = Escrow.objects.get(job=job)
+    assert escrow.status == Escrow.Status.CLOSED and int(escrow.refunded_wei) == 0  # every round was paid
 
     # The browser showed each payout, with the one rounding, as it was pushed (no reload).
-    expected = [[p.node.name, tokens_text(p.amount_wei), "confirmed", p.tx_hash, str(p.block_number)] for p in payouts]
+    expected = [
+        [
+            str(p.round.number),
+            p.node.name,
+            tokens_text(p.amount_wei),
+            p.score_percent,
+            "confirmed",
+            p.tx_hash,
+            str(p.block_number),
+        ]
+        for p in payouts
+    ]
     assert seen["payouts"] == expected
 
     # The websocket client saw the same story, in order, exactly once each.
@@ -172,8 +201,8 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     )
     assert [f["data"]["round"] for f in watcher.frames if f["kind"] == "round"] == list(range(1, ROUNDS + 1))
     settled = [f for f in watcher.frames if f["kind"] == "status" and f["data"]["status"] == "settled"][-1]
-    assert [(p["node"], p["amount"], p["tx_hash"]) for p in settled["data"]["payouts"]] == [
-        (p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts
+    assert [(p["round"], p["node"], p["amount"], p["tx_hash"]) for p in settled["data"]["payouts"]] == [
+        (p.round.number, p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts
     ]
 
     # The payouts page lists each payout with its transaction, and where the token lives.

@@ -14,7 +14,9 @@ from django.db.models import Count
 
 from jobs.models import Consent, Job, PeerReport, Round
 from jobs.orchestration import dispatch_plans
+from ledger.audit import audit_job
 from ledger.models import Payout
+from ledger.settlement import fund_with_test_tokens
 from nodes.exchange import inbox_key
 from tests.factories import make_node, make_running_job, make_user
 
@@ -65,7 +67,9 @@ def test_a_job_survives_a_dead_peer_and_restarts_of_the_exchange_worker_and_web(
         local_steps=LOCAL_STEPS,
         lr=0.2,
         lr_schedule="constant",
+        reward_per_round=10,
     )
+    fund_with_test_tokens(job)  # the creator's deposit, before the job may start
     for node in nodes:
         Consent.objects.create(job=job, node=node, granted=True, by=node.owner)
     peers = [stack.peer(node.token, f"digits:{i}/{PEERS}") for i, node in enumerate(nodes)]
@@ -119,10 +123,12 @@ def test_a_job_survives_a_dead_peer_and_restarts_of_the_exchange_worker_and_web(
     assert not PeerReport.objects.filter(round__job=job).values("round", "node").annotate(n=Count("id")).filter(n__gt=1)
     assert PeerReport.objects.filter(round__job=job, round__number__gte=back_in.number, node=victim).exists()
 
+    # Every round was paid, once per reporter, and the chain agrees with the database.
     payouts = Payout.objects.filter(job=job)
-    reporters = set(PeerReport.objects.filter(round__job=job).values_list("node_id", flat=True))
-    assert sorted(payouts.values_list("node_id", flat=True)) == sorted(reporters)  # once each
+    reported = PeerReport.objects.filter(round__job=job, diverged=False).values_list("round__number", "node_id")
+    assert sorted(payouts.values_list("round__number", "node_id")) == sorted(reported)  # once each
     assert set(payouts.values_list("status", flat=True)) == {Payout.Status.CONFIRMED}
+    assert [c for c in audit_job(job) if not c.ok] == []
 
     for proc in [*peers[:-1], restarted]:
         assert proc.popen.wait(timeout=120) == 0, proc.output()[-3000:]

@@ -97,6 +97,10 @@ def test_a_participants_own_peer_joins_the_embedded_demo(tmp_path):
             },
         )
         job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
+        # The creator takes test tokens from the faucet and deposits the job's budget.
+        creator.submit("/payouts/faucet/", {}, form_page="/payouts/")
+        funded = creator.submit(f"/jobs/{job_id}/fund/", {}, form_page=f"/jobs/{job_id}/")
+        assert 'data-escrow="status">funded<' in funded.text, funded.text[:3000]
         for i in range(2):
             token_page = creator.submit("/nodes/register/", {"name": f"laptop-{i}", "hardware_json": hw})
             token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)

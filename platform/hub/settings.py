@@ -45,6 +45,16 @@ if not PLATFORM_SIGNING_KEY:
             "PLATFORM_SIGNING_KEY must be set: 64 hex characters, e.g. python -c 'import secrets; print(secrets.token_hex(32))'"
         )
 
+# Encrypts the custodial test wallets' keys at rest (ledger.wallets): a Fernet key (urlsafe
+# base64 of 32 bytes). Required in production; development and tests derive one from SECRET_KEY.
+WALLET_ENCRYPTION_KEY = os.environ.get("WALLET_ENCRYPTION_KEY", "")
+if not WALLET_ENCRYPTION_KEY and (DEBUG or EMBEDDED or "pytest" in sys.modules):
+    import base64
+
+    WALLET_ENCRYPTION_KEY = base64.urlsafe_b64encode(
+        hashlib.sha256(b"dfl-wallet-encryption-key:" + SECRET_KEY.encode()).digest()
+    ).decode()
+
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
@@ -199,14 +209,23 @@ CELERY_BEAT_SCHEDULE = {
     "enforce-round-deadlines": {"task": "jobs.tasks.enforce_deadlines", "schedule": 5.0},
     "mark-offline-nodes": {"task": "jobs.tasks.mark_offline_nodes", "schedule": 5.0},
     "resend-plans": {"task": "jobs.tasks.resend_plans", "schedule": 5.0},
-    "settle-finished-jobs": {"task": "ledger.tasks.settle_finished_jobs", "schedule": 60.0},
+    "settle-ended-jobs": {"task": "ledger.tasks.settle_ended_jobs", "schedule": 30.0},
 }
+# Everything that signs with the operator key runs on a queue of its own, consumed by one worker
+# process with concurrency 1 (compose's `settler`): receipt waits never delay round closing, and
+# one signer at a time keeps nonces in order (ledger.settlement also holds an advisory lock).
+SETTLEMENT_QUEUE = "settlement"
+CELERY_TASK_ROUTES = {"ledger.tasks.*": {"queue": SETTLEMENT_QUEUE}}
 
 # Chain: eth-tester in process for the demo, anvil (JSON-RPC) otherwise.
 CHAIN_RPC_URL = os.environ.get("CHAIN_RPC_URL", "eth-tester" if EMBEDDED else "http://127.0.0.1:8545")
 # Operator key that deploys contracts and pays rewards. Defaults to the first well-known
 # development account only on development chains (eth-tester / anvil on localhost).
 CHAIN_PRIVATE_KEY = os.environ.get("CHAIN_PRIVATE_KEY", "")
+# The test-token faucet (custodial wallets): on for development chains, off unless set elsewhere.
+FAUCET_TOKENS = int(os.environ.get("FAUCET_TOKENS", "1000"))
+FAUCET_EVERY_S = int(os.environ.get("FAUCET_EVERY_S", "600"))
+TEST_CHAIN_IDS = {31337, 131277322940537}  # anvil, eth-tester
 
 # Node liveness and rounds.
 NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))

@@ -34,6 +34,8 @@ class JobForm(forms.ModelForm):
             "min_vram_gb",
             "require_cuda",
             "reward_per_round",
+            "burn_unspent",
+            "stake",
             "dp_level",
             "dp_noise",
             "dp_clip",
@@ -52,6 +54,8 @@ class JobForm(forms.ModelForm):
             "min_vram_gb": "Minimum GPU memory (GB)",
             "require_cuda": "Requires CUDA",
             "reward_per_round": "Reward pool per round (tokens)",
+            "burn_unspent": "Burn the unspent budget",
+            "stake": "Stake per node (tokens)",
             "hidden": "Hidden units (MLP)",
             "rule": "Aggregation rule",
             "byzantine_f": "Faulty neighbours tolerated (f)",
@@ -60,7 +64,8 @@ class JobForm(forms.ModelForm):
         }
         help_texts = {
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
-            "in total, split between the peers that reported in it.",
+            "in total, split by measured contribution. You deposit rounds x this from your wallet before the job "
+            "starts; nothing is ever paid beyond it.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
@@ -71,7 +76,7 @@ class JobForm(forms.ModelForm):
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
         ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon"]),
-        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round"]),
+        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake"]),
     ]
 
     def fieldsets(self):
@@ -79,6 +84,8 @@ class JobForm(forms.ModelForm):
 
     # Advanced options fall back to the model's defaults when a client leaves them out.
     OPTIONAL = (
+        "burn_unspent",
+        "stake",
         "degree",
         "redraw_every",
         "rule",
@@ -96,6 +103,7 @@ class JobForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         for name in self.OPTIONAL:
             self.fields[name].required = False
+        self.fields["reward_per_round"].initial = 100
 
     def _post_clean_defaults(self, data) -> None:
         for name in self.OPTIONAL:
@@ -110,6 +118,7 @@ class JobForm(forms.ModelForm):
         "batch_size": (1, 4096),
         "round_timeout_s": (10, 86_400),
         "reward_per_round": (0, 10**9),
+        "stake": (0, 10**9),
         "degree": (1, 64),
         "redraw_every": (1, 1000),
         "byzantine_f": (0, 64),

@@ -106,8 +106,15 @@ class Job(models.Model):
     # Who may join.
     min_vram_gb = models.FloatField(default=0)
     require_cuda = models.BooleanField(default=False)
-    # Rewards: one pool of whole tokens per completed round, split between the peers that reported in it.
-    reward_per_round = models.PositiveIntegerField(default=100)
+    # Rewards: one pool of whole tokens per completed round, split by measured contribution
+    # (ledger.rewards), out of the budget the creator deposited (ledger.escrow) before the start.
+    reward_per_round = models.PositiveIntegerField(default=0)
+    burn_unspent = models.BooleanField(
+        default=False, help_text="Burn what is left of the budget when the job ends, instead of returning it to you."
+    )
+    stake = models.PositiveIntegerField(
+        default=0, help_text="Tokens each node's owner stakes to join; slashed when the node is caught attacking."
+    )
     seed = models.BigIntegerField(default=new_seed)
 
     # Links (pairs of node ids) whose weights missed a deadline; dynamic topologies avoid them.
@@ -151,6 +158,15 @@ class Job(models.Model):
             dp_clip=self.dp_clip,
             dp_epsilon=self.dp_epsilon,
         )
+
+    @property
+    def budget_tokens(self) -> int:
+        """Whole tokens the creator deposits before the job starts: every round's pool."""
+        return self.reward_per_round * self.rounds
+
+    @property
+    def ended(self) -> bool:
+        return self.status in (self.Status.FINISHED, self.Status.SETTLED, self.Status.FAILED)
 
     def spectral_gap(self) -> float | None:
         """1 - |lambda_2| of the job's first-round mixing matrix: how fast peers reach consensus."""

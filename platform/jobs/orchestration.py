@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from ledger.models import Escrow
 from live.broadcast import job_update
 from nodes import exchange
 from nodes.authority import platform_key
@@ -48,7 +49,7 @@ def start_job_if_ready(job_id: int) -> bool:
     """Form the cohort and open round 1 when enough consenting, eligible, online nodes exist."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
-        if job.status != Job.Status.WAITING:
+        if job.status != Job.Status.WAITING or not Escrow.lets_start(job):
             return False
         candidates = eligible_nodes(job)
         if len(candidates) < job.num_peers:
@@ -329,8 +330,8 @@ def close_round(round_id: int) -> None:
     else:
         update_exchange_grants(job)  # no open round: its members may send nowhere for it
         job_update(job.id, "status", status_event(job))
-        if job.status == Job.Status.FINISHED:
-            queue.settle_job(job.id)
+    if job.reward_per_round or job.status == Job.Status.FINISHED:
+        queue.settle_job(job.id)  # each closed round is committed and paid, on its own queue
 
 
 def note_missed_rounds(rnd: Round, reporters: set[int]) -> None:

@@ -8,7 +8,7 @@ It queues them through this module instead, which names the tasks the way beat's
 
 A task runs eagerly in the embedded demo and through the broker otherwise. Queueing never
 fails the caller: the state change it follows is already committed, and beat's periodic tasks
-(start_ready_jobs, enforce_deadlines, settle_finished_jobs) pick up whatever could not be
+(start_ready_jobs, enforce_deadlines, settle_ended_jobs) pick up whatever could not be
 queued, so a broker outage delays work instead of losing it or failing a peer's request.
 """
 
@@ -23,6 +23,9 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 START_JOB = "jobs.tasks.start_job"
 CLOSE_ROUND = "jobs.tasks.close_round_task"
 SETTLE_JOB = "ledger.tasks.settle_job"
+FUND_JOB = "ledger.tasks.fund_job"
+GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
+REFRESH_WALLET = "ledger.tasks.refresh_wallet"
 
 
 def task(name: str):
@@ -57,3 +60,15 @@ def close_round(round_id: int) -> bool:
 
 def settle_job(job_id: int) -> bool:
     return _queue(SETTLE_JOB, job_id)
+
+
+def fund_job(job_id: int) -> bool:
+    return _queue(FUND_JOB, job_id)
+
+
+def grant_test_tokens(user_id: int) -> bool:
+    return _queue(GRANT_TEST_TOKENS, user_id)
+
+
+def refresh_wallet(user_id: int) -> bool:
+    return _queue(REFRESH_WALLET, user_id)

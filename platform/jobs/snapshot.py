@@ -1,5 +1,7 @@
 """The JSON shape browsers get for a job: the first websocket frame and the page's data."""
 
+from ledger.models import Escrow
+
 from .models import Consent, Job, PeerReport
 
 
@@ -30,15 +32,24 @@ def cohort_summary(job: Job) -> list[dict]:
 
 
 def payouts_summary(job: Job) -> list[dict]:
-    return [p.as_event() for p in job.payouts.select_related("node").order_by("node_id")]
+    """Every round's payouts, round by round (each closed round is paid as it closes)."""
+    return [p.as_event() for p in job.payouts.select_related("node", "round").order_by("round__number", "node_id")]
+
+
+def escrow_summary(job: Job) -> dict | None:
+    escrow = Escrow.objects.filter(job=job).first()
+    return escrow.as_event() if escrow else None
 
 
 def status_event(job: Job) -> dict:
-    """A 'status' frame: the job's state and cohort, with its payouts once it has ended."""
-    event = {"status": job.status, "current_round": job.current_round, "cohort": cohort_summary(job)}
-    if job.status in (Job.Status.FINISHED, Job.Status.SETTLED, Job.Status.FAILED):
-        event["payouts"] = payouts_summary(job)
-    return event
+    """A 'status' frame: the job's state and cohort, its payouts so far and its budget."""
+    return {
+        "status": job.status,
+        "current_round": job.current_round,
+        "cohort": cohort_summary(job),
+        "payouts": payouts_summary(job),
+        "escrow": escrow_summary(job),
+    }
 
 
 def job_snapshot(job: Job) -> dict:
@@ -52,4 +63,5 @@ def job_snapshot(job: Job) -> dict:
         "reports": [r.as_event() for r in reports],
         "cohort": cohort_summary(job),
         "payouts": payouts_summary(job),
+        "escrow": escrow_summary(job),
     }

@@ -8,4 +8,5 @@ urlpatterns = [
     path("new/", views.job_create, name="create"),
     path("<int:pk>/", views.job_detail, name="detail"),
     path("<int:pk>/consent/", views.job_consent, name="consent"),
+    path("<int:pk>/fund/", views.job_fund, name="fund"),
 ]

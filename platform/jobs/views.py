@@ -6,6 +6,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.models import Profile
+from ledger.escrow import open_escrow
+from ledger.models import Escrow
 from nodes.models import Node
 
 from . import queue
@@ -31,7 +33,13 @@ def job_create(request):
         job = form.save(commit=False)
         job.owner = request.user
         job.save()
-        messages.success(request, "Job created. It starts when enough consenting nodes are online.")
+        if job.reward_per_round:
+            open_escrow(job)
+            messages.success(
+                request, "Job created. Deposit its budget below; it starts once enough consenting nodes are online."
+            )
+        else:
+            messages.success(request, "Job created. It starts when enough consenting nodes are online.")
         return redirect("jobs:detail", job.id)
     return render(request, "jobs/create.html", {"form": form})
 
@@ -60,9 +68,35 @@ def job_detail(request, pk):
             "my_nodes": my_nodes,
             "snapshot": job_snapshot(job),
             "payout_address": Profile.for_user(request.user).payout_address,
-            "payouts": job.payouts.select_related("node").order_by("node_id"),
+            "payouts": job.payouts.select_related("node", "round").order_by("round__number", "node_id"),
+            "escrow": Escrow.objects.filter(job=job).first(),
+            "escrow_funded": Escrow.lets_start(job),
+            "wallet_balance": _wallet_balance(request.user)
+            if job.owner == request.user and job.status == Job.Status.WAITING and not Escrow.lets_start(job)
+            else None,
         },
     )
+
+
+def _wallet_balance(user) -> str:
+    """The creator's wallet balance as the settlement worker last read it (web never reaches the chain)."""
+    from ledger.wallets import wallet_for
+
+    return wallet_for(user).tokens_text
+
+
+@login_required
+@require_POST
+def job_fund(request, pk):
+    """The creator deposits the job's budget from their wallet (done by the settlement worker)."""
+    job = get_object_or_404(Job, pk=pk, owner=request.user)
+    if job.status != Job.Status.WAITING or not job.reward_per_round:
+        messages.error(request, "Only a waiting job with rewards takes a deposit.")
+        return redirect("jobs:detail", job.id)
+    open_escrow(job)
+    queue.fund_job(job.id)
+    messages.success(request, "Deposit requested: the job starts once it is on chain and enough nodes consent.")
+    return redirect("jobs:detail", job.id)
 
 
 @login_required

@@ -17,6 +17,8 @@ from ledger.models import REWARD_TOKEN, ContractDeployment
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 TOKEN_CONTRACT = REWARD_TOKEN
+LEDGER_CONTRACT = "TrainingLedger"
+REGISTRY_CONTRACT = "ModelRegistry"
 TOKEN_NAME, TOKEN_SYMBOL = "DFL Reward", "DFLR"
 TREASURY_WEI = 10**9 * 10**18  # minted to the operator when the token is deployed
 RECEIPT_TIMEOUT_S = 120
@@ -39,7 +41,7 @@ class Chain:
         self._account = w3.eth.account.from_key(private_key)
         self.chain_id: int = w3.eth.chain_id
         self._send_lock = threading.Lock()  # one nonce at a time within this process
-        self._token_lock = threading.Lock()
+        self._deploy_lock = threading.RLock()  # the ledger's deployment deploys the token first
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -71,30 +73,49 @@ class Chain:
     def operator_address(self) -> ChecksumAddress:
         return self._account.address
 
-    # -- the reward token -----------------------------------------------------------------------
+    # -- contracts ------------------------------------------------------------------------------
     def token(self):
         """The RewardToken on this chain, deployed (and the treasury minted) when missing."""
-        artifact = load_artifact(TOKEN_CONTRACT)
-        with self._token_lock:
-            row = ContractDeployment.objects.filter(name=TOKEN_CONTRACT, chain_id=self.chain_id).first()
-            if row is None or not self.w3.eth.get_code(Web3.to_checksum_address(row.address)):
-                row = self._deploy_token(artifact)
+        return self._contract(TOKEN_CONTRACT, lambda: (TOKEN_NAME, TOKEN_SYMBOL, self.operator_address))
+
+    def ledger(self):
+        """The TrainingLedger (escrow, round commits, payouts, stakes); the operator coordinates."""
+        return self._contract(LEDGER_CONTRACT, lambda: (self.token().address, self.operator_address))
+
+    def registry(self):
+        """The ModelRegistry: who may use a job's final model."""
+        return self._contract(REGISTRY_CONTRACT, lambda: ())
+
+    def _contract(self, name: str, constructor_args):
+        """A contract of ours on this chain, deployed when the chain lacks it or its code changed."""
+        artifact = load_artifact(name)
+        code_sha = hashlib.sha256(bytes.fromhex(artifact["bytecode"][2:])).hexdigest()
+        with self._deploy_lock:
+            row = ContractDeployment.objects.filter(name=name, chain_id=self.chain_id).first()
+            if (
+                row is None
+                or row.bytecode_sha256 != code_sha
+                or not self.w3.eth.get_code(Web3.to_checksum_address(row.address))
+            ):
+                row = self._deploy(name, artifact, constructor_args(), code_sha)
         return self.w3.eth.contract(address=Web3.to_checksum_address(row.address), abi=artifact["abi"])
 
-    def _deploy_token(self, artifact: dict) -> ContractDeployment:
+    def _deploy(self, name: str, artifact: dict, args: tuple, code_sha: str) -> ContractDeployment:
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        tx_hash = self._send(factory.constructor(TOKEN_NAME, TOKEN_SYMBOL, self.operator_address))
+        tx_hash = self._send(factory.constructor(*args))
         receipt = self.wait(tx_hash)
-        token = self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])
-        self.wait(self._send(token.functions.mint(self.operator_address, TREASURY_WEI)))
+        address = receipt["contractAddress"]
+        if name == TOKEN_CONTRACT:
+            token = self.w3.eth.contract(address=address, abi=artifact["abi"])
+            self.wait(self._send(token.functions.mint(self.operator_address, TREASURY_WEI)))
         row, _ = ContractDeployment.objects.update_or_create(
-            name=TOKEN_CONTRACT,
+            name=name,
             chain_id=self.chain_id,
             defaults={
-                "address": receipt["contractAddress"],
+                "address": address,
                 "tx_hash": tx_hash,
                 "block_number": receipt["blockNumber"],
-                "bytecode_sha256": hashlib.sha256(bytes.fromhex(artifact["bytecode"][2:])).hexdigest(),
+                "bytecode_sha256": code_sha,
             },
         )
         return row
@@ -102,27 +123,57 @@ class Chain:
     # -- transactions ---------------------------------------------------------------------------
     def _send(self, call) -> str:
         """Build, sign with the operator key and send a contract call or constructor."""
-        with self._send_lock:
-            nonce = self.w3.eth.get_transaction_count(self.operator_address, "pending")
-            tx = call.build_transaction({"from": self.operator_address, "nonce": nonce, "chainId": self.chain_id})
-            signed = self._account.sign_transaction(tx)
-            return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
-
-    def transfer(self, to: str, amount_wei: int) -> str:
-        """Send `amount_wei` reward-token wei from the operator to `to`; returns the tx hash."""
-        tx_hash, raw = self.sign_transfer(to, amount_wei)
+        tx_hash, raw = self.sign_call(call)
         self.broadcast(raw)
         return tx_hash
 
-    def sign_transfer(self, to: str, amount_wei: int) -> tuple[str, str]:
-        """(tx hash, raw signed transaction hex) of a transfer, not yet broadcast."""
-        token = self.token()
-        call = token.functions.transfer(Web3.to_checksum_address(to), int(amount_wei))
+    def sign_call(self, call, gas: int | None = None) -> tuple[str, str]:
+        """(tx hash, raw signed transaction hex) of an operator call, not yet broadcast."""
         with self._send_lock:
             nonce = self.w3.eth.get_transaction_count(self.operator_address, "pending")
-            tx = call.build_transaction({"from": self.operator_address, "nonce": nonce, "chainId": self.chain_id})
+            params = {"from": self.operator_address, "nonce": nonce, "chainId": self.chain_id}
+            if gas is not None:
+                params["gas"] = gas
+            tx = call.build_transaction(params)
             signed = self._account.sign_transaction(tx)
         return signed.hash.to_0x_hex(), signed.raw_transaction.to_0x_hex()
+
+    def send_as(self, private_key: str, call):
+        """Sign a call with another account's key (a custodial wallet), send it, wait for it."""
+        account = self.w3.eth.account.from_key(private_key)
+        nonce = self.w3.eth.get_transaction_count(account.address, "pending")
+        tx = call.build_transaction({"from": account.address, "nonce": nonce, "chainId": self.chain_id})
+        signed = account.sign_transaction(tx)
+        self.broadcast(signed.raw_transaction.to_0x_hex())
+        return self.wait(signed.hash.to_0x_hex())
+
+    def transfer(self, to: str, amount_wei: int) -> str:
+        """Send `amount_wei` reward-token wei from the operator to `to`; returns the tx hash."""
+        return self._send(self.token().functions.transfer(Web3.to_checksum_address(to), int(amount_wei)))
+
+    def mint(self, to: str, amount_wei: int):
+        """Test tokens for a wallet (the faucet): the operator holds the minter role."""
+        return self.wait(self._send(self.token().functions.mint(Web3.to_checksum_address(to), int(amount_wei))))
+
+    def send_gas(self, to: str, wei: int):
+        """Native currency for a custodial wallet's gas (test chains only, via the faucet)."""
+        with self._send_lock:
+            nonce = self.w3.eth.get_transaction_count(self.operator_address, "pending")
+            tx = {
+                "from": self.operator_address,
+                "to": Web3.to_checksum_address(to),
+                "value": int(wei),
+                "nonce": nonce,
+                "chainId": self.chain_id,
+                "gas": 21000,
+                "gasPrice": self.w3.eth.gas_price,
+            }
+            signed = self._account.sign_transaction(tx)
+        self.broadcast(signed.raw_transaction.to_0x_hex())
+        return self.wait(signed.hash.to_0x_hex())
+
+    def gas_balance(self, address: str) -> int:
+        return self.w3.eth.get_balance(Web3.to_checksum_address(address))
 
     def broadcast(self, raw_tx: str) -> None:
         """Send a signed transaction; sending one the node already has is harmless."""

@@ -1,23 +1,86 @@
-"""Settlement runs in a worker: it waits on the chain."""
+"""The settlement queue's tasks (hub.settings routes ledger.tasks.* to its own worker): everything
+that signs with the operator key or waits on the chain, one job a task."""
+
+import logging
 
 from celery import shared_task
+from django.contrib.auth import get_user_model
+from django.db.models import Q
 
-from jobs.models import Job
-from ledger import services
+from jobs import queue
+from jobs.models import Job, Round
+from ledger import settlement, wallets
+from ledger.chain import Chain
+from ledger.models import Escrow, RoundSettlement, TxStatus, Wallet, tokens_text
+from ledger.signing import signer_lock
+
+log = logging.getLogger(__name__)
 
 
 @shared_task
 def settle_job(job_id: int) -> dict:
-    """Pay a finished job's rewards (idempotent: safe to run again after a failure)."""
-    job = Job.objects.get(pk=job_id)
-    payouts = services.settle(job)
-    return {"job": job.pk, "status": job.status, "payouts": {p.node_id: p.status for p in payouts}}
+    """Commit and pay a job's closed rounds, and close it once it has ended (idempotent)."""
+    return settlement.settle(job_id)
 
 
 @shared_task
-def settle_finished_jobs() -> int:
-    """Beat's safety net: retry every finished job whose settlement did not complete."""
-    job_ids = list(Job.objects.filter(status=Job.Status.FINISHED).values_list("id", flat=True))
-    for job_id in job_ids:
-        settle_job(job_id)
+def fund_job(job_id: int) -> str:
+    """Deposit a job's budget from its creator's wallet, then let it start."""
+    job = Job.objects.get(pk=job_id)
+    try:
+        escrow = settlement.fund(job)
+    except settlement.FundingError as exc:
+        Escrow.objects.filter(job=job).update(error=str(exc))
+        return str(exc)
+    finally:
+        wallets.refresh_balances(wallets.wallet_for(job.owner), Chain.from_settings())
+    if escrow.status == Escrow.Status.FUNDED:
+        queue.start_job(job.id)
+    return escrow.status
+
+
+@shared_task
+def grant_test_tokens(user_id: int) -> str:
+    """The faucet, run where the operator key lives; the wallet row gets the new balances."""
+    user = get_user_model().objects.get(pk=user_id)
+    chain = Chain.from_settings()
+    try:
+        with signer_lock():
+            granted = wallets.faucet(user, chain)
+        result = f"granted {tokens_text(granted)} test tokens"
+    except wallets.FaucetRefused as exc:
+        result = f"refused: {exc}"
+        Wallet.objects.filter(user=user).update(faucet_note=str(exc))
+    else:
+        Wallet.objects.filter(user=user).update(faucet_note="")
+    wallets.refresh_balances(wallets.wallet_for(user), chain)
+    return result
+
+
+@shared_task
+def refresh_wallet(user_id: int) -> None:
+    wallets.refresh_balances(wallets.wallet_for(get_user_model().objects.get(pk=user_id)), Chain.from_settings())
+
+
+@shared_task
+def settle_ended_jobs() -> int:
+    """Beat's safety net: one settle_job task per job with money work left (a closed round not
+    committed or paid yet, or an ended job not closed yet), so one failure never blocks the rest."""
+    open_tx = [TxStatus.PENDING, TxStatus.SUBMITTED]
+    job_ids = set(
+        RoundSettlement.objects.filter(Q(status__in=open_tx) | Q(batches__status__in=open_tx)).values_list(
+            "job_id", flat=True
+        )
+    )
+    job_ids |= set(
+        Round.objects.filter(
+            status=Round.Status.CLOSED, settlement__isnull=True, job__escrow__status=Escrow.Status.FUNDED
+        ).values_list("job_id", flat=True)
+    )
+    ended = Job.objects.filter(
+        Q(status=Job.Status.FINISHED) | Q(status=Job.Status.FAILED, escrow__status=Escrow.Status.FUNDED)
+    )
+    job_ids |= set(ended.values_list("id", flat=True))
+    for job_id in sorted(job_ids):
+        queue.settle_job(job_id)
     return len(job_ids)

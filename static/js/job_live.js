@@ -48,6 +48,7 @@
     badge.className = "badge " + state.status;
     renderPeers();
     renderPayouts();
+    renderEscrow();
     renderPrivacy();
   }
 
@@ -104,6 +105,15 @@
     card.textContent = spent.length ? Math.max(...spent).toFixed(2) : "–";
   }
 
+  function renderEscrow() {
+    const box = document.getElementById("escrow");
+    if (!box || !state.escrow) return;
+    for (const key of ["status", "budget", "committed", "paid", "refunded", "burnt"]) {
+      const el = box.querySelector(`[data-escrow="${key}"]`);
+      if (el) el.textContent = state.escrow[key];
+    }
+  }
+
   function renderPayouts() {
     const payouts = state.payouts || [];
     document.getElementById("payouts-section").hidden = payouts.length === 0;
@@ -111,8 +121,10 @@
     body.replaceChildren();
     for (const p of payouts) {
       const row = body.insertRow();
+      cell(row, p.round, "num");
       cell(row, p.node_name);
       cell(row, p.amount, "num");
+      cell(row, (p.score_ppm / 10000).toFixed(2) + " %", "num");
       badgeCell(row, p.status, p.status);
       cell(row, p.tx_hash, "mono");
       cell(row, p.block_number, "num");
@@ -130,6 +142,7 @@
       state.current_round = msg.data.current_round;
       if (msg.data.cohort) state.cohort = msg.data.cohort;
       if (msg.data.payouts) state.payouts = msg.data.payouts;
+      if ("escrow" in msg.data) state.escrow = msg.data.escrow;
     } else if (msg.kind === "node") {
       for (const m of state.cohort || []) if (m.node === msg.data.node) m.online = msg.data.online;
     }

@@ -110,7 +110,11 @@ class Command(BaseCommand):
             batch_size=32,
             description="Each peer holds a private shard of the digits data and averages with its ring neighbours.",
             round_timeout_s=60,
+            reward_per_round=100,
         )
+        from ledger.settlement import fund_with_test_tokens
+
+        fund_with_test_tokens(job)  # as the creator would, with the faucet's test tokens
         peers = []
         for index, name in enumerate(PARTICIPANTS[: opts["peers"]]):
             user, _ = User.objects.get_or_create(username=name)
@@ -203,6 +207,6 @@ def _summary(job_id: int, seconds: float) -> dict:
         "first_accuracy": closed[0].mean_accuracy if closed else None,
         "final_accuracy": closed[-1].mean_accuracy if closed else None,
         "tokens_paid": float(tokens_amount(sum(int(p.amount_wei) for p in payouts))),
-        "chain_txs": [p.tx_hash for p in payouts],
+        "chain_txs": sorted({p.tx_hash for p in payouts}),
         "seconds": round(seconds, 2),
     }
