@@ -115,6 +115,27 @@ class Job(models.Model):
     stake = models.PositiveIntegerField(
         default=0, help_text="Tokens each node's owner stakes to join; slashed when the node is caught attacking."
     )
+    # Contribution scoring: a node of the creator's that holds validation data (never shared),
+    # receives every peer's model each round and scores it (peers.scoring). Without one, a
+    # round's pool is split evenly between the reporters whose models did not diverge.
+    validator = models.ForeignKey(
+        "nodes.Node",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="validated_jobs",
+        help_text="Your node that scores each round's models on its own validation data.",
+    )
+    model_access = models.CharField(
+        max_length=16,
+        choices=[
+            ("creator", "Only me"),
+            ("contributors", "Me and the contributing nodes' owners"),
+            ("public", "Everyone"),
+        ],
+        default="creator",
+        help_text="Who may download the final model (recorded in the on-chain model registry).",
+    )
     seed = models.BigIntegerField(default=new_seed)
 
     # Links (pairs of node ids) whose weights missed a deadline; dynamic topologies avoid them.
