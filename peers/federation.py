@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, node_channel, to_message
@@ -75,19 +76,23 @@ class InMemoryPlatform:
         *,
         joins_at: dict[int, int] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
+        validator: tuple[int, Any] | None = None,
     ) -> list[RoundResult]:
         """Drive every round. ``peers`` maps node id -> Peer, in position order; ``transport``
         sends the plans; ``joins_at`` maps node id -> the first round its peer takes part in (it
-        starts then; until then its neighbours' weights wait in its inbox)."""
+        starts then; until then its neighbours' weights wait in its inbox); ``validator`` is
+        (node id, Peer) of the job's validator, whose score reports count like the others."""
         joins_at = joins_at or {}
+        everyone = dict(peers) if validator is None else {**peers, validator[0]: validator[1]}
         members = [(node_id, peer.key.public_key_hex) for node_id, peer in peers.items()]
+        scorer = None if validator is None else (validator[0], validator[1].key.public_key_hex)
         position = {node_id: i for i, (node_id, _) in enumerate(members)}
         tasks: dict[int, asyncio.Task] = {}
         cut: set[tuple[int, int]] = set()
         results = []
         try:
             for r in range(1, self.total_rounds + 1):
-                for node_id, peer in peers.items():
+                for node_id, peer in everyone.items():
                     if node_id not in tasks and joins_at.get(node_id, 1) <= r:
                         tasks[node_id] = asyncio.create_task(peer.run(max_jobs=1))
                 plans = round_plans(
@@ -100,6 +105,7 @@ class InMemoryPlatform:
                     deadline=time.time() + self.round_timeout_s,
                     max_payload_bytes=self.max_payload_bytes,
                     sign=self.key.sign,
+                    validator=scorer,
                 )
                 active = [plan for plan in plans if plan.node_id in tasks]
                 self._expected[r] = len(active)
@@ -108,7 +114,7 @@ class InMemoryPlatform:
                 reports = await self._reports_of(r, {p.node_id for p in active}, tasks)
                 result = RoundResult(r, reports, time.perf_counter() - started)
                 for rep in reports:
-                    for item in rep["rejected"]:
+                    for item in rep.get("rejected", []):  # a validator's scores have none
                         if item["reason"] == NO_WEIGHTS_BEFORE_DEADLINE and item["sender"] in position:
                             a, b = sorted((position[rep["node_id"]], position[item["sender"]]))
                             cut.add((a, b))

@@ -20,11 +20,15 @@ def round_plans(
     deadline: float,
     max_payload_bytes: int,
     sign: Callable[[bytes], bytes],
+    validator: tuple[int, str] | None = None,
 ) -> list[RoundPlan]:
     """One signed plan per member; members[i] = (node id, Ed25519 public key hex) at position i
     and rows[i] its mixing weights by position (rows[i][i] is the self weight). Each plan
     carries the member's consent grant for this round (the platform sends plans only to members
-    whose consent stands) and is signed with ``sign`` (the platform key's)."""
+    whose consent stands) and is signed with ``sign`` (the platform key's).
+
+    With a ``validator`` (node id, public key), every member also sends it its model, and the
+    validator gets a plan of its own (role "validate", the members as its neighbours) after theirs."""
     if len(rows) != len(members):
         raise ValueError(f"{len(rows)} mixing rows for {len(members)} members")
     plans = []
@@ -46,7 +50,29 @@ def round_plans(
             self_weight=row[index],
             max_payload_bytes=max_payload_bytes,
             consent=ConsentGrant(job_id=job_id, node_id=node_id, dataset=config.dataset, expires_at=deadline),
+            validators=[] if validator is None else [_neighbour(*validator, 0.0)],
+        )
+        plan.signature = sign(plan_bytes(plan))
+        plans.append(plan)
+    if validator is not None and members:
+        node_id = validator[0]
+        plan = RoundPlan(
+            job_id=job_id,
+            round=round,
+            total_rounds=total_rounds,
+            node_id=node_id,
+            deadline=deadline,
+            config=config,
+            neighbours=[_neighbour(other, key, 1.0 / len(members)) for other, key in members],
+            self_weight=0.0,
+            max_payload_bytes=max_payload_bytes,
+            consent=ConsentGrant(job_id=job_id, node_id=node_id, dataset=config.dataset, expires_at=deadline),
+            role="validate",
         )
         plan.signature = sign(plan_bytes(plan))
         plans.append(plan)
     return plans
+
+
+def _neighbour(node_id: int, public_key: str, weight: float) -> Neighbour:
+    return Neighbour(node_id=node_id, channel=node_channel(node_id), weight=weight, public_key=public_key)

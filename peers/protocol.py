@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import msgpack
@@ -118,6 +118,27 @@ class RoundPlan:
     max_payload_bytes: int
     consent: ConsentGrant
     signature: bytes = b""  # Ed25519 by the platform's key over plan_bytes(plan)
+    # The job's validator: each member sends it the model it sends its neighbours, to be scored.
+    validators: list[Neighbour] = field(default_factory=list, metadata={"since": "2026-11-26"})
+    # "train" (a member) or "validate" (the validator: score the neighbours' models, train nothing).
+    role: str = since("2026-11-26", "train")
+
+    def __post_init__(self) -> None:
+        if self.role not in ("train", "validate"):
+            raise ProtocolError(f"plan.role must be 'train' or 'validate', got {self.role!r}")
+
+
+@dataclass
+class ScoreReport:
+    """The validator's scores of a round, as the evidence they are computed from
+    (peers.evidence.score_from_evidence): the platform recomputes them before it pays on them."""
+
+    TYPE = "validator.scores"
+    job_id: int
+    round: int
+    node_id: int  # the validator
+    evidence: dict
+    consensus_hash: str  # sha256 hex of the round's consensus model (pack_state)
 
 
 @dataclass
@@ -184,7 +205,7 @@ class JobEvent:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, ModelRequest, Heartbeat, JobEvent)
+    cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, ScoreReport, ModelRequest, Heartbeat, JobEvent)
 }
 
 # Field kinds, derived from the dataclasses' annotations (strings under ``from __future__ import
@@ -340,11 +361,20 @@ def header_bytes(chunk: WeightsChunk) -> bytes:
 
 
 def plan_bytes(plan: RoundPlan) -> bytes:
-    """Canonical signed content of a round plan: every field but the signature, in order."""
-    return msgpack.packb(
-        ["round.plan", *(_plain(getattr(plan, f.name)) for f in fields(plan) if f.name != "signature")],
-        use_bin_type=True,
-    )
+    """Canonical signed content of a round plan: every field but the signature, in order; a field
+    added later (``since``) only when it differs from its default, so plans signed before it
+    existed still verify."""
+    values = []
+    for f in fields(plan):
+        value = getattr(plan, f.name)
+        if f.name == "signature" or ("since" in f.metadata and value == _default(f)):
+            continue
+        values.append(_plain(value))
+    return msgpack.packb(["round.plan", *values], use_bin_type=True)
+
+
+def _default(f) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def key_change_bytes(node_id: int, new_public_key: str) -> bytes:

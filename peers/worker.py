@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from peers.data import LocalData
@@ -27,6 +28,7 @@ from peers.protocol import (
     PeerReport,
     ProtocolError,
     RoundPlan,
+    ScoreReport,
     WeightsChunk,
     decode,
     from_message,
@@ -38,6 +40,7 @@ from peers.protocol import (
 from peers.rules import get_rule
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
+from peers.validator import Validator
 from peers.wire.codec import WeightsDecoder, WeightsEncoder
 from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
 from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, payload_bound, sha256_hex
@@ -73,6 +76,8 @@ class JobState:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     privacy: ClientDPAccountant | None = None  # client-level DP on: what this peer has spent
     round_start: dict | None = None  # the model the round began from (what DP clips the update against)
+    consensus: dict | None = None  # as the job's validator: the last round's consensus (the next reference)
+    validator: Any = None  # as the job's validator: its peers.validator.Validator
 
     def decoder(self, sender: int) -> WeightsDecoder:
         if sender not in self.decoders:
@@ -116,6 +121,7 @@ class Peer:
         self._plan_signatures: dict[tuple[int, int], bytes] = {}  # (job, round) -> the plan it accepted
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
+        self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -313,6 +319,9 @@ class Peer:
         except Exception as exc:
             log.error("node %s cannot take part in job %s: %s", self.node_id, plan.job_id, exc)
             return
+        if plan.role == "validate":
+            await self._validate_round(plan, state)
+            return
         if not self._within_privacy_budget(plan, state):
             # The data owner's guarantee, whatever the platform plans: no release past the budget.
             log.warning(
@@ -455,7 +464,10 @@ class Peer:
         return payload, sha256_hex(payload)
 
     async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
-        if not plan.neighbours:
+        """Send this round's model to the neighbours, and to the job's validator (which scores
+        it), as the one signed payload."""
+        targets = [*plan.neighbours, *plan.validators]
+        if not targets:
             return 0
         outgoing = self._outgoing(plan, self.jobs[plan.job_id], local)
         if outgoing is None:
@@ -473,13 +485,75 @@ class Peer:
                 key=self.key,
                 sha256=digest,
             )
-            for n in plan.neighbours
+            for n in targets
         ]
         results = await asyncio.gather(*sends, return_exceptions=True)
-        for n, result in zip(plan.neighbours, results):
+        for n, result in zip(targets, results):
             if isinstance(result, Exception):
                 log.warning("node %s could not send weights to %s: %s", self.node_id, n.node_id, result)
         return sum(r for r in results if isinstance(r, int))
+
+    # -- the validator ------------------------------------------------------------------------
+    async def _validate_round(self, plan: RoundPlan, state: JobState) -> None:
+        """As the job's validator: wait for the members' models, score them on this node's own
+        data (peers.scoring), report the evidence, and keep the consensus as the next round's
+        reference. Trains nothing and sends nothing to anyone."""
+        started = time.perf_counter()
+        await self._wait_for_neighbours(plan, state)
+        received = state.payloads.pop(plan.round, {})
+        state.rejected.pop(plan.round, None)
+        updates = {}
+        for n in plan.neighbours:
+            if n.node_id not in received:
+                continue
+            try:
+                updates[n.node_id] = state.decoder(n.node_id).decode(received[n.node_id])
+            except WeightsRejected as exc:
+                log.warning("validator %s: model of node %s refused: %s", self.node_id, n.node_id, exc.reason)
+        if state.validator is None:
+            cfg = plan.config
+            model = build_model(
+                cfg.model,
+                self.data.num_features,
+                cfg.num_classes,
+                hidden=cfg.hidden,
+                seed=cfg.seed,
+                input_shape=self.data.input_shape,
+            )
+            X = np.concatenate([self.data.X_train, self.data.X_eval])  # it trains nothing: all of it validates
+            y = np.concatenate([self.data.y_train, self.data.y_eval])
+            state.validator = Validator(model, X, y, device=self.device, seed=cfg.seed)
+        reference = state.consensus if state.consensus is not None else state.trainer.state()
+        scores = await asyncio.to_thread(state.validator.score, reference, updates)
+        consensus = scores.consensus if scores.consensus is not None else reference
+        state.consensus = consensus
+        state.last_round = plan.round
+        report = ScoreReport(
+            job_id=plan.job_id,
+            round=plan.round,
+            node_id=self.node_id,
+            evidence=scores.as_evidence(),
+            consensus_hash=sha256_hex(pack_state(consensus)),
+        )
+        try:
+            await self.reporter.report(to_message(report))
+        except Exception as exc:
+            log.error(
+                "validator %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc
+            )
+        log.info(
+            "validator %s job %s round %s/%s: scored %d of %d models in %.2f s",
+            self.node_id,
+            plan.job_id,
+            plan.round,
+            plan.total_rounds,
+            len(updates),
+            len(plan.neighbours),
+            time.perf_counter() - started,
+        )
+        if plan.round >= plan.total_rounds:
+            self.final_models[plan.job_id] = pack_state(consensus)
+            self._finish(plan.job_id)
 
     # -- late join / rejoin -------------------------------------------------------------------
     async def _catch_up(self, plan: RoundPlan, state: JobState) -> None:

@@ -24,11 +24,15 @@ BASE_CONFIG = JobConfig(
 )
 
 
-async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, **config):
+async def run_federation(
+    n=4, rounds=2, *, graph="ring", attacks=None, late=None, deadline_s=20, shards=None, validator_data=None, **config
+):
     """Run `rounds` rounds of nodes 1..n (shard i - 1 of the digits each) on `graph`; `attacks`
     maps node -> attack mode; `late` maps node -> first round it takes part in (its peer starts
     then); `config` overrides BASE_CONFIG's fields. Returns (reports, peers, transport); each
-    peer's last model is kept as ``peer.final_model``."""
+    peer's last model is kept as ``peer.final_model``. ``shards`` splits the digits that many ways
+    (default n); ``validator_data`` (a data spec) adds the job's validator as node n + 1, whose
+    score reports come back with the others (``"type": "validator.scores"``)."""
     attacks = attacks or {}
     platform = InMemoryPlatform(replace(BASE_CONFIG, **config), rounds, round_timeout_s=deadline_s)
     transport = MemoryTransport()
@@ -36,7 +40,7 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
         i: make_peer(
             i,
             NodeKey.generate(),
-            load_local_data(f"digits:{i - 1}/{n}"),
+            load_local_data(f"digits:{i - 1}/{shards or n}"),
             transport,
             platform,
             platform_key=platform.public_key_hex,
@@ -47,12 +51,29 @@ async def run_federation(n=4, rounds=2, *, graph="ring", attacks=None, late=None
     final_models = {}
 
     def keep_final_model(message: dict) -> None:  # the peer releases the job once it reported the last round
+        if message["node_id"] not in peers:
+            return  # the validator
         state = peers[message["node_id"]].jobs.get(message["job_id"])
         if message["round"] == rounds and state is not None:
             final_models[message["node_id"]] = state.trainer.state()
 
     platform.on_report = keep_final_model
-    results = await platform.run(peers, transport, lambda r, cut: topology.build(graph, n), joins_at=late)
+    validator = None
+    if validator_data is not None:
+        validator = (
+            n + 1,
+            make_peer(
+                n + 1,
+                NodeKey.generate(),
+                load_local_data(validator_data),
+                transport,
+                platform,
+                platform_key=platform.public_key_hex,
+            ),
+        )
+    results = await platform.run(
+        peers, transport, lambda r, cut: topology.build(graph, n), joins_at=late, validator=validator
+    )
     for node_id, peer in peers.items():
         peer.final_model = final_models.get(node_id)
     return [rep for result in results for rep in result.reports], peers, transport

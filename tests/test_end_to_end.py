@@ -112,11 +112,13 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
 
             # Participants sign up, register a node (hardware from the peer itself), consent, start a peer.
             addresses = []
+            people = {}
             for i in range(PEERS):
                 address = "0x" + secrets.token_hex(20)
                 addresses.append(address)
                 person = Browser(stack.url)
                 person.sign_up(f"participant{i}", "a-long-password-1", address)
+                people[f"node-{i}"] = person
                 token_page = person.submit("/nodes/register/", {"name": f"node-{i}", "hardware_json": hw})
                 token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)
                 node_id = int(re.search(r"/nodes/(\d+)/", token_page.text).group(1))
@@ -205,10 +207,12 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
         (p.round.number, p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts
     ]
 
-    # The payouts page lists each payout with its transaction, and where the token lives.
-    listing = creator.get("/payouts/").text
+    # Each participant's payouts page lists their earnings per round with the transaction; the
+    # creator's shows the job's budget, all of it committed and paid; both show the token.
     for payout in payouts:
-        assert payout.tx_hash in listing
+        assert payout.tx_hash in people[payout.node.name].get("/payouts/").text
+    listing = creator.get("/payouts/").text
+    assert 'id="budgets"' in listing and f"#{job.id}" in listing
     token = ContractDeployment.reward_tokens().get(chain_id=chain.chain_id)
     assert token.address in listing and chain.w3.eth.get_code(token.address)
     for proc in stack.peers:

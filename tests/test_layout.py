@@ -185,8 +185,10 @@ def test_import_contracts_are_kept():
 
 # peers.wire.signing: the platform signs round plans with the same Ed25519 code peers verify with
 # peers.acl: the platform grants a node's exchange user exactly the rights the transport uses
+# peers.evidence: the platform recomputes the validator's scores from their evidence (stdlib only)
 SHARED_WITH_PLATFORM = {
     "peers.acl",
+    "peers.evidence",
     "peers.protocol",
     "peers.topology",
     "peers.spectral",

@@ -4,6 +4,8 @@ from django import forms
 
 from peers import topology
 
+from nodes.models import Node
+
 from .models import RULE_CHOICES, Job
 
 
@@ -36,6 +38,8 @@ class JobForm(forms.ModelForm):
             "reward_per_round",
             "burn_unspent",
             "stake",
+            "validator",
+            "model_access",
             "dp_level",
             "dp_noise",
             "dp_clip",
@@ -76,7 +80,7 @@ class JobForm(forms.ModelForm):
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
         ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon"]),
-        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake"]),
+        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"]),
     ]
 
     def fieldsets(self):
@@ -86,6 +90,8 @@ class JobForm(forms.ModelForm):
     OPTIONAL = (
         "burn_unspent",
         "stake",
+        "validator",
+        "model_access",
         "degree",
         "redraw_every",
         "rule",
@@ -99,8 +105,12 @@ class JobForm(forms.ModelForm):
         "dp_epsilon",
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The validator holds the creator's validation data: only one of the creator's own nodes.
+        validator = self.fields["validator"]
+        validator.queryset = Node.objects.filter(owner=user) if user is not None else Node.objects.none()  # type: ignore[attr-defined]
+        validator.empty_label = "None: split each round evenly between the peers that reported"  # type: ignore[attr-defined]
         for name in self.OPTIONAL:
             self.fields[name].required = False
         self.fields["reward_per_round"].initial = 100

@@ -357,3 +357,18 @@ class PeerReport(models.Model):
             "diverged": self.diverged,
             "epsilon": self.epsilon,
         }
+
+
+class ValidatorReport(models.Model):
+    """The job's validator's scores of a round, as the evidence they are computed from
+    (peers.evidence): stored as received, recomputed before anything is paid on them, and by the
+    audit. Append-only."""
+
+    round = models.OneToOneField(Round, on_delete=models.PROTECT, related_name="validator_report")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="validator_reports")
+    evidence = models.JSONField()
+    consensus_hash = models.CharField(max_length=64)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"validator scores of {self.round}"

@@ -13,8 +13,8 @@ from functools import partial
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ledger.models import Escrow
@@ -22,12 +22,14 @@ from live.broadcast import job_update
 from nodes import exchange
 from nodes.authority import platform_key
 from peers import topology
+from peers.evidence import score_from_evidence
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, encode, node_channel, to_message
 from peers.protocol import PeerReport as ReportMessage
+from peers.protocol import ScoreReport as ScoreMessage
 
 from . import queue
-from .models import CohortMember, Consent, Job, PeerReport, Round
+from .models import CohortMember, Consent, Job, PeerReport, Round, ValidatorReport
 from .snapshot import round_summary, status_event
 
 log = logging.getLogger(__name__)
@@ -42,14 +44,25 @@ class ReportRefused(Exception):
 
 # -- starting ---------------------------------------------------------------------------------
 def eligible_nodes(job: Job) -> list:
-    return [n for n in Consent.consenting_nodes(job) if n.is_online and n.public_key and job.node_is_eligible(n)]
+    return [
+        n
+        for n in Consent.consenting_nodes(job)
+        if n.is_online and n.public_key and job.node_is_eligible(n) and n.pk != job.validator_id
+    ]
+
+
+def validator_ready(job: Job) -> bool:
+    """A job with a validator starts only once the validator's peer is online (it scores every
+    round: without it the rounds would be paid on an even split)."""
+    validator = job.validator
+    return validator is None or bool(validator.is_online and validator.public_key)
 
 
 def start_job_if_ready(job_id: int) -> bool:
     """Form the cohort and open round 1 when enough consenting, eligible, online nodes exist."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
-        if job.status != Job.Status.WAITING or not Escrow.lets_start(job):
+        if job.status != Job.Status.WAITING or not Escrow.lets_start(job) or not validator_ready(job):
             return False
         candidates = eligible_nodes(job)
         if len(candidates) < job.num_peers:
@@ -66,7 +79,9 @@ def start_job_if_ready(job_id: int) -> bool:
 
 def start_jobs_for_node(node) -> None:
     """A node came online: any waiting job it consented to may now have its cohort."""
-    job_ids = Job.objects.filter(status=Job.Status.WAITING, consents__node=node).values_list("id", flat=True)
+    job_ids = Job.objects.filter(Q(consents__node=node) | Q(validator=node), status=Job.Status.WAITING).values_list(
+        "id", flat=True
+    )
     for job_id in set(job_ids):
         transaction.on_commit(partial(queue.start_job, job_id))
 
@@ -131,6 +146,7 @@ def signed_plans(rnd: Round) -> list[RoundPlan]:
         deadline=rnd.deadline.timestamp(),
         max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
         sign=platform_key().sign,
+        validator=None if job.validator is None else (job.validator.id, job.validator.public_key),
     )
     return plans
 
@@ -143,7 +159,7 @@ def build_plans(rnd: Round) -> list[tuple[str, dict]]:
 def current_plans_for(node) -> dict:
     """What a (re)starting peer needs to know: the current round of every running job it is a
     member of, and its signed plans for the open rounds it is planned in (msgpack, base64)."""
-    jobs = Job.objects.filter(status=Job.Status.RUNNING, cohort__node=node).distinct()
+    jobs = Job.objects.filter(Q(cohort__node=node) | Q(validator=node), status=Job.Status.RUNNING).distinct()
     plans = [
         base64.b64encode(encode(plan)).decode()
         for rnd in Round.objects.filter(job__in=jobs, status=Round.Status.OPEN).select_related("job")
@@ -159,7 +175,11 @@ def round_neighbours(rnd: Round) -> dict[int, set[int]]:
     members = round_members(rnd)
     rows = mixing_rows(rnd.job, rnd.number, {m.node_id: i for i, m in enumerate(members)}) if members else []
     ids = [m.node_id for m in members]
-    return {ids[i]: {ids[j] for j in row if j != i} for i, row in enumerate(rows)}
+    links = {ids[i]: {ids[j] for j in row if j != i} for i, row in enumerate(rows)}
+    if rnd.job.validator_id and links:  # every member also sends the validator its model
+        for targets in links.values():
+            targets.add(rnd.job.validator_id)
+    return links
 
 
 def exchange_grants(node_ids: set[int]) -> dict[int, set[int]]:
@@ -387,3 +407,34 @@ def enforce_deadlines() -> int:
     for round_id in due:
         close_round(round_id)
     return len(due)
+
+
+def accept_scores(node, msg: ScoreMessage) -> ValidatorReport:
+    """Store the validator's scores of a round, once, after recomputing them from their evidence:
+    only the job's validator may send them, only for members the round was planned for."""
+    job = Job.objects.filter(pk=msg.job_id).first()
+    if job is None or job.validator_id != node.id or msg.node_id != node.id:
+        raise ReportRefused(403, "only the job's validator reports scores")
+    rnd = job.round_set.filter(number=msg.round).first()
+    if rnd is None:
+        raise ReportRefused(404, f"round {msg.round} does not exist")
+    if len(msg.consensus_hash) != 64 or any(c not in "0123456789abcdef" for c in msg.consensus_hash):
+        raise ReportRefused(400, "consensus_hash must be a sha256 hex digest")
+    try:
+        scores = score_from_evidence(msg.evidence)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportRefused(400, f"the evidence does not give scores: {exc}") from None
+    planned = set(rnd.members if rnd.members is not None else [m.node_id for m in active_members(job)])
+    strangers = sorted(set(scores) - planned)
+    if strangers:
+        raise ReportRefused(400, f"scores for nodes not planned in round {msg.round}: {strangers}")
+    try:
+        with transaction.atomic():
+            report = ValidatorReport.objects.create(
+                round=rnd, node=node, evidence=msg.evidence, consensus_hash=msg.consensus_hash
+            )
+    except IntegrityError:
+        raise ReportRefused(409, "duplicate report") from None
+    if job.reward_per_round:
+        transaction.on_commit(partial(queue.settle_job, job.id))  # the round can be paid now
+    return report

@@ -28,7 +28,7 @@ def job_list(request):
 
 @login_required
 def job_create(request):
-    form = JobForm(request.POST or None)
+    form = JobForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         job = form.save(commit=False)
         job.owner = request.user

@@ -10,10 +10,11 @@ match the escrow row. Used by `manage.py audit_chain` and the admin audit page.
 from collections import defaultdict
 from dataclasses import dataclass
 
-from jobs.models import Job, Round
+from jobs.models import Job, Round, ValidatorReport
 from ledger.chain import Chain
 from ledger.models import WEI_PER_TOKEN, Escrow, RoundSettlement, TxStatus, tokens_text
-from ledger.rewards import EQUAL, build_trees, split_amount, split_ppm
+from ledger.rewards import EQUAL, VALIDATOR, build_trees, split_amount, split_ppm
+from peers.evidence import score_from_evidence, scores_ppm
 
 
 @dataclass
@@ -31,11 +32,16 @@ def _hex(value) -> str:
 
 
 def expected_ppm(settlement: RoundSettlement) -> dict[int, int]:
-    """The round's scores as their evidence gives them (an equal split: from who diverged)."""
+    """The round's scores as their evidence gives them: an equal split from who diverged, or the
+    validator's evidence recomputed (never the stored score numbers themselves)."""
     scores = list(settlement.round.scores.order_by("node_id"))
     if scores and all(s.source == EQUAL for s in scores):
         return split_ppm({s.node_id: 0.0 if s.evidence.get("diverged") else 1.0 for s in scores})
-    return {s.node_id: s.score_ppm for s in scores}
+    if scores and all(s.source == VALIDATOR for s in scores):
+        report = ValidatorReport.objects.get(round=settlement.round)
+        ppm = scores_ppm(score_from_evidence(report.evidence))
+        return {s.node_id: ppm.get(s.node_id, 0) for s in scores}
+    return {s.node_id: 0 for s in scores}  # mixed or unknown sources: nothing is owed on them
 
 
 def audit_job(job: Job, chain: Chain | None = None) -> list[Check]:

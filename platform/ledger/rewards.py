@@ -14,12 +14,14 @@ import hashlib
 import json
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from eth_utils import keccak
 
-from jobs.models import Job, PeerReport, Round
+from jobs.models import Job, PeerReport, Round, ValidatorReport
 from ledger.merkle import MerkleTree, contribution_leaf, reward_leaf
 from ledger.models import WEI_PER_TOKEN, ContributionScore, Payout, RoundSettlement
 from ledger.wallets import payout_address
+from peers.evidence import score_from_evidence, scores_ppm
 
 PPM = 1_000_000
 EQUAL = "equal"
@@ -49,17 +51,9 @@ def config_hash(job: Job) -> str:
 
 def split_ppm(weights: dict[int, float]) -> dict[int, int]:
     """Integer parts per million proportional to non-negative weights, summing to exactly PPM when
-    any weight is positive (largest remainder; ties to the lowest node id)."""
-    positive = {k: w for k, w in weights.items() if w > 0}
-    total = sum(positive.values())
-    if not positive or total <= 0:
-        return {k: 0 for k in weights}
-    exact = {k: PPM * w / total for k, w in positive.items()}
-    floors = {k: int(v) for k, v in exact.items()}
-    left = PPM - sum(floors.values())
-    for k in sorted(positive, key=lambda k: (-(exact[k] - floors[k]), k))[:left]:
-        floors[k] += 1
-    return {k: floors.get(k, 0) for k in weights}
+    any weight is positive: the validator's own rounding (peers.evidence.scores_ppm, exact
+    fractions, largest remainder, ties to the lowest node id), so both sources round alike."""
+    return scores_ppm(weights)
 
 
 def split_amount(total_wei: int, ppm: dict[int, int]) -> dict[int, int]:
@@ -87,14 +81,47 @@ def models_digest(reports: list[PeerReport]) -> str:
 
 
 def record_equal_scores(rnd: Round) -> None:
-    """Without a validator: every reporter whose model did not diverge gets an equal score."""
+    """Without a validator (or one that stayed silent): every reporter whose model did not
+    diverge gets an equal score."""
     reports = list(rnd.reports.order_by("node_id"))
     ppm = split_ppm({r.node_id: 0.0 if r.diverged else 1.0 for r in reports})
+    rule = "equal split between reporters whose model did not diverge"
+    if rnd.job.validator_id:
+        rule += "; the job's validator sent no scores for this round"
     for r in reports:
-        evidence = {"rule": "equal split between reporters whose model did not diverge", "diverged": r.diverged}
+        evidence = {"rule": rule, "diverged": r.diverged}
         ContributionScore.objects.get_or_create(
             round=rnd, node_id=r.node_id, defaults={"score_ppm": ppm[r.node_id], "source": EQUAL, "evidence": evidence}
         )
+
+
+def record_validator_scores(rnd: Round) -> None:
+    """From the validator's evidence: each planned member's score, recomputed here (what the
+    validator says its scores are is never taken as such); a member the evidence does not name
+    (its model never reached the validator) scores 0."""
+    report = rnd.validator_report
+    ppm = scores_ppm(score_from_evidence(report.evidence))
+    rows = {int(row["node_id"]): row for row in report.evidence.get("peers", [])}
+    planned = rnd.members if rnd.members is not None else sorted(ppm)
+    for node_id in sorted(set(planned) | set(ppm)):
+        evidence = {
+            "validator_report": report.pk,
+            "row": rows.get(node_id, {"status": "no model reached the validator"}),
+        }
+        ContributionScore.objects.get_or_create(
+            round=rnd,
+            node_id=node_id,
+            defaults={"score_ppm": ppm.get(node_id, 0), "source": VALIDATOR, "evidence": evidence},
+        )
+
+
+def awaits_validator(job: Job, rnd: Round, grace_s: float) -> bool:
+    """Whether a closed round should wait for its validator's scores before it is paid: the job
+    has a validator, no scores came yet, and the round closed less than ``grace_s`` ago. After
+    that the round is split evenly (and the evidence says the validator was silent)."""
+    if not job.validator_id or ValidatorReport.objects.filter(round=rnd).exists():
+        return False
+    return rnd.closed_at is not None and (timezone.now() - rnd.closed_at).total_seconds() < grace_s
 
 
 def build_trees(job: Job, number: int, scores: list[ContributionScore], payouts: list[tuple[int, str, int]]):
@@ -126,7 +153,10 @@ def prepare_round(job: Job, rnd: Round) -> RoundSettlement:
     if existing:
         return existing
     if not rnd.scores.exists():
-        record_equal_scores(rnd)
+        if ValidatorReport.objects.filter(round=rnd).exists():
+            record_validator_scores(rnd)
+        else:
+            record_equal_scores(rnd)
     scores = list(rnd.scores.order_by("node_id").select_related("node__owner"))
     total_wei = job.reward_per_round * WEI_PER_TOKEN
     amounts = split_amount(total_wei, {s.node_id: s.score_ppm for s in scores})

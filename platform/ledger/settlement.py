@@ -187,6 +187,11 @@ def settle(job_id: int) -> dict:
         outstanding = 0
         if chain is not None:
             for rnd in job.round_set.filter(status=Round.Status.CLOSED).order_by("number"):
+                if not RoundSettlement.objects.filter(round=rnd).exists() and rewards.awaits_validator(
+                    job, rnd, grace_s=validator_grace_s(job)
+                ):
+                    outstanding += 1  # paid when its scores come (accept_scores queues this again)
+                    continue
                 settlement = rewards.prepare_round(job, rnd)
                 _commit(chain, settlement)
                 if settlement.status != TxStatus.CONFIRMED:
@@ -202,6 +207,11 @@ def settle(job_id: int) -> dict:
         job.refresh_from_db()
     job_update(job.id, "status", status_event(job))  # the page shows payouts (and "settled") live
     return {"job": job.id, "status": job.status, "outstanding": outstanding}
+
+
+def validator_grace_s(job: Job) -> float:
+    """How long a closed round waits for its validator's scores before it is split evenly."""
+    return float(job.round_timeout_s)
 
 
 def _mark_settled(job: Job) -> None:

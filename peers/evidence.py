@@ -1,0 +1,105 @@
+"""Contribution scores from an evidence record alone (peers.scoring writes the record): the
+standard library only, so the platform recomputes every score it pays on (ledger.rewards,
+ledger.audit) without torch. docs/scoring.md has the formula."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+PPM = 1_000_000
+OK = "ok"
+Coalition = tuple[int, ...]
+
+
+def _key(members) -> Coalition:
+    return tuple(sorted(int(i) for i in members))
+
+
+def _eligible(evidence: Mapping[str, Any]) -> list[int]:
+    return [int(r["node_id"]) for r in evidence["peers"] if r["status"] == OK]
+
+
+def _pass_marginals(
+    method: str, members: list[int], perms: list[list[int]], losses: Mapping[Coalition, float]
+) -> dict[int, float]:
+    """The marginal value of each of ``members`` among themselves (the empty coalition is the
+    reference): leave one out, or the mean over ``perms`` of the loss drop it brings."""
+    if method == "loo":
+        full = losses[_key(members)]
+        return {i: losses[_key(j for j in members if j != i)] - full for i in members}
+    if method != "shapley":
+        raise ValueError(f"unknown scoring method {method!r}")
+    total = dict.fromkeys(members, 0.0)
+    for perm in perms:
+        before = losses[()]
+        for k in range(1, len(perm) + 1):
+            after = losses[_key(perm[:k])]
+            total[perm[k - 1]] += before - after
+            before = after
+    return {i: (total[i] / len(perms) if perms else 0.0) for i in members}
+
+
+def _marginals(evidence: Mapping[str, Any]) -> tuple[dict[int, float], list[int]]:
+    """Each eligible peer's marginal value (from the last pass it took part in) and the helpful
+    peers (those of the last pass with a positive one), from the evidence alone; checks that
+    each pass holds exactly the helpful peers of the one before."""
+    losses = {_key(c["members"]): float(c["loss"]) for c in evidence["coalitions"]}
+    eligible = _eligible(evidence)
+    marginals = dict.fromkeys(eligible, 0.0)
+    expected = sorted(eligible)
+    helpful: list[int] = []
+    members: list[int] = []
+    for p in evidence["passes"]:
+        members = [int(i) for i in p["members"]]
+        if members != expected:
+            raise ValueError(f"evidence: pass over {members}, expected {expected}")
+        perms = [[int(i) for i in perm] for perm in p["permutations"]]
+        values = _pass_marginals(str(evidence["method"]), members, perms, losses)
+        marginals.update(values)
+        helpful = [i for i in members if values[i] > 0]
+        expected = helpful
+    if helpful and helpful != members and len(evidence["passes"]) < int(evidence["params"]["max_passes"]):
+        raise ValueError("evidence: the passes stop before every peer left helps")
+    if eligible and not evidence["passes"]:
+        raise ValueError("evidence: no pass over the eligible peers")
+    if len(evidence["passes"]) > int(evidence["params"]["max_passes"]):
+        raise ValueError("evidence: more passes than max_passes")
+    return marginals, helpful
+
+
+def score_from_evidence(evidence: Mapping[str, Any]) -> dict[int, float]:
+    """The final scores (node id -> [0, 1]) recomputed from an evidence record alone."""
+    marginals, _ = _marginals(evidence)
+    floor = float(evidence["params"]["floor"])
+    raw: dict[int, float] = {}
+    for r in evidence["peers"]:
+        i = int(r["node_id"])
+        raw[i] = max(0.0, marginals[i]) * max(0.0, float(r["agreement"])) if r["status"] == OK else 0.0
+    positive = [v for v in raw.values() if v > 0]
+    if positive:
+        threshold = floor * (sum(positive) / len(positive))
+        raw = {i: (v if v >= threshold else 0.0) for i, v in raw.items()}
+    total = sum(raw.values())
+    return {i: (v / total if total > 0 else 0.0) for i, v in raw.items()}
+
+
+def scores_ppm(scores: Mapping[int, float]) -> dict[int, int]:
+    """Integer parts per million, proportional to ``scores`` (negative or non-finite count as 0),
+    summing to exactly 1_000_000 when any is positive (else all 0): largest remainder, ties to
+    the lowest node id. Computed with exact fractions, so it does not depend on float rounding."""
+    clean = {
+        int(i): (Fraction(s) if isinstance(s, int | float) and math.isfinite(s) and s > 0 else Fraction(0))
+        for i, s in scores.items()
+    }
+    total = sum(clean.values(), Fraction(0))
+    if total == 0:
+        return dict.fromkeys(clean, 0)
+    quotas = {i: s * PPM / total for i, s in clean.items()}
+    out = {i: math.floor(q) for i, q in quotas.items()}
+    left = PPM - sum(out.values())
+    for i in sorted(quotas, key=lambda i: (-(quotas[i] - out[i]), i))[:left]:
+        out[i] += 1
+    return out
