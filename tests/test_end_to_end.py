@@ -14,10 +14,10 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from jobs.models import Job, Round
+from jobs.models import Job, Round, ValidatorReport
 from ledger.audit import audit_job
 from ledger.chain import Chain
-from ledger.models import ContractDeployment, Escrow, Payout, tokens_text
+from ledger.models import ContractDeployment, ContributionScore, Escrow, Payout, tokens_text
 from tests.browser import Browser
 from tests.chain_fixtures import ANVIL_DEV_KEY
 from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
@@ -56,9 +56,13 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     hw = participant_command(tmp_path, "hw")
     shards = participant_command(tmp_path, "shards", "--out", str(tmp_path), "--peers", str(PEERS)).split()
 
-    # A job creator signs up and creates a job.
+    # A job creator signs up, registers the node that will validate (it holds the creator's own
+    # validation data), and creates a job that node scores.
     creator = Browser(stack.url)
     creator.sign_up("creator", "a-long-password-1")
+    token_page = creator.submit("/nodes/register/", {"name": "validation", "hardware_json": hw})
+    validator_token = re.search(r'id="node-token">([^<]+)<', token_page.text).group(1)
+    validator_id = int(re.search(r"/nodes/(\d+)/", token_page.text).group(1))
     page = creator.submit(
         "/jobs/new/",
         {
@@ -79,6 +83,7 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
             "round_timeout_s": 90,
             "min_vram_gb": 0,
             "reward_per_round": 100,
+            "validator": validator_id,
         },
     )
     job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
@@ -110,6 +115,7 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
                 "() => document.getElementById('live-state').textContent.startsWith('Live')", timeout=20_000
             )
 
+            stack.peer(validator_token, "digits:0/1")  # the validator: scores every round, trains nothing
             # Participants sign up, register a node (hardware from the peer itself), consent, start a peer.
             addresses = []
             people = {}
@@ -156,12 +162,17 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     for report in rounds[-1].reports.all():
         assert report.bytes_received > 0 and report.rejected == []
 
+    # The validator scored every round, and the rewards follow its scores (recomputed from evidence).
+    assert ValidatorReport.objects.filter(round__job=job).count() == ROUNDS
+    assert set(ContributionScore.objects.filter(round__job=job).values_list("source", flat=True)) == {"validator"}
+
     # Every round's payouts are on chain: balances and receipts read from anvil, not the database.
     chain = Chain.from_settings()
     payouts = list(Payout.objects.filter(job=job).select_related("node", "round").order_by("round__number", "node_id"))
-    assert sorted((p.round.number, p.node.name) for p in payouts) == sorted(
-        (r, f"node-{i}") for r in range(1, ROUNDS + 1) for i in range(PEERS)
-    )
+    # Honest peers on similar shards: the validator pays each of them in most rounds (a peer whose
+    # model did not help on the validator's data in a round is paid nothing for it).
+    assert {p.node.name for p in payouts} == {f"node-{i}" for i in range(PEERS)}
+    assert {p.round.number for p in payouts} == set(range(1, ROUNDS + 1))
     owed: dict[str, int] = {}
     for payout in payouts:
         assert payout.status == "confirmed"
