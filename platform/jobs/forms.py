@@ -2,9 +2,8 @@ import math
 
 from django import forms
 
-from peers import topology
-
 from nodes.models import Node
+from peers import topology
 
 from .models import RULE_CHOICES, Job
 
@@ -80,7 +79,10 @@ class JobForm(forms.ModelForm):
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
         ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon"]),
-        ("Participants and rewards", ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"]),
+        (
+            "Participants and rewards",
+            ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"],
+        ),
     ]
 
     def fieldsets(self):

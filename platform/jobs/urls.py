@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/", views.job_detail, name="detail"),
     path("<int:pk>/consent/", views.job_consent, name="consent"),
     path("<int:pk>/fund/", views.job_fund, name="fund"),
+    path("<int:pk>/fund/browser/", views.job_fund_browser, name="fund-browser"),
 ]

@@ -1,11 +1,14 @@
+import re
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.models import Profile
+from ledger.calldata import deposit_calls
 from ledger.escrow import open_escrow
 from ledger.models import Escrow
 from nodes.models import Node
@@ -14,6 +17,8 @@ from . import queue
 from .forms import ConsentForm, JobForm
 from .models import Consent, Job
 from .snapshot import job_snapshot
+
+ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def home(request):
@@ -120,3 +125,37 @@ def job_consent(request, pk):
     else:
         messages.info(request, f"Consent of {node} revoked; it will not be picked for new rounds.")
     return redirect("jobs:detail", job.id)
+
+
+@login_required
+def job_fund_browser(request, pk):
+    """The creator deposits from their own browser wallet. POST {address}: register the job on
+    the ledger with that address as its creator (and, once deposited, find the deposit); GET: the
+    state and the two transactions for the wallet to send (JSON)."""
+    job = get_object_or_404(Job, pk=pk, owner=request.user)
+    if not job.reward_per_round:
+        return JsonResponse({"error": "this job pays no rewards"}, status=400)
+    escrow = open_escrow(job)
+    if request.method == "POST":
+        address = (request.POST.get("address") or "").strip()
+        if not ADDRESS_RE.fullmatch(address):
+            return JsonResponse({"error": "address must be 0x followed by 40 hex digits"}, status=400)
+        if escrow.registered_at is not None and escrow.funder.lower() != address.lower():
+            return JsonResponse(
+                {"error": f"the job is registered to {escrow.funder}; deposit from that wallet"}, status=409
+            )
+        if escrow.status == Escrow.Status.UNFUNDED:
+            Escrow.objects.filter(pk=escrow.pk, registered_at__isnull=True).update(funder=address, browser_wallet=True)
+            queue.fund_job(job.id)
+        escrow.refresh_from_db()
+    return JsonResponse(
+        {
+            "status": escrow.status,
+            "registered": escrow.registered_at is not None,
+            "creator": escrow.funder,
+            "browser_wallet": escrow.browser_wallet,
+            "budget_wei": str(escrow.budget_wei),
+            "error": escrow.error,
+            **(deposit_calls(escrow) or {"calls": []}),
+        }
+    )

@@ -91,7 +91,11 @@ class Escrow(models.Model):
     config_hash = models.CharField(max_length=66, help_text="keccak256 of the job's configuration, on chain.")
     burn_remainder = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNFUNDED)
-    funder = models.CharField(max_length=42, blank=True)
+    funder = models.CharField(max_length=42, blank=True, help_text="The address registered as the job's creator.")
+    browser_wallet = models.BooleanField(
+        default=False, help_text="The creator deposits from their own (EIP-1193) wallet, not the custodial one."
+    )
+    registered_at = models.DateTimeField(null=True, blank=True, help_text="When the ledger registered the job.")
     fund_tx_hash = models.CharField(max_length=66, blank=True)
     funded_at = models.DateTimeField(null=True, blank=True)
     close_tx_hash = models.CharField(max_length=66, blank=True)

@@ -39,28 +39,35 @@ def needs_escrow(job: Job) -> bool:
 
 
 def fund(job: Job) -> Escrow:
-    """Register the job on the ledger and deposit its budget from the creator's custodial wallet
-    (approve + fundJob). Each step reads the chain first, so running it again is harmless."""
+    """Register the job on the ledger with its creator's address, then take the deposit: from the
+    custodial wallet (approve + fundJob, signed here), or, for a creator who deposits from their
+    own browser wallet, by finding it on chain. Each step reads the chain first, so running it
+    again is harmless."""
     escrow = open_escrow(job)
     if escrow.status != Escrow.Status.UNFUNDED:
         return escrow
     chain = Chain.from_settings()
     ledger, token = chain.ledger(), chain.token()
     wallet = wallet_for(job.owner)
-    creator = Web3.to_checksum_address(wallet.address)
+    creator = Web3.to_checksum_address(escrow.funder if escrow.browser_wallet else wallet.address)
     budget = int(escrow.budget_wei)
     config = bytes.fromhex(escrow.config_hash[2:])
     with signing.signer_lock():
         on_chain = ledger.functions.jobs(job.id).call()
-        if on_chain[0] == ZERO_ADDRESS or int(on_chain[0], 16) == 0:
+        if int(on_chain[0], 16) == 0:
+            stake_wei = job.stake * WEI_PER_TOKEN
             chain.wait(
                 chain._send(
-                    ledger.functions.registerJob(
-                        job.id, creator, config, job.stake * WEI_PER_TOKEN, bool(escrow.burn_remainder)
-                    )
+                    ledger.functions.registerJob(job.id, creator, config, stake_wei, bool(escrow.burn_remainder))
                 )
             )
-    if not ledger.functions.jobs(job.id).call()[5]:  # funded
+            on_chain = ledger.functions.jobs(job.id).call()
+    if escrow.registered_at is None:
+        escrow.funder, escrow.registered_at = on_chain[0], timezone.now()
+        escrow.save(update_fields=["funder", "registered_at"])
+    if not on_chain[5]:  # not funded yet
+        if escrow.browser_wallet:
+            return escrow  # the creator's own wallet sends approve + fundJob; the next run finds it
         balance = token.functions.balanceOf(creator).call()
         if balance < budget:
             raise FundingError(
@@ -72,12 +79,10 @@ def fund(job: Job) -> Escrow:
             chain.send_as(key, token.functions.approve(ledger.address, budget))
         receipt = chain.send_as(key, ledger.functions.fundJob(job.id, config, budget))
         escrow.fund_tx_hash = receipt["transactionHash"].to_0x_hex()
-    escrow.status, escrow.funder, escrow.funded_at, escrow.error = (
-        Escrow.Status.FUNDED,
-        wallet.address,
-        timezone.now(),
-        "",
-    )
+    else:
+        funded = ledger.events.JobFunded().get_logs(from_block=0, argument_filters={"jobId": job.id})
+        escrow.fund_tx_hash = escrow.fund_tx_hash or (funded[0]["transactionHash"].to_0x_hex() if funded else "")
+    escrow.status, escrow.funded_at, escrow.error = Escrow.Status.FUNDED, timezone.now(), ""
     escrow.save()
     return escrow
 
