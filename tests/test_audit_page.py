@@ -130,3 +130,15 @@ def test_the_run_button_needs_csrf(settled_job):
     assert strict.post(f"/payouts/audit/{job.id}/run/").status_code == 403
     assert audit_results.last(job.id) is None
     assert "/payouts/audit/" in strict.get("/payouts/").content.decode()  # the nav links staff to it
+
+
+def test_an_audit_that_cannot_reach_the_chain_says_so(settled_job, settings):
+    job, staff = settled_job, staff_client()
+    run_audit(staff, job)
+    assert audit_results.last(job.id)["counts"]["mismatches"] == 0
+    settings.CHAIN_RPC_URL = "http://127.0.0.1:9"  # nothing listens there
+    page = run_audit(staff, job)
+    result = audit_results.last(job.id)
+    assert result["error"] and result["checks"] == []
+    assert "the audit failed" in page and "checks match the chain" not in page  # no stale verdict
+    assert "audit failed" in staff.get("/payouts/audit/").content.decode()
