@@ -226,6 +226,9 @@ CHAIN_PRIVATE_KEY = os.environ.get("CHAIN_PRIVATE_KEY", "")
 FAUCET_TOKENS = int(os.environ.get("FAUCET_TOKENS", "1000"))
 FAUCET_EVERY_S = int(os.environ.get("FAUCET_EVERY_S", "600"))
 TEST_CHAIN_IDS = {31337, 131277322940537}  # anvil, eth-tester
+# A block explorer for the chain (e.g. https://sepolia.etherscan.io): the audit page links
+# transactions to <explorer>/tx/<hash>. Empty: hashes are shown as text.
+CHAIN_EXPLORER_URL = os.environ.get("CHAIN_EXPLORER_URL", "").rstrip("/")
 
 # Node liveness and rounds.
 NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))

@@ -257,6 +257,9 @@ class Consent(models.Model):
     class Meta:
         ordering = ["at", "id"]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} node {self.node_id}: {'granted' if self.granted else 'withdrawn'}"
+
     @classmethod
     def current(cls, job, node) -> bool:
         latest = cls.objects.filter(job=job, node=node).order_by("-at", "-id").first()
@@ -343,6 +346,9 @@ class PeerReport(models.Model):
     class Meta:
         ordering = ["round__number", "node_id"]
         constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_report_per_round")]
+
+    def __str__(self) -> str:
+        return f"job {self.round.job_id} round {self.round.number} node {self.node_id}"
 
     def as_event(self) -> dict:
         return {

@@ -26,6 +26,7 @@ SETTLE_JOB = "ledger.tasks.settle_job"
 FUND_JOB = "ledger.tasks.fund_job"
 GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
 REFRESH_WALLET = "ledger.tasks.refresh_wallet"
+AUDIT_JOB = "ledger.tasks.audit_job_task"
 
 
 def task(name: str):
@@ -72,3 +73,7 @@ def grant_test_tokens(user_id: int) -> bool:
 
 def refresh_wallet(user_id: int) -> bool:
     return _queue(REFRESH_WALLET, user_id)
+
+
+def audit_job(job_id: int) -> bool:
+    return _queue(AUDIT_JOB, job_id)
