@@ -31,11 +31,14 @@ def _hex(value) -> str:
 
 
 def expected_ppm(settlement: RoundSettlement) -> dict[int, int]:
-    """The round's scores as their evidence gives them (an equal split: from who diverged)."""
+    """The round's scores as their evidence gives them (an equal split: from who diverged or was
+    flagged; a flagged node scores 0 whatever the source)."""
     scores = list(settlement.round.scores.order_by("node_id"))
     if scores and all(s.source == EQUAL for s in scores):
-        return split_ppm({s.node_id: 0.0 if s.evidence.get("diverged") else 1.0 for s in scores})
-    return {s.node_id: s.score_ppm for s in scores}
+        return split_ppm(
+            {s.node_id: 0.0 if s.evidence.get("diverged") or s.evidence.get("flagged") else 1.0 for s in scores}
+        )
+    return {s.node_id: 0 if s.evidence.get("flagged") else s.score_ppm for s in scores}
 
 
 def audit_job(job: Job, chain: Chain | None = None) -> list[Check]:

@@ -18,7 +18,7 @@ from eth_utils import keccak
 
 from jobs.models import Job, PeerReport, Round
 from ledger.merkle import MerkleTree, contribution_leaf, reward_leaf
-from ledger.models import WEI_PER_TOKEN, ContributionScore, Payout, RoundSettlement
+from ledger.models import WEI_PER_TOKEN, ContributionScore, Flag, Payout, RoundSettlement
 from ledger.wallets import payout_address
 
 PPM = 1_000_000
@@ -87,11 +87,16 @@ def models_digest(reports: list[PeerReport]) -> str:
 
 
 def record_equal_scores(rnd: Round) -> None:
-    """Without a validator: every reporter whose model did not diverge gets an equal score."""
+    """Without a validator: every reporter whose model did not diverge gets an equal score; a
+    reporter flagged as an attacker in the round (ledger.models.Flag) gets 0, `flagged` in its
+    evidence."""
     reports = list(rnd.reports.order_by("node_id"))
-    ppm = split_ppm({r.node_id: 0.0 if r.diverged else 1.0 for r in reports})
+    flagged = set(Flag.objects.filter(round=rnd).values_list("node_id", flat=True))
+    ppm = split_ppm({r.node_id: 0.0 if r.diverged or r.node_id in flagged else 1.0 for r in reports})
     for r in reports:
         evidence = {"rule": "equal split between reporters whose model did not diverge", "diverged": r.diverged}
+        if r.node_id in flagged:
+            evidence["flagged"] = True
         ContributionScore.objects.get_or_create(
             round=rnd, node_id=r.node_id, defaults={"score_ppm": ppm[r.node_id], "source": EQUAL, "evidence": evidence}
         )
@@ -128,6 +133,9 @@ def prepare_round(job: Job, rnd: Round) -> RoundSettlement:
     if not rnd.scores.exists():
         record_equal_scores(rnd)
     scores = list(rnd.scores.order_by("node_id").select_related("node__owner"))
+    for s in scores:  # a flagged node is paid nothing for the round, whatever scored it
+        if s.evidence.get("flagged"):
+            s.score_ppm = 0
     total_wei = job.reward_per_round * WEI_PER_TOKEN
     amounts = split_amount(total_wei, {s.node_id: s.score_ppm for s in scores})
     paid = [s for s in scores if amounts[s.node_id] > 0]
