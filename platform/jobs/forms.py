@@ -139,6 +139,8 @@ class JobForm(forms.ModelForm):
         if data.get("rule") == "norm_clip" and not (data.get("clip_norm") or 0) > 0:
             self.add_error("clip_norm", "Must be greater than 0.")
         self._check_privacy(data)
+        if (data.get("stake") or 0) > 0 and not data.get("reward_per_round"):
+            self.add_error("stake", "A stake needs rewards: the ledger holds stakes for jobs with a deposit.")
         if not self.errors:
             self._check_graph(data)
         return data

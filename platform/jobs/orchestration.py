@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ledger.models import Escrow
+from ledger.models import Escrow, Stake
 from live.broadcast import job_update
 from nodes import exchange
 from nodes.authority import platform_key
@@ -42,7 +42,11 @@ class ReportRefused(Exception):
 
 # -- starting ---------------------------------------------------------------------------------
 def eligible_nodes(job: Job) -> list:
-    return [n for n in Consent.consenting_nodes(job) if n.is_online and n.public_key and job.node_is_eligible(n)]
+    nodes = [n for n in Consent.consenting_nodes(job) if n.is_online and n.public_key and job.node_is_eligible(n)]
+    if job.stake > 0:  # only nodes whose owner's stake is on chain
+        staked = set(Stake.objects.filter(job=job, status=Stake.Status.STAKED).values_list("owner_id", flat=True))
+        nodes = [n for n in nodes if n.owner_id in staked]
+    return nodes
 
 
 def start_job_if_ready(job_id: int) -> bool:

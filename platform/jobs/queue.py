@@ -26,6 +26,7 @@ SETTLE_JOB = "ledger.tasks.settle_job"
 FUND_JOB = "ledger.tasks.fund_job"
 GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
 REFRESH_WALLET = "ledger.tasks.refresh_wallet"
+STAKE_FOR_CONSENT = "ledger.tasks.stake_for_consent"
 
 
 def task(name: str):
@@ -72,3 +73,7 @@ def grant_test_tokens(user_id: int) -> bool:
 
 def refresh_wallet(user_id: int) -> bool:
     return _queue(REFRESH_WALLET, user_id)
+
+
+def stake_for_consent(job_id: int, user_id: int) -> bool:
+    return _queue(STAKE_FOR_CONSENT, job_id, user_id)
