@@ -207,7 +207,9 @@ def release_stakes(job: Job, chain: Chain | None = None) -> int:
         for stake in stakes:
             operator = Web3.to_checksum_address(stake.address)
             _amount, staked, done = ledger.functions.stakes(job.id, operator).call()
-            if not staked:
+            if not staked:  # the row says staked, the chain does not: nothing to return, and say so
+                stake.status, stake.error = Stake.Status.FAILED, "not staked on chain"
+                stake.save(update_fields=["status", "error", "updated_at"])
                 continue
             if done:
                 events = ledger.events.StakeReleased().get_logs(
