@@ -111,8 +111,8 @@ class JobForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         # The validator holds the creator's validation data: only one of the creator's own nodes.
         validator = self.fields["validator"]
-        validator.queryset = Node.objects.filter(owner=user) if user is not None else Node.objects.none()  # type: ignore[attr-defined]
-        validator.empty_label = "None: split each round evenly between the peers that reported"  # type: ignore[attr-defined]
+        validator.queryset = Node.objects.filter(owner=user) if user is not None else Node.objects.none()
+        validator.empty_label = "None: split each round evenly between the peers that reported"
         for name in self.OPTIONAL:
             self.fields[name].required = False
         self.fields["reward_per_round"].initial = 100
@@ -151,6 +151,8 @@ class JobForm(forms.ModelForm):
         if data.get("rule") == "norm_clip" and not (data.get("clip_norm") or 0) > 0:
             self.add_error("clip_norm", "Must be greater than 0.")
         self._check_privacy(data)
+        if (data.get("stake") or 0) > 0 and not data.get("reward_per_round"):
+            self.add_error("stake", "A stake needs rewards: the ledger holds stakes for jobs with a deposit.")
         if not self.errors:
             self._check_graph(data)
         return data

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ledger.models import Escrow
+from ledger.models import Escrow, Stake
 from live.broadcast import job_update
 from nodes import exchange
 from nodes.authority import platform_key
@@ -44,11 +44,15 @@ class ReportRefused(Exception):
 
 # -- starting ---------------------------------------------------------------------------------
 def eligible_nodes(job: Job) -> list:
-    return [
+    nodes = [
         n
         for n in Consent.consenting_nodes(job)
         if n.is_online and n.public_key and job.node_is_eligible(n) and n.pk != job.validator_id
     ]
+    if job.stake > 0:  # only nodes whose owner's stake is on chain
+        staked = set(Stake.objects.filter(job=job, status=Stake.Status.STAKED).values_list("owner_id", flat=True))
+        nodes = [n for n in nodes if n.owner_id in staked]
+    return nodes
 
 
 def validator_ready(job: Job) -> bool:

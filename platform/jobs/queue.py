@@ -27,6 +27,7 @@ FUND_JOB = "ledger.tasks.fund_job"
 GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
 REFRESH_WALLET = "ledger.tasks.refresh_wallet"
 AUDIT_JOB = "ledger.tasks.audit_job_task"
+STAKE_FOR_CONSENT = "ledger.tasks.stake_for_consent"
 
 
 def task(name: str):
@@ -77,3 +78,7 @@ def refresh_wallet(user_id: int) -> bool:
 
 def audit_job(job_id: int) -> bool:
     return _queue(AUDIT_JOB, job_id)
+
+
+def stake_for_consent(job_id: int, user_id: int) -> bool:
+    return _queue(STAKE_FOR_CONSENT, job_id, user_id)

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Profile
 from ledger.calldata import deposit_calls
 from ledger.escrow import open_escrow
-from ledger.models import Escrow
+from ledger.models import Escrow, Stake
 from nodes.models import Node
 
 from . import queue
@@ -76,6 +76,7 @@ def job_detail(request, pk):
             "payouts": job.payouts.select_related("node", "round").order_by("round__number", "node_id"),
             "escrow": Escrow.objects.filter(job=job).first(),
             "escrow_funded": Escrow.lets_start(job),
+            "my_stake": Stake.objects.filter(job=job, owner=request.user).first() if job.stake else None,
             "wallet_balance": _wallet_balance(request.user)
             if job.owner == request.user and job.status == Job.Status.WAITING and not Escrow.lets_start(job)
             else None,
@@ -120,6 +121,16 @@ def job_consent(request, pk):
     Consent.objects.create(job=job, node=node, granted=grant, by=request.user)
     if grant:
         messages.success(request, f"{node} consents to train for “{job}”.")
+        placed = Stake.objects.filter(
+            job=job, owner=request.user, status__in=[Stake.Status.STAKED, Stake.Status.RELEASED]
+        )
+        if job.stake > 0 and not placed.exists():
+            messages.info(
+                request,
+                f"This job asks a stake of {job.stake} tokens per operator: "
+                f"your stake of {job.stake} tokens is being placed from your wallet.",
+            )
+            queue.stake_for_consent(job.id, request.user.id)  # the settlement worker signs it
         if job.status == Job.Status.WAITING:
             transaction.on_commit(lambda: queue.start_job(job.id))
     else:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from jobs.models import Job, Round, ValidatorReport
 from ledger.chain import Chain
-from ledger.models import WEI_PER_TOKEN, Escrow, RoundSettlement, TxStatus, tokens_text
+from ledger.models import WEI_PER_TOKEN, Escrow, Flag, RoundSettlement, Stake, TxStatus, tokens_text
 from ledger.rewards import EQUAL, VALIDATOR, build_trees, split_amount, split_ppm
+from ledger.staking import flag_hash_of
 from peers.evidence import score_from_evidence, scores_ppm
 
 
@@ -32,15 +33,18 @@ def _hex(value) -> str:
 
 
 def expected_ppm(settlement: RoundSettlement) -> dict[int, int]:
-    """The round's scores as their evidence gives them: an equal split from who diverged, or the
-    validator's evidence recomputed (never the stored score numbers themselves)."""
+    """The round's scores as their evidence gives them: an equal split from who diverged or was
+    flagged, or the validator's evidence recomputed (never the stored score numbers themselves);
+    a node flagged as an attacker in the round scores 0 whatever the source."""
     scores = list(settlement.round.scores.order_by("node_id"))
     if scores and all(s.source == EQUAL for s in scores):
-        return split_ppm({s.node_id: 0.0 if s.evidence.get("diverged") else 1.0 for s in scores})
+        return split_ppm(
+            {s.node_id: 0.0 if s.evidence.get("diverged") or s.evidence.get("flagged") else 1.0 for s in scores}
+        )
     if scores and all(s.source == VALIDATOR for s in scores):
         report = ValidatorReport.objects.get(round=settlement.round)
         ppm = scores_ppm(score_from_evidence(report.evidence))
-        return {s.node_id: ppm.get(s.node_id, 0) for s in scores}
+        return {s.node_id: 0 if s.evidence.get("flagged") else ppm.get(s.node_id, 0) for s in scores}
     return {s.node_id: 0 for s in scores}  # mixed or unknown sources: nothing is owed on them
 
 
@@ -66,6 +70,85 @@ def audit_job(job: Job, chain: Chain | None = None) -> list[Check]:
         checks += _round_checks(job, settlement, event, paid)
     for number in sorted(set(committed) - {s for s in settlements}):
         checks.append(Check(number, "commit", "—", "committed without a database row", False))
+    checks += _stake_checks(job, ledger)
+    return checks
+
+
+def _stake_checks(job: Job, ledger) -> list[Check]:
+    """Each flag's evidence hash recomputed from its row, and its slash (amount, hash) as the
+    `Slashed` event has it; each stake and release as `Staked` and `StakeReleased` have them."""
+    checks: list[Check] = []
+    slashed = list(ledger.events.Slashed().get_logs(from_block=0, argument_filters={"jobId": job.id}))
+    by_hash = {_hex(e["args"]["evidenceHash"]): e for e in slashed}
+    for f in Flag.objects.filter(job=job).select_related("round", "node").order_by("id"):
+        recomputed = flag_hash_of(f)
+        event = by_hash.pop(recomputed, None)
+        if f.slash_tx_hash:
+            chain_side = (
+                f"{tokens_text(event['args']['amount'])} ({_hex(event['args']['evidenceHash'])})"
+                if event
+                else "no Slashed event"
+            )
+            ok = (
+                event is not None
+                and recomputed == f.evidence_hash
+                and event["args"]["amount"] == int(f.slashed_wei)
+                and event["transactionHash"].to_0x_hex() == f.slash_tx_hash
+            )
+        else:
+            chain_side = "slashed" if event else "not slashed"
+            ok = event is None and recomputed == f.evidence_hash
+        checks.append(
+            Check(
+                f.round.number,
+                f"slash node {f.node_id}",
+                f"{tokens_text(int(f.slashed_wei))} ({recomputed})",
+                chain_side,
+                ok,
+                f.slash_tx_hash,
+            )
+        )
+    for e in by_hash.values():
+        checks.append(Check(None, "slash", "—", f"{tokens_text(e['args']['amount'])} without a flag", False))
+    staked = {
+        e["args"]["operator"].lower(): e
+        for e in ledger.events.Staked().get_logs(from_block=0, argument_filters={"jobId": job.id})
+    }
+    released = {
+        e["args"]["operator"].lower(): e
+        for e in ledger.events.StakeReleased().get_logs(from_block=0, argument_filters={"jobId": job.id})
+    }
+    for s in Stake.objects.filter(job=job).order_by("owner_id"):
+        address = s.address.lower()
+        event = staked.pop(address, None)
+        placed = s.status in (Stake.Status.STAKED, Stake.Status.RELEASED)
+        checks.append(
+            Check(
+                None,
+                f"stake of {s.address}",
+                f"{s.amount_text} ({s.status})",
+                tokens_text(event["args"]["amount"]) if event else "not staked",
+                (event is not None and event["args"]["amount"] == int(s.amount_wei)) if placed else event is None,
+                s.stake_tx_hash,
+            )
+        )
+        release = released.pop(address, None)
+        if s.status == Stake.Status.RELEASED or release is not None:
+            checks.append(
+                Check(
+                    None,
+                    f"stake release {s.address}",
+                    tokens_text(int(s.released_wei)),
+                    tokens_text(release["args"]["amount"]) if release else "not released",
+                    release is not None
+                    and s.status == Stake.Status.RELEASED
+                    and release["args"]["amount"] == int(s.released_wei)
+                    and release["transactionHash"].to_0x_hex() == s.release_tx_hash,
+                    s.release_tx_hash,
+                )
+            )
+    for address in staked:
+        checks.append(Check(None, f"stake of {address}", "—", "staked without a database row", False))
     return checks
 
 

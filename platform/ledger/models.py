@@ -259,3 +259,65 @@ class ContributionScore(models.Model):
     class Meta:
         ordering = ["round_id", "node_id"]
         constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_score_per_round_node")]
+
+
+class Stake(models.Model):
+    """An operator's stake in a job: `Job.stake` tokens pulled from the owner's custodial wallet
+    into the TrainingLedger (ledger.staking). The contract stakes per (job, operator address), so
+    one stake covers all of an owner's nodes in the job. Slashes burn from it; what is left goes
+    back after the job's escrow is closed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Being placed"
+        STAKED = "staked", "Staked"
+        RELEASED = "released", "Returned"
+        FAILED = "failed", "Not placed"
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="stakes")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="stakes")
+    address = models.CharField(max_length=42, help_text="The owner's custodial wallet, the operator on chain.")
+    amount_wei = WeiField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    stake_tx_hash = models.CharField(max_length=66, blank=True)
+    slashed_wei = WeiField(default=0)
+    release_tx_hash = models.CharField(max_length=66, blank=True)
+    released_wei = WeiField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["job_id", "owner_id"]
+        constraints = [models.UniqueConstraint(fields=["job", "owner"], name="one_stake_per_job_owner")]
+
+    def __str__(self) -> str:
+        return f"stake of {self.owner} in job {self.job_id}: {tokens_text(int(self.amount_wei))} tokens ({self.status})"
+
+    @property
+    def amount_text(self) -> str:
+        return tokens_text(int(self.amount_wei))
+
+
+class Flag(models.Model):
+    """A peer caught attacking in a round, with the evidence (append-only audit evidence). A flagged
+    (round, node) scores 0 for that round (ledger.rewards) and its owner's stake is slashed
+    (ledger.staking.slash_flagged) with `evidence_hash` on chain."""
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="flags")
+    round = models.ForeignKey("jobs.Round", on_delete=models.PROTECT, related_name="flags")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="flags")
+    reason = models.CharField(max_length=200)
+    evidence = models.JSONField(default=dict)
+    evidence_hash = models.CharField(max_length=66, help_text="keccak256 of the flag's canonical JSON (staking).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    slash_tx_hash = models.CharField(max_length=66, blank=True)
+    slashed_wei = WeiField(default=0)
+    slashed_at = models.DateTimeField(null=True, blank=True, help_text="When the slash was done (or found needless).")
+    slash_note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["round_id", "node_id"]
+        constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_flag_per_round_node")]
+
+    def __str__(self) -> str:
+        return f"flag job {self.job_id} round {self.round_id} node {self.node_id}: {self.reason}"

@@ -19,7 +19,7 @@ from eth_utils import keccak
 
 from jobs.models import Job, PeerReport, Round, ValidatorReport
 from ledger.merkle import MerkleTree, contribution_leaf, reward_leaf
-from ledger.models import WEI_PER_TOKEN, ContributionScore, Payout, RoundSettlement
+from ledger.models import WEI_PER_TOKEN, ContributionScore, Flag, Payout, RoundSettlement
 from ledger.wallets import payout_address
 from peers.evidence import score_from_evidence, scores_ppm
 
@@ -82,14 +82,18 @@ def models_digest(reports: list[PeerReport]) -> str:
 
 def record_equal_scores(rnd: Round) -> None:
     """Without a validator (or one that stayed silent): every reporter whose model did not
-    diverge gets an equal score."""
+    diverge gets an equal score; a reporter flagged as an attacker in the round
+    (ledger.models.Flag) gets 0, `flagged` in its evidence."""
     reports = list(rnd.reports.order_by("node_id"))
-    ppm = split_ppm({r.node_id: 0.0 if r.diverged else 1.0 for r in reports})
+    flagged = set(Flag.objects.filter(round=rnd).values_list("node_id", flat=True))
+    ppm = split_ppm({r.node_id: 0.0 if r.diverged or r.node_id in flagged else 1.0 for r in reports})
     rule = "equal split between reporters whose model did not diverge"
     if rnd.job.validator_id:
         rule += "; the job's validator sent no scores for this round"
     for r in reports:
         evidence = {"rule": rule, "diverged": r.diverged}
+        if r.node_id in flagged:
+            evidence["flagged"] = True
         ContributionScore.objects.get_or_create(
             round=rnd, node_id=r.node_id, defaults={"score_ppm": ppm[r.node_id], "source": EQUAL, "evidence": evidence}
         )
@@ -98,20 +102,28 @@ def record_equal_scores(rnd: Round) -> None:
 def record_validator_scores(rnd: Round) -> None:
     """From the validator's evidence: each planned member's score, recomputed here (what the
     validator says its scores are is never taken as such); a member the evidence does not name
-    (its model never reached the validator) scores 0."""
+    (its model never reached the validator), or one flagged as an attacker in the round, scores 0
+    (its share is not paid: it goes back with the job's unspent budget)."""
     report = rnd.validator_report
     ppm = scores_ppm(score_from_evidence(report.evidence))
     rows = {int(row["node_id"]): row for row in report.evidence.get("peers", [])}
     planned = rnd.members if rnd.members is not None else sorted(ppm)
+    flagged = set(Flag.objects.filter(round=rnd).values_list("node_id", flat=True))
     for node_id in sorted(set(planned) | set(ppm)):
         evidence = {
             "validator_report": report.pk,
             "row": rows.get(node_id, {"status": "no model reached the validator"}),
         }
+        if node_id in flagged:
+            evidence["flagged"] = True
         ContributionScore.objects.get_or_create(
             round=rnd,
             node_id=node_id,
-            defaults={"score_ppm": ppm.get(node_id, 0), "source": VALIDATOR, "evidence": evidence},
+            defaults={
+                "score_ppm": 0 if node_id in flagged else ppm.get(node_id, 0),
+                "source": VALIDATOR,
+                "evidence": evidence,
+            },
         )
 
 
@@ -158,6 +170,9 @@ def prepare_round(job: Job, rnd: Round) -> RoundSettlement:
         else:
             record_equal_scores(rnd)
     scores = list(rnd.scores.order_by("node_id").select_related("node__owner"))
+    for s in scores:  # a flagged node is paid nothing for the round, whatever scored it
+        if s.evidence.get("flagged"):
+            s.score_ppm = 0
     total_wei = job.reward_per_round * WEI_PER_TOKEN
     amounts = split_amount(total_wei, {s.node_id: s.score_ppm for s in scores})
     paid = [s for s in scores if amounts[s.node_id] > 0]

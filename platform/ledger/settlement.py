@@ -17,7 +17,7 @@ from web3.logs import DISCARD
 
 from jobs.models import Job, Round
 from jobs.snapshot import status_event
-from ledger import rewards, signing
+from ledger import rewards, signing, staking
 from ledger.chain import Chain
 from ledger.escrow import open_escrow
 from ledger.models import WEI_PER_TOKEN, Escrow, Payout, PayoutBatch, RoundSettlement, TxStatus, tokens_text
@@ -205,9 +205,12 @@ def settle(job_id: int) -> dict:
                 for batch in _batches(settlement):
                     _pay(chain, batch)
                     outstanding += batch.status != TxStatus.CONFIRMED
+            staking.slash_flagged(job, chain)  # before the close: stakes are released after it
         if job.ended and not outstanding:
             if chain is not None and escrow is not None and escrow.status == Escrow.Status.FUNDED:
                 _close(chain, job, escrow)
+            if chain is not None and escrow is not None and escrow.status == Escrow.Status.CLOSED:
+                staking.release_stakes(job, chain)
             _mark_settled(job)
         job.refresh_from_db()
     job_update(job.id, "status", status_event(job))  # the page shows payouts (and "settled") live

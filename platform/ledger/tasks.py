@@ -9,9 +9,9 @@ from django.db.models import Q
 
 from jobs import queue
 from jobs.models import Job, Round
-from ledger import settlement, wallets
+from ledger import settlement, staking, wallets
 from ledger.chain import Chain
-from ledger.models import Escrow, RoundSettlement, TxStatus, Wallet, tokens_text
+from ledger.models import Escrow, Flag, RoundSettlement, Stake, TxStatus, Wallet, tokens_text
 from ledger.signing import signer_lock
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def fund_job(job_id: int) -> str:
     finally:
         wallets.refresh_balances(wallets.wallet_for(job.owner), Chain.from_settings())
     if escrow.status == Escrow.Status.FUNDED:
+        staking.stake_pending(job)  # stakes asked for before the deposit
         queue.start_job(job.id)
     return escrow.status
 
@@ -81,6 +82,12 @@ def settle_ended_jobs() -> int:
         Q(status=Job.Status.FINISHED) | Q(status=Job.Status.FAILED, escrow__status=Escrow.Status.FUNDED)
     )
     job_ids |= set(ended.values_list("id", flat=True))
+    job_ids |= set(Flag.objects.filter(slashed_at__isnull=True).values_list("job_id", flat=True))
+    job_ids |= set(
+        Stake.objects.filter(status=Stake.Status.STAKED, job__escrow__status=Escrow.Status.CLOSED).values_list(
+            "job_id", flat=True
+        )
+    )
     for job_id in sorted(job_ids):
         queue.settle_job(job_id)
     return len(job_ids)
@@ -101,3 +108,19 @@ def audit_job_task(job_id: int) -> dict:
         result = audit_results.as_result([], error=f"{type(exc).__name__}: {exc}")
     audit_results.store(job.id, result)
     return result["counts"]
+
+
+@shared_task
+def stake_for_consent(job_id: int, user_id: int) -> str:
+    """Place a consenting owner's stake for a job from their wallet, then let the job start."""
+    job = Job.objects.get(pk=job_id)
+    user = get_user_model().objects.get(pk=user_id)
+    try:
+        stake = staking.stake_for(job, user)
+    except staking.StakeError as exc:
+        return str(exc)
+    finally:
+        wallets.refresh_balances(wallets.wallet_for(user), Chain.from_settings())
+    if stake.status == Stake.Status.STAKED and job.status == Job.Status.WAITING:
+        queue.start_job(job.id)
+    return stake.status
