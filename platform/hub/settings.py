@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "jobs",
     "ledger",
     "live",
+    "modelstore",
 ]
 
 MIDDLEWARE = [
@@ -230,6 +231,10 @@ TEST_CHAIN_IDS = {31337, 131277322940537}  # anvil, eth-tester
 # Node liveness and rounds.
 NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))
 MAX_WEIGHTS_BYTES = int(os.environ.get("MAX_WEIGHTS_BYTES", str(512 * 1024 * 1024)))
+
+# Final models (modelstore): safetensors blobs stored by content hash, never decoded here.
+MODEL_STORE_DIR = Path(os.environ.get("MODEL_STORE_DIR", ROOT_DIR / "var" / "models"))
+MAX_MODEL_BYTES = int(os.environ.get("MAX_MODEL_BYTES", str(256 * 1024 * 1024)))
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

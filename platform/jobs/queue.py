@@ -26,6 +26,7 @@ SETTLE_JOB = "ledger.tasks.settle_job"
 FUND_JOB = "ledger.tasks.fund_job"
 GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
 REFRESH_WALLET = "ledger.tasks.refresh_wallet"
+REGISTER_FINAL_MODEL = "ledger.tasks.register_final_model"
 
 
 def task(name: str):
@@ -72,3 +73,7 @@ def grant_test_tokens(user_id: int) -> bool:
 
 def refresh_wallet(user_id: int) -> bool:
     return _queue(REFRESH_WALLET, user_id)
+
+
+def register_final_model(final_model_id: int) -> bool:
+    return _queue(REGISTER_FINAL_MODEL, final_model_id)
