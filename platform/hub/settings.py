@@ -211,6 +211,7 @@ CELERY_BEAT_SCHEDULE = {
     "mark-offline-nodes": {"task": "jobs.tasks.mark_offline_nodes", "schedule": 5.0},
     "resend-plans": {"task": "jobs.tasks.resend_plans", "schedule": 5.0},
     "settle-ended-jobs": {"task": "ledger.tasks.settle_ended_jobs", "schedule": 30.0},
+    "register-final-models": {"task": "ledger.tasks.register_final_models", "schedule": 60.0},
 }
 # Everything that signs with the operator key runs on a queue of its own, consumed by one worker
 # process with concurrency 1 (compose's `settler`): receipt waits never delay round closing, and

@@ -84,3 +84,23 @@ def settle_ended_jobs() -> int:
     for job_id in sorted(job_ids):
         queue.settle_job(job_id)
     return len(job_ids)
+
+
+@shared_task
+def register_final_model(final_model_id: int) -> dict:
+    """Register a job's final model in the ModelRegistry and grant access to it (idempotent)."""
+    from ledger import registry
+
+    return registry.register(final_model_id)
+
+
+@shared_task
+def register_final_models() -> int:
+    """Beat's safety net: one register_final_model task per final model with work left."""
+    from ledger import registry
+    from modelstore.models import FinalModel
+
+    ids = [m.id for m in FinalModel.objects.exclude(status=FinalModel.Status.FAILED) if registry.outstanding(m)]
+    for final_model_id in ids:
+        queue.register_final_model(final_model_id)
+    return len(ids)
