@@ -117,7 +117,20 @@ def test_only_the_jobs_validator_node_uploads(store):
     job.save(update_fields=["validator"])
     assert put(job.id, stranger_node.token, blob()).status_code == 403
     assert put(job.id, other_node_of_creator.token, blob()).status_code == 201
-    assert not FinalModel.objects.exclude(job=job).exists()
+    assert FinalModel.objects.get().uploaded_by == other_node_of_creator
+
+
+def test_the_beat_safety_net_queues_only_models_with_work_left(store, monkeypatch):
+    from ledger.tasks import register_final_models
+
+    job, validator = finished_job()
+    assert put(job.id, validator.token, blob()).status_code == 201  # registered and granted at once
+    assert register_final_models() == 0
+    waiting, node = finished_job()
+    queued = []
+    monkeypatch.setattr(queue, "register_final_model", queued.append)
+    assert put(waiting.id, node.token, blob(2)).status_code == 201
+    assert register_final_models() == 1 and queued == [FinalModel.objects.get(job=waiting).id] * 2
 
 
 def test_not_before_the_job_has_finished(store):

@@ -100,7 +100,8 @@ def register_final_models() -> int:
     from ledger import registry
     from modelstore.models import FinalModel
 
-    ids = [m.id for m in FinalModel.objects.exclude(status=FinalModel.Status.FAILED) if registry.outstanding(m)]
+    models = FinalModel.objects.exclude(status=FinalModel.Status.FAILED).select_related("job__owner")
+    ids = [m.id for m in models if registry.outstanding(m)]
     for final_model_id in ids:
         queue.register_final_model(final_model_id)
     return len(ids)

@@ -100,7 +100,7 @@ def upload(request, node, body, job_id: int):
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return api_error(404, "no such job")
-    allowed = node.id == job.validator_id if job.validator_id else node.owner_id == job.owner_id
+    allowed = node.owner_id == job.owner_id and (node.id == job.validator_id if job.validator_id else True)
     if not allowed:
         return api_error(403, "only the job's validator node (a node of its creator's) uploads its final model")
     if job.status not in (Job.Status.FINISHED, Job.Status.SETTLED):
