@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 import requests
@@ -28,9 +29,13 @@ class PlatformClient:
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _call(
+        self, method: str, path: str, body: dict | None = None, *, raw: bytes | None = None, headers=None
+    ) -> dict:
         try:
-            response = self.session.request(method, self.base + path, json=body, timeout=self.timeout)
+            response = self.session.request(
+                method, self.base + path, json=body, data=raw, headers=headers, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise PlatformError(f"{method} {path}: {exc}") from None
         try:
@@ -71,3 +76,9 @@ class PlatformClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REPORT_MAX_DELAY_S)
         raise AssertionError("unreachable")
+
+    def upload_model(self, job_id: int, blob: bytes) -> dict:
+        """Upload a finished job's final model (the consensus, as safetensors bytes): only the
+        job's validator node may, once; the same bytes again are a no-op."""
+        headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": hashlib.sha256(blob).hexdigest()}
+        return self._call("PUT", f"jobs/{job_id}/model", raw=blob, headers=headers)

@@ -54,6 +54,7 @@ EARLY_CHUNKS_PER_JOB = 1000  # chunks kept for a job whose plan has not arrived 
 ROUND_SEQ = 1
 CATCH_UP_SEQ = 2
 CATCH_UP_WAIT_S = 15.0
+UPLOAD_ATTEMPTS = 30  # the validator's final model, while the job's last round is closing
 
 
 @dataclass
@@ -553,7 +554,28 @@ class Peer:
         )
         if plan.round >= plan.total_rounds:
             self.final_models[plan.job_id] = pack_state(consensus)
+            await self._upload_final_model(plan.job_id, self.final_models[plan.job_id])
             self._finish(plan.job_id)
+
+    async def _upload_final_model(self, job_id: int, blob: bytes) -> None:
+        """As the validator, after the last round: upload the final consensus to the platform
+        (the model registry), waiting while the job is not finished yet (its last round may close
+        just after these scores arrive). Reporters without an upload (in-memory drivers) keep it."""
+        upload = getattr(self.reporter, "upload_model", None)
+        if upload is None:
+            return
+        for attempt in range(UPLOAD_ATTEMPTS):
+            try:
+                await asyncio.to_thread(upload, job_id, blob)
+                log.info("validator %s uploaded job %s's final model (%d bytes)", self.node_id, job_id, len(blob))
+                return
+            except Exception as exc:
+                if getattr(exc, "status", None) == 409 and "uploaded once it has finished" in str(exc):
+                    await asyncio.sleep(min(1.0 + attempt, 5.0))
+                    continue
+                log.error("validator %s could not upload job %s's final model: %s", self.node_id, job_id, exc)
+                return
+        log.error("validator %s: job %s did not finish; its final model was not uploaded", self.node_id, job_id)
 
     # -- late join / rejoin -------------------------------------------------------------------
     async def _catch_up(self, plan: RoundPlan, state: JobState) -> None:

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "jobs",
     "ledger",
     "live",
+    "modelstore",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +211,7 @@ CELERY_BEAT_SCHEDULE = {
     "mark-offline-nodes": {"task": "jobs.tasks.mark_offline_nodes", "schedule": 5.0},
     "resend-plans": {"task": "jobs.tasks.resend_plans", "schedule": 5.0},
     "settle-ended-jobs": {"task": "ledger.tasks.settle_ended_jobs", "schedule": 30.0},
+    "register-final-models": {"task": "ledger.tasks.register_final_models", "schedule": 60.0},
 }
 # Everything that signs with the operator key runs on a queue of its own, consumed by one worker
 # process with concurrency 1 (compose's `settler`): receipt waits never delay round closing, and
@@ -233,6 +235,10 @@ CHAIN_EXPLORER_URL = os.environ.get("CHAIN_EXPLORER_URL", "").rstrip("/")
 # Node liveness and rounds.
 NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))
 MAX_WEIGHTS_BYTES = int(os.environ.get("MAX_WEIGHTS_BYTES", str(512 * 1024 * 1024)))
+
+# Final models (modelstore): safetensors blobs stored by content hash, never decoded here.
+MODEL_STORE_DIR = Path(os.environ.get("MODEL_STORE_DIR", ROOT_DIR / "var" / "models"))
+MAX_MODEL_BYTES = int(os.environ.get("MAX_MODEL_BYTES", str(256 * 1024 * 1024)))
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -21,4 +21,5 @@ urlpatterns = [
     path("payouts/", include("ledger.urls")),
     path("api/v1/", include("nodes.api_urls")),
     path("admin/", admin.site.urls),
+    path("", include("modelstore.urls")),  # a job's final model: its upload (node API) and download
 ]

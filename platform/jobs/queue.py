@@ -28,6 +28,7 @@ GRANT_TEST_TOKENS = "ledger.tasks.grant_test_tokens"
 REFRESH_WALLET = "ledger.tasks.refresh_wallet"
 AUDIT_JOB = "ledger.tasks.audit_job_task"
 STAKE_FOR_CONSENT = "ledger.tasks.stake_for_consent"
+REGISTER_FINAL_MODEL = "ledger.tasks.register_final_model"
 
 
 def task(name: str):
@@ -82,3 +83,7 @@ def audit_job(job_id: int) -> bool:
 
 def stake_for_consent(job_id: int, user_id: int) -> bool:
     return _queue(STAKE_FOR_CONSENT, job_id, user_id)
+
+
+def register_final_model(final_model_id: int) -> bool:
+    return _queue(REGISTER_FINAL_MODEL, final_model_id)

@@ -124,3 +124,24 @@ def stake_for_consent(job_id: int, user_id: int) -> str:
     if stake.status == Stake.Status.STAKED and job.status == Job.Status.WAITING:
         queue.start_job(job.id)
     return stake.status
+
+
+@shared_task
+def register_final_model(final_model_id: int) -> dict:
+    """Register a job's final model in the ModelRegistry and grant access to it (idempotent)."""
+    from ledger import registry
+
+    return registry.register(final_model_id)
+
+
+@shared_task
+def register_final_models() -> int:
+    """Beat's safety net: one register_final_model task per final model with work left."""
+    from ledger import registry
+    from modelstore.models import FinalModel
+
+    models = FinalModel.objects.exclude(status=FinalModel.Status.FAILED).select_related("job__owner")
+    ids = [m.id for m in models if registry.outstanding(m)]
+    for final_model_id in ids:
+        queue.register_final_model(final_model_id)
+    return len(ids)
