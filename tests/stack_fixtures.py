@@ -95,6 +95,7 @@ def production_env(chain_url: str, peer_redis_url: str, base_url: str, static_ro
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "CSRF_TRUSTED_ORIGINS": base_url,
         "STATIC_ROOT": str(static_root),
+        "MODEL_STORE_DIR": str(static_root.parent / "models"),
         "NODE_ONLINE_SECONDS": str(NODE_ONLINE_SECONDS),
     }
 

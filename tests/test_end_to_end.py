@@ -5,6 +5,7 @@ environment exchanging weights through Redis, a real browser and an independent 
 watching the job page from before it starts until it is settled, and the payouts read back from
 anvil."""
 
+import hashlib
 import re
 import secrets
 import subprocess
@@ -18,6 +19,7 @@ from jobs.models import Job, Round, ValidatorReport
 from ledger.audit import audit_job
 from ledger.chain import Chain
 from ledger.models import ContractDeployment, ContributionScore, Escrow, Payout, tokens_text
+from modelstore.models import FinalModel
 from tests.browser import Browser
 from tests.chain_fixtures import ANVIL_DEV_KEY
 from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
@@ -217,6 +219,22 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     assert [(p["round"], p["node"], p["amount"], p["tx_hash"]) for p in settled["data"]["payouts"]] == [
         (p.round.number, p.node_id, tokens_text(p.amount_wei), p.tx_hash) for p in payouts
     ]
+
+    # The validator uploaded the final consensus; the settler registered it on chain by its hash
+    # and granted the creator access: the creator downloads it, a participant cannot.
+    deadline = time.monotonic() + 60
+    while not FinalModel.objects.filter(job=job, status=FinalModel.Status.REGISTERED).exists():
+        assert time.monotonic() < deadline, f"the final model was not registered\n{stack.logs()}"
+        time.sleep(0.5)
+    final = FinalModel.objects.get(job=job)
+    registry = chain.registry()
+    assert registry.functions.models(final.registry_model_id).call()[2].hex() == final.sha256
+    while (download := creator.session.get(f"{stack.url}/jobs/{job.id}/model/", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, f"the creator's access was not granted\n{stack.logs()}"
+        time.sleep(0.5)
+    blob = download.content
+    assert hashlib.sha256(blob).hexdigest() == final.sha256 and len(blob) == final.size
+    assert people["node-0"].session.get(f"{stack.url}/jobs/{job.id}/model/").status_code == 404
 
     # Each participant's payouts page lists their earnings per round with the transaction; the
     # creator's shows the job's budget, all of it committed and paid; both show the token.

@@ -445,3 +445,23 @@ def test_eth_tester_runs_the_same_flow(settings):
     assert Chain.from_settings().chain_id != 31337
     assert balance(address_of(a)) == 4 * WEI
     assert Job.objects.get(pk=job.id).status == Job.Status.SETTLED
+
+
+def test_one_job_failing_to_settle_does_not_stop_the_others(chain_settings, settings):
+    """Reported: one exception stopped beat's retry loop for the jobs behind it."""
+    from jobs.models import ValidatorReport
+    from ledger.tasks import settle_ended_jobs
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    broken_node, good_node = nodes_with_addresses(2)
+    validator = make_node(make_user(), "validator")
+    broken = funded_job(reward_per_round=3, rounds=1, validator=validator, status=Job.Status.FINISHED)
+    rnd = add_round(broken, 1, {broken_node: 1})
+    ValidatorReport.objects.create(round=rnd, node=validator, evidence={"not": "evidence"}, consensus_hash="ab" * 32)
+    fine = funded_job(reward_per_round=3, rounds=1, status=Job.Status.FINISHED)
+    add_round(fine, 1, {good_node: 1})
+    assert broken.id < fine.id  # the broken one comes first in the loop
+    settle_ended_jobs()
+    assert balance(address_of(good_node)) == 3 * WEI
+    assert Job.objects.get(pk=fine.id).status == Job.Status.SETTLED
+    assert Job.objects.get(pk=broken.id).status == Job.Status.FINISHED  # left for the next beat

@@ -38,3 +38,11 @@ def test_a_free_rider_is_scored_zero():
     )
     for report in scores_of(reports).values():
         assert scores_ppm(score_from_evidence(report["evidence"]))[2] == 0
+
+
+def test_a_peer_training_on_flipped_labels_is_scored_zero():
+    reports, _, _ = asyncio.run(
+        run_federation(n=4, rounds=2, shards=5, validator_data="digits:4/5", attacks={3: "label-flip"})
+    )
+    for report in scores_of(reports).values():
+        assert scores_ppm(score_from_evidence(report["evidence"]))[3] == 0

@@ -89,7 +89,10 @@ def settle_ended_jobs() -> int:
         )
     )
     for job_id in sorted(job_ids):
-        queue.settle_job(job_id)
+        try:
+            queue.settle_job(job_id)
+        except Exception:  # in process (eager) a task's failure is raised here: the others still run
+            log.exception("settlement of job %s failed; the next beat tries again", job_id)
     return len(job_ids)
 
 
