@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from ledger.detection import judge_round
 from ledger.models import Escrow, Stake
 from live.broadcast import job_update
 from nodes import exchange
@@ -439,6 +440,9 @@ def accept_scores(node, msg: ScoreMessage) -> ValidatorReport:
             )
     except IntegrityError:
         raise ReportRefused(409, "duplicate report") from None
+    flagged = judge_round(job, rnd, report)  # reputations; attackers flagged before the round is paid
+    if flagged:
+        log.warning("job %s round %s: nodes %s flagged as attackers", job.id, rnd.number, flagged)
     if job.reward_per_round:
         transaction.on_commit(partial(queue.settle_job, job.id))  # the round can be paid now
     return report

@@ -321,3 +321,25 @@ class Flag(models.Model):
 
     def __str__(self) -> str:
         return f"flag job {self.job_id} round {self.round_id} node {self.node_id}: {self.reason}"
+
+    @property
+    def slashed_text(self) -> str:
+        return tokens_text(int(self.slashed_wei))
+
+
+class Reputation(models.Model):
+    """A node's standing in a job, from the validator's verdicts round after round
+    (ledger.detection): 1 to start; below detection.FLAG_BELOW the node is flagged."""
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="reputations")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="reputations")
+    value = models.FloatField(default=1.0)
+    last_round = models.PositiveIntegerField(default=0)
+    history = models.JSONField(default=list, blank=True, help_text="Each round's verdict and the reputation after it.")
+
+    class Meta:
+        ordering = ["job_id", "node_id"]
+        constraints = [models.UniqueConstraint(fields=["job", "node"], name="one_reputation_per_job_node")]
+
+    def __str__(self) -> str:
+        return f"reputation of node {self.node_id} in job {self.job_id}: {self.value:.2f}"

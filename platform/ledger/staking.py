@@ -17,35 +17,22 @@ reads the chain first (the stake, a `Slashed` event carrying the flag's hash, th
 run that stopped anywhere is finished by the next without acting twice.
 """
 
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 from web3 import Web3
 from web3.logs import DISCARD
 
-from jobs.models import Job, Round
+from jobs.models import Job
 from ledger import signing
 from ledger.chain import Chain
+from ledger.flags import flag, flag_hash, flag_hash_of  # noqa: F401  (re-exported: the staking API)
 from ledger.models import WEI_PER_TOKEN, Flag, Stake, tokens_text
-from ledger.rewards import evidence_hash, hex32
 from ledger.wallets import MIN_GAS_WEI, private_key, wallet_for
-from nodes.models import Node
 
 ZERO_ADDRESS = "0x" + "00" * 20
 
 
 class StakeError(Exception):
     """A stake that cannot be placed (too few tokens, no gas), with what to do about it."""
-
-
-def flag_hash(job_id: int, round_number: int, node_id: int, reason: str, evidence: dict) -> str:
-    """keccak256 of the flag's canonical JSON: what it is about (job, round, node) and why, so two
-    flags never share a hash and an edited evidence row no longer matches the chain's."""
-    record = {"job": job_id, "round": round_number, "node": node_id, "reason": reason, "evidence": evidence}
-    return hex32(evidence_hash(record))
-
-
-def flag_hash_of(flag: Flag) -> str:
-    return flag_hash(flag.job_id, flag.round.number, flag.node_id, flag.reason, flag.evidence)
 
 
 # -- stakes -------------------------------------------------------------------------------------
@@ -121,26 +108,6 @@ def staked_owner_ids(job: Job) -> set[int]:
 
 
 # -- flags and slashing -------------------------------------------------------------------------
-def flag(job: Job, rnd: Round, node: Node, reason: str, evidence: dict) -> Flag:
-    """Record that `node` attacked in `rnd` (once per (round, node): a second flag returns the
-    first). Settlement scores it 0 for the round and slashes its owner's stake."""
-    existing = Flag.objects.filter(round=rnd, node=node).first()
-    if existing:
-        return existing
-    try:
-        with transaction.atomic():
-            return Flag.objects.create(
-                job=job,
-                round=rnd,
-                node=node,
-                reason=reason[:200],
-                evidence=evidence,
-                evidence_hash=flag_hash(job.id, rnd.number, node.id, reason[:200], evidence),
-            )
-    except IntegrityError:
-        return Flag.objects.get(round=rnd, node=node)
-
-
 def _slashed_event(ledger, job_id: int, operator: str, hash_hex: str):
     for event in ledger.events.Slashed().get_logs(
         from_block=0, argument_filters={"jobId": job_id, "operator": operator}

@@ -143,6 +143,8 @@ def audit_job(request, job_id: int):
             "round_filter": round_filter,
             "only_mismatches": only_mismatches,
             "explorer": settings.CHAIN_EXPLORER_URL,
+            "flags": job.flags.select_related("node", "round").order_by("round__number", "node_id"),
+            "reputations": job.reputations.select_related("node").order_by("value", "node_id"),
         },
     )
 

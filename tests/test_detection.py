@@ -1,0 +1,94 @@
+"""Attackers detected from the validator's evidence: verdicts per round, a reputation across
+rounds, flags (paid nothing, shown with their evidence on the admin audit page)."""
+
+import json
+
+import pytest
+import torch
+
+from jobs import orchestration
+from jobs.models import Consent, Job
+from ledger.detection import FLAG_BELOW, judge_round, verdicts
+from ledger.models import Flag, Reputation
+from peers.scoring import score_round
+from tests.factories import make_node, make_user, peer_report
+from tests.test_validator_scores import post_scores
+
+TARGET = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 2.0])
+
+
+def evidence(kinds: dict[int, str], seed: int = 0) -> dict:
+    """Real evidence (peers.scoring on a quadratic bowl), models arriving in the order of
+    ``kinds`` (node id -> kind): `honest` steps towards the optimum, `noise` sends a long random
+    update, `echo` copies the first honest node, `free-ride` sends the start back, `sign-flip`
+    steps away from the optimum."""
+    generator = torch.Generator().manual_seed(seed)
+    reference = {"w": torch.zeros(6)}
+    updates: dict[int, dict] = {}
+    first_honest = None
+    for node_id, kind in kinds.items():
+        honest = TARGET * 0.6 + 0.3 * torch.randn(6, generator=generator)  # distinct honest steps
+        if kind == "honest" and first_honest is None:
+            first_honest = node_id
+        updates[node_id] = {
+            "honest": {"w": honest},
+            "noise": {"w": 40 * torch.randn(6, generator=generator)},
+            "echo": updates.get(first_honest, {"w": honest}),
+            "free-ride": {"w": torch.zeros(6)},
+            "sign-flip": {"w": -2 * honest},
+        }[kind]
+    scores = score_round(reference, updates, lambda s: float(((s["w"] - TARGET) ** 2).sum()))
+    return json.loads(json.dumps(scores.as_evidence()))
+
+
+def test_verdicts_name_each_kind_of_attack():
+    found = verdicts(
+        evidence({1: "honest", 2: "honest", 3: "noise", 4: "echo", 5: "free-ride", 6: "sign-flip", 7: "honest"})
+    )
+    kinds = {node: verdict for node, (verdict, _) in found.items()}
+    assert kinds == {1: "ok", 2: "ok", 3: "outlier", 4: "echo", 5: "free ride", 6: "outlier", 7: "ok"}
+    assert found[3][1]["update_norm"] > found[3][1]["median_norm"]
+
+
+@pytest.mark.django_db
+def test_reputation_falls_until_an_outlier_is_flagged_and_an_echo_is_flagged_at_once(client, exchange):
+    creator = make_user()
+    validator = make_node(creator, "validation", public_key="ee" * 32, online=True)
+    job = Job.objects.create(owner=creator, name="watched", num_peers=4, rounds=3, validator=validator)
+    nodes = [make_node(make_user(), f"n{i}", public_key=f"{i + 1:064x}", online=True) for i in range(4)]
+    for node in nodes:
+        Consent.objects.create(job=job, node=node, granted=True, by=node.owner)
+    assert orchestration.start_job_if_ready(job.id)
+    honest_a, honest_b, noisy, echo = nodes
+    kinds = {honest_a.id: "honest", honest_b.id: "honest", noisy.id: "noise", echo.id: "echo"}
+    for number in (1, 2):
+        if number == 2:  # round 1 closes with everyone's report; round 2 opens
+            for node in nodes:
+                orchestration.accept_report(node, peer_report(job, node, 1))
+            orchestration.close_round(job.round_set.get(number=1).id)
+        response = post_scores(client, validator, job, number, evidence(kinds, seed=number))
+        assert response.status_code == 201, response.content
+        flagged = set(Flag.objects.filter(job=job, round__number=number).values_list("node_id", flat=True))
+        if number == 1:  # the echo at once; the outlier's reputation is only halved
+            assert flagged == {echo.id}
+            assert Reputation.objects.get(job=job, node=noisy).value == pytest.approx(0.5)
+        else:  # a second outlier round: below FLAG_BELOW, flagged
+            assert flagged == {echo.id, noisy.id}
+            assert Reputation.objects.get(job=job, node=noisy).value < FLAG_BELOW
+    assert Reputation.objects.get(job=job, node=honest_a).value == 1.0
+    flag = Flag.objects.get(job=job, round__number=2, node=noisy)
+    assert flag.evidence["verdict"] == "outlier" and flag.evidence["history"][-1]["round"] == 2
+    # A round is judged once, whatever is posted again.
+    report = job.round_set.get(number=2).validator_report
+    judge_round(job, job.round_set.get(number=2), report)
+    assert Reputation.objects.get(job=job, node=noisy).history[-1]["round"] == 2
+    assert len(Reputation.objects.get(job=job, node=noisy).history) == 2
+
+    # The admin audit page lists the flags with their evidence and the reputations.
+    staff = make_user()
+    staff.is_staff = True
+    staff.save()
+    client.force_login(staff)
+    page = client.get(f"/payouts/audit/{job.id}/").content.decode()
+    assert 'id="flags"' in page and "outlier (reputation 0.25)" in page and "echo (reputation" in page
+    assert 'id="reputations"' in page
