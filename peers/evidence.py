@@ -5,6 +5,7 @@ ledger.audit) without torch. docs/scoring.md has the formula."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
@@ -103,3 +104,53 @@ def scores_ppm(scores: Mapping[int, float]) -> dict[int, int]:
     for i in sorted(quotas, key=lambda i: (-(quotas[i] - out[i]), i))[:left]:
         out[i] += 1
     return out
+
+
+# ---------------------------------------------------------------- verdicts (ledger.detection)
+NORM_OUTLIER = 3.0
+DECAY = 0.5  # reputation r <- DECAY * r + (1 - DECAY) * VERDICT_VALUE[verdict]
+FLAG_BELOW = 0.5  # a node whose reputation falls below this is flagged for the round
+DELIBERATE = {"duplicate": "echo", "no-update": "free ride"}
+VERDICT_VALUE = {"ok": 1.0, "invalid": 0.0, "outlier": 0.0, "echo": 0.0, "free ride": 0.0}
+
+
+def verdicts(evidence: dict) -> dict[int, tuple[str, dict]]:
+    """node id -> (verdict, the numbers it rests on), from one round's evidence alone."""
+    _, helpful = _marginals(evidence)
+    rows = evidence["peers"]
+    norms = [float(r["update_norm"]) for r in rows if r["status"] == OK]
+    median = statistics.median(norms) if norms else 0.0
+    out = {}
+    for row in rows:
+        node_id, status = int(row["node_id"]), row["status"]
+        facts = {
+            "status": status,
+            "reason": row.get("reason", ""),
+            "agreement": row.get("agreement", 0.0),
+            "update_norm": row.get("update_norm", 0.0),
+            "median_norm": median,
+            "helpful": node_id in helpful,
+        }
+        if status in DELIBERATE:
+            verdict = DELIBERATE[status]
+        elif status != OK:
+            verdict = "invalid"
+        elif node_id in helpful:
+            verdict = "ok"
+        elif float(row["agreement"]) < 0 or (median > 0 and float(row["update_norm"]) > NORM_OUTLIER * median):
+            verdict = "outlier"
+        else:
+            verdict = "unhelpful"
+        out[node_id] = (verdict, facts)
+    return out
+
+
+def next_reputation(value: float, verdict: str) -> float:
+    """A node's reputation after a round's verdict (`unhelpful` leaves it as it was)."""
+    weight = VERDICT_VALUE.get(verdict)
+    return value if weight is None else DECAY * value + (1 - DECAY) * weight
+
+
+def flagged(verdict: str, reputation: float) -> bool:
+    """Whether a round's verdict (and the reputation after it) makes the node a flagged attacker."""
+    return verdict in DELIBERATE.values() or reputation < FLAG_BELOW

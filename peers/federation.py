@@ -121,6 +121,9 @@ class InMemoryPlatform:
                 results.append(result)
                 if on_round is not None:
                     on_round(result)
+                trained = [rep for rep in reports if rep.get("type", "peer.report") == "peer.report"]
+                if trained and all(rep.get("budget_spent") for rep in trained):
+                    break  # every peer's privacy budget is spent: the job ends here, as on the platform
             await asyncio.wait_for(asyncio.gather(*tasks.values()), timeout=60)
         finally:
             for task in tasks.values():

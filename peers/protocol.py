@@ -174,6 +174,9 @@ class PeerReport:
     rejected: list[dict] = field(default_factory=list)  # [{"sender": int, "reason": str}]
     diverged: bool = False  # the peer's model or losses are not finite: the numbers above mean nothing
     epsilon: float = since("2026-11-26", 0.0)  # privacy spent so far in the job (0 without DP)
+    # The job's privacy budget allows this peer no further round: it stops here (the platform ends
+    # the job after this round when every peer says so, instead of failing it on empty rounds).
+    budget_spent: bool = since("2026-11-26", False)
 
 
 @dataclass

@@ -399,6 +399,7 @@ class Peer:
             rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
             diverged=diverged,
             epsilon=privacy_spent(state),
+            budget_spent=plan.round < plan.total_rounds and not self._within_privacy_budget(plan, state),
         )
         try:
             await self.reporter.report(to_message(report))
@@ -423,7 +424,15 @@ class Peer:
             len(weighted) - 1,
             len(plan.neighbours),
         )
-        if plan.round >= plan.total_rounds:
+        if plan.round >= plan.total_rounds or report.budget_spent:
+            if report.budget_spent:
+                log.info(
+                    "node %s: job %s's privacy budget (epsilon %s) allows no round after %s; it stops here",
+                    self.node_id,
+                    plan.job_id,
+                    plan.config.dp_epsilon,
+                    plan.round,
+                )
             self._finish(plan.job_id)
 
     @staticmethod

@@ -84,7 +84,8 @@ def test_job_config_refuses_noise_without_a_bound_and_bad_numbers():
 
 def test_a_peer_trains_no_round_past_its_budget(caplog):
     """The platform plans 3 rounds of a job whose budget covers 2 releases: the peer reports
-    rounds 1 and 2 with the epsilon it spent, and refuses round 3 before touching its data."""
+    rounds 1 and 2 with the epsilon it spent, says in round 2's report that its budget allows no
+    more (the platform ends the job there), and leaves the job: round 3 never touches its data."""
     sigma = 2.0
     config = replace(BASE_CONFIG, local_steps=5, dp_clip=1.0, dp_noise=sigma, dp_epsilon=epsilon_after(2, sigma) + 0.01)
     platform, node = NodeKey.generate(), NodeKey.generate()
@@ -114,7 +115,8 @@ def test_a_peer_trains_no_round_past_its_budget(caplog):
         (1, pytest.approx(epsilon_after(1, sigma))),
         (2, pytest.approx(epsilon_after(2, sigma))),
     ]
-    assert "privacy budget" in caplog.text and "is spent" in caplog.text
+    assert [m["budget_spent"] for m in reports.messages] == [False, True]
+    assert "privacy budget" in caplog.text and "allows no round after 2" in caplog.text
 
 
 class Reports:

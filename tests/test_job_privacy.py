@@ -57,3 +57,27 @@ def test_reports_keep_the_epsilon_spent_and_refuse_nonsense(client):
     assert "client-level" in page.split('id="job-epsilon"')[1][:300]
     plain_job, _, _ = make_running_job(owner, name="plain")
     assert 'id="job-epsilon"' not in client.get(f"/jobs/{plain_job.id}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_a_job_whose_privacy_budget_is_spent_finishes_instead_of_failing(exchange):
+    """Peers stop when the job's budget allows no further round and say so in their report: the
+    platform ends the job after that round, finished (before: the next round got no report and
+    the job failed)."""
+    from jobs import orchestration
+    from jobs.models import Consent, Job
+    from tests.factories import make_node, make_user, peer_report
+
+    owner = make_user()
+    job = Job.objects.create(owner=owner, name="private", num_peers=2, rounds=5, dp_noise=2.0, dp_epsilon=5.0)
+    nodes = [make_node(make_user(), f"p{i}", public_key=f"{i + 1:064x}", online=True) for i in range(2)]
+    for node in nodes:
+        Consent.objects.create(job=job, node=node, granted=True, by=node.owner)
+    assert orchestration.start_job_if_ready(job.id)
+    rnd = job.round_set.get(number=1)
+    orchestration.accept_report(nodes[0], peer_report(job, nodes[0], 1, epsilon=4.2, budget_spent=True))
+    orchestration.accept_report(nodes[1], peer_report(job, nodes[1], 1, epsilon=4.2, budget_spent=True))
+    orchestration.close_round(rnd.id)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FINISHED and not job.failure
+    assert job.round_set.count() == 1 and "privacy budget" in job.ended_early and "after round 1" in job.ended_early

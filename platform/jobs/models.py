@@ -146,6 +146,9 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     failure = models.TextField(blank=True)
+    ended_early = models.CharField(
+        max_length=200, blank=True, help_text="Why a finished job ran fewer rounds than planned."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -342,6 +345,9 @@ class PeerReport(models.Model):
         default=False, help_text="The peer's model or losses were not finite; its numbers mean nothing."
     )
     epsilon = models.FloatField(default=0.0, help_text="Privacy the peer had spent in the job (0 without DP).")
+    budget_spent = models.BooleanField(
+        default=False, help_text="The job's privacy budget allows this peer no further round."
+    )
 
     class Meta:
         ordering = ["round__number", "node_id"]
@@ -362,6 +368,7 @@ class PeerReport(models.Model):
             "rejected": self.rejected,
             "diverged": self.diverged,
             "epsilon": self.epsilon,
+            "budget_spent": self.budget_spent,
         }
 
 

@@ -297,6 +297,7 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
             rejected=list(msg.rejected),
             diverged=msg.diverged,
             epsilon=msg.epsilon,
+            budget_spent=msg.budget_spent,
         )
         complete = rnd.reports.count() >= len(members)
         transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))
@@ -342,6 +343,12 @@ def close_round(round_id: int) -> None:
             job.status = Job.Status.FAILED
             job.failure = f"no peer reported in round {rnd.number}"
             job.finished_at = timezone.now()
+        elif scored and all(r.budget_spent for r in scored):
+            # Every peer's privacy budget is spent: the job ends here, finished (not failed on
+            # empty rounds); the rounds it did not run are refunded with the unspent budget.
+            job.status = Job.Status.FINISHED
+            job.finished_at = timezone.now()
+            job.ended_early = f"the privacy budget (epsilon {job.dp_epsilon:g}) was spent after round {rnd.number}"
         elif rnd.number < job.rounds:
             following = open_round(job, rnd.number + 1)
         else:
