@@ -20,6 +20,11 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 /// coordinator pays them in batches (`payBatch`); either way each reward leaf pays once.
 /// Closing a job returns (or burns) the uncommitted budget; committed rounds stay claimable.
 ///
+/// Paid flags: a bitmap per (job, round), leaf `i` at bit `i % 255` of word `i / 255`; bit 255 of
+/// every word is no leaf's: it is the "primed" sentinel `primeClaims` sets, so the coordinator can
+/// write a round's words once (from zero, the dear store) and every claim then updates a word that
+/// is already non-zero, whichever claim comes first.
+///
 /// Reward leaf: keccak256(bytes.concat(keccak256(abi.encode(jobId, round, index, account, amount)))),
 /// trees with sorted-pair hashing (OpenZeppelin MerkleProof). Storage keeps only roots and
 /// totals; every detail an auditor needs is in the events.
@@ -28,6 +33,9 @@ contract TrainingLedger is AccessControl, ReentrancyGuardTransient {
 
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
     uint256 public constant MAX_BATCH = 200;
+    /// @dev Leaves per word of the paid bitmap; bit 255 (PRIMED) marks a primed word, no leaf.
+    uint256 private constant LEAVES_PER_WORD = 255;
+    uint256 private constant PRIMED = 1 << 255;
 
     struct Job {
         address creator;
@@ -268,9 +276,21 @@ contract TrainingLedger is AccessControl, ReentrancyGuardTransient {
         }
     }
 
+    /// @notice Write the paid-bitmap words covering leaves [0, leaves) of a committed round with
+    /// the PRIMED sentinel (words already non-zero are left as they are), so that no claim pays
+    /// for a word written from zero. Marks no leaf paid; priming again is harmless. The
+    /// coordinator calls it, one storage word per 255 leaves, before opening a round to claims.
+    function primeClaims(uint256 jobId, uint256 round, uint256 leaves) external onlyRole(COORDINATOR_ROLE) {
+        _rewardRoot(jobId, round); // committed rounds only
+        mapping(uint256 => uint256) storage bitmap = _paidBitmap[jobId][round];
+        for (uint256 w; w * LEAVES_PER_WORD < leaves; ++w) {
+            if (bitmap[w] == 0) bitmap[w] = PRIMED;
+        }
+    }
+
     /// @notice Whether reward leaf `index` of `round` has been paid.
     function isPaid(uint256 jobId, uint256 round, uint256 index) external view returns (bool) {
-        return _paidBitmap[jobId][round][index >> 8] & (1 << (index & 0xff)) != 0;
+        return _paidBitmap[jobId][round][index / LEAVES_PER_WORD] & (1 << (index % LEAVES_PER_WORD)) != 0;
     }
 
     /// @dev Pays one leaf unless its bit is set already (then returns false); reverts on a bad proof.
@@ -282,13 +302,14 @@ contract TrainingLedger is AccessControl, ReentrancyGuardTransient {
         uint256 amount,
         bytes32[] calldata proof
     ) private returns (bool) {
-        uint256 word = bitmap[index >> 8];
-        uint256 bit = 1 << (index & 0xff);
+        uint256 slot = index / LEAVES_PER_WORD;
+        uint256 word = bitmap[slot];
+        uint256 bit = 1 << (index % LEAVES_PER_WORD); // never PRIMED
         if (word & bit != 0) return false;
         if (!MerkleProof.verifyCalldata(proof, t.root, rewardLeaf(t.jobId, t.round, index, account, amount))) {
             revert InvalidProof(t.jobId, t.round, index);
         }
-        bitmap[index >> 8] = word | bit;
+        bitmap[slot] = word | bit;
         _transfer(account, amount);
         emit RewardPaid(t.jobId, t.round, account, index, amount);
         return true;

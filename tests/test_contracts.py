@@ -76,6 +76,7 @@ def test_the_abi_the_platform_codes_against():
         "jobs",
         "rounds",
         "isPaid",
+        "primeClaims",
         "stakes",
         "rewardLeaf",
         "COORDINATOR_ROLE",

@@ -310,6 +310,120 @@ def test_a_round_never_pays_beyond_its_total(chain, token, ledger):
     assert not f.isPaid(job_id, 1, 2).call()
 
 
+# -- priming the paid bitmap -----------------------------------------------------------------
+
+LEAVES_PER_WORD = 255  # leaf i: bit i % 255 of word i / 255; bit 255 is the "primed" sentinel
+PRIMED = 1 << 255
+PAID_BITMAP_SLOT = 4  # storage: AccessControl._roles, jobs, rounds, stakes, _paidBitmap
+
+
+def bitmap_word(chain, ledger, job_id: int, round_: int, word: int) -> int:
+    """A word of the private paid bitmap, read from storage (mapping(job) => mapping(round) => ...)."""
+    inner = keccak(
+        round_.to_bytes(32, "big") + keccak(job_id.to_bytes(32, "big") + PAID_BITMAP_SLOT.to_bytes(32, "big"))
+    )
+    slot = keccak(word.to_bytes(32, "big") + inner)
+    return int.from_bytes(chain.w3.eth.get_storage_at(ledger.address, slot), "big")
+
+
+def test_priming_makes_the_first_claim_of_any_word_cost_the_warm_price(chain, token, ledger):
+    payee = address(PAYEE_KEY)
+    mine = (3, 4, 257, 520)  # two in word 0, one in word 1, one in word 2 (600 leaves: 3 words)
+    payees = [(payee, WEI) if i in mine else (fresh_address(), 1) for i in range(600)]
+    job_id, _ = new_job(chain, token, ledger, budget=100 * WEI)
+    unprimed, _ = commit(chain, ledger, job_id, 1, payees)
+    primed, _ = commit(chain, ledger, job_id, 2, payees)  # the same shape: the same proof depths
+    f = ledger.functions
+    receipt = chain.send(f.primeClaims(job_id, 2, len(payees)), ADMIN_KEY)
+    assert [bitmap_word(chain, ledger, job_id, 2, w) for w in range(4)] == [PRIMED, PRIMED, PRIMED, 0]
+    assert receipt["gasUsed"] < 21_000 + 3 * 25_000  # one word written from zero per 255 leaves
+
+    before = balance(token, payee)
+    cold = {i: chain.send(f.claim(job_id, 1, i, WEI, unprimed.proof(i)), PAYEE_KEY)["gasUsed"] for i in mine}
+    warm = {i: chain.send(f.claim(job_id, 2, i, WEI, primed.proof(i)), PAYEE_KEY)["gasUsed"] for i in mine}
+    assert balance(token, payee) == before + 2 * len(mine) * WEI
+    for i in (3, 257, 520):  # the first claim of its word: written from zero unless primed
+        assert warm[i] < cold[i] - 15_000, (i, warm[i], cold[i])
+    # primed, the first claim of a word costs what the second one of a word costs unprimed
+    assert abs(warm[3] - cold[4]) < 500, (warm[3], cold[4])
+    assert all(f.isPaid(job_id, r, i).call() for r in (1, 2) for i in mine)
+    assert bitmap_word(chain, ledger, job_id, 2, 0) == PRIMED | 1 << 3 | 1 << 4
+    assert bitmap_word(chain, ledger, job_id, 2, 1) == PRIMED | 1 << 2  # leaf 257 = 255 + 2
+
+
+def test_priming_marks_nothing_paid_and_twice_is_harmless(chain, token, ledger):
+    payees = [(fresh_address(), (i + 1) * WEI) for i in range(5)] + [(address(PAYEE_KEY), 4 * WEI)]
+    job_id, _ = new_job(chain, token, ledger)
+    tree, _ = commit(chain, ledger, job_id, 1, payees)
+    f = ledger.functions
+    first = chain.send(f.primeClaims(job_id, 1, len(payees)), ADMIN_KEY)
+    again = chain.send(f.primeClaims(job_id, 1, len(payees)), ADMIN_KEY)
+    assert again["gasUsed"] < first["gasUsed"] - 15_000  # nothing written the second time
+    assert bitmap_word(chain, ledger, job_id, 1, 0) == PRIMED
+    assert not any(f.isPaid(job_id, 1, i).call() for i in range(LEAVES_PER_WORD + 1))
+    assert f.rounds(job_id, 1).call()[3] == 0
+    before = balance(token, address(PAYEE_KEY))
+    chain.send(f.claim(job_id, 1, 5, 4 * WEI, tree.proof(5)), PAYEE_KEY)
+    assert balance(token, address(PAYEE_KEY)) == before + 4 * WEI
+    receipt = chain.send(f.payBatch(*batch_args(job_id, 1, tree, payees, range(6))), ADMIN_KEY)
+    paid = sorted(e["args"]["index"] for e in ledger.events.RewardPaid().process_receipt(receipt, errors=DISCARD))
+    assert paid == [0, 1, 2, 3, 4]  # the claimed leaf is skipped, the primed ones all pay
+    assert all(balance(token, account) == amount for account, amount in payees[:5])
+    chain.send(f.primeClaims(job_id, 1, len(payees)), ADMIN_KEY)  # after payouts: changes nothing
+    assert bitmap_word(chain, ledger, job_id, 1, 0) == PRIMED | 0b111111
+    receipt = chain.send(f.payBatch(*batch_args(job_id, 1, tree, payees, range(6))), ADMIN_KEY)
+    assert ledger.events.RewardPaid().process_receipt(receipt, errors=DISCARD) == ()
+    chain.reverts(f.claim(job_id, 1, 5, 4 * WEI, tree.proof(5)), PAYEE_KEY, "AlreadyPaid")
+    assert f.rounds(job_id, 1).call()[2:] == [19 * WEI, 19 * WEI]
+
+
+def test_only_the_coordinator_primes_and_only_committed_rounds(chain, token, ledger):
+    job_id, _ = new_job(chain, token, ledger)
+    commit(chain, ledger, job_id, 1, [(fresh_address(), WEI)])
+    f = ledger.functions
+    chain.reverts(f.primeClaims(job_id, 1, 10), OTHER_KEY, "AccessControlUnauthorizedAccount")
+    chain.reverts(f.primeClaims(job_id, 2, 10), ADMIN_KEY, "UnknownRound")
+    chain.reverts(f.primeClaims(job_id + 10**6, 1, 10), ADMIN_KEY, "UnknownRound")
+    chain.send(f.primeClaims(job_id, 1, 0), ADMIN_KEY)  # no leaves: no word
+    assert bitmap_word(chain, ledger, job_id, 1, 0) == 0
+    chain.send(f.primeClaims(job_id, 1, 1), ADMIN_KEY)
+    assert bitmap_word(chain, ledger, job_id, 1, 0) == PRIMED
+
+
+@pytest.mark.parametrize("primed", [False, True])
+def test_bitmap_word_boundaries_pay_exactly_once(chain, token, ledger, primed):
+    n = 2 * LEAVES_PER_WORD + 3  # leaves 0..512: words 0, 1 and 2
+    edges = [0, 253, 254, 255, 256, 509, 510, 511, 512]
+    payees = [(address(PAYEE_KEY), WEI + i) if i in (254, 255) else (fresh_address(), WEI + i) for i in range(n)]
+    job_id, _ = new_job(chain, token, ledger, budget=10**4 * WEI)
+    tree, _ = commit(chain, ledger, job_id, 1, payees)
+    f = ledger.functions
+    if primed:
+        chain.send(f.primeClaims(job_id, 1, n), ADMIN_KEY)
+        assert [bitmap_word(chain, ledger, job_id, 1, w) for w in range(4)] == [PRIMED] * 3 + [0]
+    # the payee claims leaf 254 (last bit of word 0), then 255 (first bit of word 1)
+    for i in (254, 255):
+        chain.send(f.claim(job_id, 1, i, WEI + i, tree.proof(i)), PAYEE_KEY)
+        assert [f.isPaid(job_id, 1, j).call() for j in edges] == [j in (254, 255) and j <= i for j in edges]
+    sentinel = PRIMED if primed else 0
+    assert bitmap_word(chain, ledger, job_id, 1, 0) == sentinel | 1 << 254
+    assert bitmap_word(chain, ledger, job_id, 1, 1) == sentinel | 1
+    for i in (254, 255):
+        chain.reverts(f.claim(job_id, 1, i, WEI + i, tree.proof(i)), PAYEE_KEY, "AlreadyPaid")
+    receipt = chain.send(f.payBatch(*batch_args(job_id, 1, tree, payees, edges)), ADMIN_KEY)
+    paid = [e["args"]["index"] for e in ledger.events.RewardPaid().process_receipt(receipt, errors=DISCARD)]
+    assert paid == [j for j in edges if j not in (254, 255)]
+    assert all(f.isPaid(job_id, 1, j).call() for j in edges)
+    assert not any(f.isPaid(job_id, 1, j).call() for j in (1, 252, 257, 508, 513, 765))
+    receipt = chain.send(f.payBatch(*batch_args(job_id, 1, tree, payees, edges)), ADMIN_KEY)
+    assert ledger.events.RewardPaid().process_receipt(receipt, errors=DISCARD) == ()
+    for j in edges:
+        if j not in (254, 255):
+            assert balance(token, payees[j][0]) == WEI + j
+    assert f.rounds(job_id, 1).call()[3] == sum(WEI + j for j in edges)
+    assert bitmap_word(chain, ledger, job_id, 1, 2) == sentinel | 0b111  # 510, 511, 512
+
+
 def test_close_refunds_the_uncommitted_budget_and_committed_rounds_stay_payable(chain, token, ledger):
     creator = address(CREATOR_KEY)
     job_id, _ = new_job(chain, token, ledger, budget=1000 * WEI)
