@@ -201,10 +201,15 @@ class Heartbeat:
 
 @dataclass
 class JobEvent:
+    """Something that happened to a job. Sent to its peers (``event="ended"``: the job ended
+    before its last planned round, cancelled or out of privacy budget) signed by the platform's
+    key over ``event_bytes``; peers ignore unsigned ones (a neighbour may write to their inbox)."""
+
     TYPE = "job.event"
     job_id: int
     event: str
     detail: dict = field(default_factory=dict)
+    signature: bytes = since("2026-11-26", b"")
 
 
 MESSAGE_TYPES: dict[str, type] = {
@@ -383,6 +388,11 @@ def _default(f) -> Any:
 def key_change_bytes(node_id: int, new_public_key: str) -> bytes:
     """What a node signs with its current key to move to a new one."""
     return msgpack.packb(["key.change", node_id, new_public_key], use_bin_type=True)
+
+
+def event_bytes(job_id: int, event: str) -> bytes:
+    """Canonical signed content of a job event sent to peers."""
+    return msgpack.packb(["job.event", job_id, event], use_bin_type=True)
 
 
 def request_bytes(job_id: int, round: int, requester: int) -> bytes:

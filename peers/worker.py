@@ -24,6 +24,7 @@ from peers.models import build_model
 from peers.privacy import ClientDPAccountant, privatize
 from peers.protocol import (
     NO_WEIGHTS_BEFORE_DEADLINE,
+    JobEvent,
     ModelRequest,
     PeerReport,
     ProtocolError,
@@ -31,6 +32,7 @@ from peers.protocol import (
     ScoreReport,
     WeightsChunk,
     decode,
+    event_bytes,
     from_message,
     node_channel,
     plan_bytes,
@@ -116,7 +118,7 @@ class Peer:
         self.channel = node_channel(node_id)
         self.jobs: dict[int, JobState] = {}
         self.early_chunks: dict[int, list[WeightsChunk]] = {}
-        self.plans: asyncio.Queue[RoundPlan] = asyncio.Queue()
+        self.plans: asyncio.Queue[RoundPlan | None] = asyncio.Queue()  # None: wake up, a job ended
         self.newest_round: dict[int, int] = {}  # job id -> the latest round the platform planned
         self.first_open_round: dict[int, int] = {}  # job id -> rounds before it were closed (at start)
         self._plan_signatures: dict[tuple[int, int], bytes] = {}  # (job, round) -> the plan it accepted
@@ -137,6 +139,8 @@ class Peer:
                     receiver.result()  # re-raise what stopped the receiver
                     return
                 plan = plan_task.result()
+                if plan is None:
+                    continue  # a job ended without a plan (job.event): count it
                 try:
                     await self.run_round(plan)
                 except Exception:  # one bad round must not take the peer down
@@ -178,6 +182,8 @@ class Peer:
                 self._on_chunk(msg)
             elif isinstance(msg, ModelRequest):
                 self._in_background(self._answer_model_request(msg))
+            elif isinstance(msg, JobEvent) and msg.event == "ended":
+                await self._job_ended(msg)
 
     async def start_from(self, current: dict) -> None:
         """Take the platform's view at (re)start (``GET node/plans``): rounds before each job's
@@ -565,6 +571,23 @@ class Peer:
             self.final_models[plan.job_id] = pack_state(consensus)
             await self._upload_final_model(plan.job_id, self.final_models[plan.job_id])
             self._finish(plan.job_id)
+
+    async def _job_ended(self, event: JobEvent) -> None:
+        """The platform ended a job before its last planned round (cancelled, or the privacy
+        budget spent): leave it; as its validator, upload the last consensus first. Only the
+        platform's signature counts: neighbours may write to this inbox too."""
+        if not verify(self.platform_key, event_bytes(event.job_id, event.event), event.signature):
+            log.warning("node %s ignored an unsigned 'ended' event for job %s", self.node_id, event.job_id)
+            return
+        state = self.jobs.get(event.job_id)
+        if state is None:
+            return
+        log.info("node %s: job %s ended (%s); leaving it", self.node_id, event.job_id, event.detail.get("reason", ""))
+        if state.consensus is not None:
+            self.final_models[event.job_id] = pack_state(state.consensus)
+            await self._upload_final_model(event.job_id, self.final_models[event.job_id])
+        self._finish(event.job_id)
+        await self.plans.put(None)  # run() re-checks how many jobs are done
 
     async def _upload_final_model(self, job_id: int, blob: bytes) -> None:
         """As the validator, after the last round: upload the final consensus to the platform

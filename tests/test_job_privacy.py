@@ -81,3 +81,27 @@ def test_a_job_whose_privacy_budget_is_spent_finishes_instead_of_failing(exchang
     job.refresh_from_db()
     assert job.status == Job.Status.FINISHED and not job.failure
     assert job.round_set.count() == 1 and "privacy budget" in job.ended_early and "after round 1" in job.ended_early
+
+    # Every member is told, with the platform's signature, so none waits for another plan.
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from nodes.authority import platform_key
+    from peers.protocol import JobEvent, event_bytes, from_message
+    from peers.wire.signing import verify
+
+    layer = get_channel_layer("peers")
+
+    async def first_event(channel: str):
+        """Read the inbox in one event loop (channels_redis re-delivers across loops) up to the event."""
+        for _ in range(5):  # the round's plan first, then the event
+            message = from_message(await layer.receive(channel))
+            if isinstance(message, JobEvent):
+                return message
+        return None
+
+    for node in nodes:
+        event = async_to_sync(first_event)(node.channel)
+        assert event is not None
+        assert event.event == "ended" and event.job_id == job.id and "privacy budget" in event.detail["reason"]
+        assert verify(platform_key().public_key_hex, event_bytes(job.id, "ended"), event.signature)

@@ -25,7 +25,15 @@ from nodes.authority import platform_key
 from peers import topology
 from peers.evidence import score_from_evidence
 from peers.plans import round_plans
-from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan, encode, node_channel, to_message
+from peers.protocol import (
+    NO_WEIGHTS_BEFORE_DEADLINE,
+    JobEvent,
+    RoundPlan,
+    encode,
+    event_bytes,
+    node_channel,
+    to_message,
+)
 from peers.protocol import PeerReport as ReportMessage
 from peers.protocol import ScoreReport as ScoreMessage
 
@@ -209,6 +217,24 @@ def update_exchange_grants(job: Job, only: set[int] | None = None) -> None:
         log.warning("job %s: exchange grants not updated (%s); beat tries again", job.id, exc)
 
 
+def tell_peers_job_ended(job: Job, reason: str) -> None:
+    """A signed `job.event` "ended" to every member and the validator of a job that ended before
+    its last planned round (best effort: a peer that misses it waits, as for a lost plan)."""
+    event = JobEvent(
+        job_id=job.id,
+        event="ended",
+        detail={"reason": reason[:200]},
+        signature=platform_key().sign(event_bytes(job.id, "ended")),
+    )
+    layer = exchange.plan_layer()
+    node_ids = [m.node_id for m in job.cohort.all()] + ([job.validator_id] if job.validator_id else [])
+    for node_id in node_ids:
+        try:
+            async_to_sync(layer.send)(node_channel(node_id), to_message(event))
+        except Exception as exc:
+            log.warning("could not tell node %s that job %s ended: %s", node_id, job.id, exc)
+
+
 DELIVERY_RETRIES_S = (0.5, 1.0, 2.0)  # a blip of the exchange (a restart) costs seconds, not the round
 
 
@@ -362,6 +388,8 @@ def close_round(round_id: int) -> None:
     else:
         update_exchange_grants(job)  # no open round: its members may send nowhere for it
         job_update(job.id, "status", status_event(job))
+        if rnd.number < job.rounds:  # ended early: peers (and the validator) waiting for a plan leave it
+            tell_peers_job_ended(job, job.ended_early or job.failure or job.status)
     if job.reward_per_round or job.status == Job.Status.FINISHED:
         queue.settle_job(job.id)  # each closed round is committed and paid, on its own queue
 
