@@ -21,6 +21,7 @@ def round_plans(
     max_payload_bytes: int,
     sign: Callable[[bytes], bytes],
     validator: tuple[int, str] | None = None,
+    consent_expiry: dict[int, float] | None = None,
 ) -> list[RoundPlan]:
     """One signed plan per member; members[i] = (node id, Ed25519 public key hex) at position i
     and rows[i] its mixing weights by position (rows[i][i] is the self weight). Each plan
@@ -28,7 +29,10 @@ def round_plans(
     whose consent stands) and is signed with ``sign`` (the platform key's).
 
     With a ``validator`` (node id, public key), every member also sends it its model, and the
-    validator gets a plan of its own (role "validate", the members as its neighbours) after theirs."""
+    validator gets a plan of its own (role "validate", the members as its neighbours) after theirs.
+
+    A member's grant expires at the round's deadline or, when ``consent_expiry`` gives one for
+    its node id (unix seconds), at its consent's expiry if that comes first."""
     if len(rows) != len(members):
         raise ValueError(f"{len(rows)} mixing rows for {len(members)} members")
     plans = []
@@ -49,7 +53,12 @@ def round_plans(
             neighbours=neighbours,
             self_weight=row[index],
             max_payload_bytes=max_payload_bytes,
-            consent=ConsentGrant(job_id=job_id, node_id=node_id, dataset=config.dataset, expires_at=deadline),
+            consent=ConsentGrant(
+                job_id=job_id,
+                node_id=node_id,
+                dataset=config.dataset,
+                expires_at=min(deadline, (consent_expiry or {}).get(node_id, deadline)),
+            ),
             validators=[] if validator is None else [_neighbour(*validator, 0.0)],
         )
         plan.signature = sign(plan_bytes(plan))

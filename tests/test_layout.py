@@ -51,7 +51,7 @@ def test_stdlib_platform_also_wins_with_platform_on_the_path():
     assert not Path(out["file"]).resolve().is_relative_to(ROOT / "platform")
 
 
-PLATFORM_APPS = ("hub", "accounts", "nodes", "jobs", "ledger", "live", "modelstore")
+PLATFORM_APPS = ("hub", "accounts", "nodes", "jobs", "ledger", "live", "modelstore", "datasets")
 
 
 def peers_modules_on_disk() -> set[str]:
@@ -102,7 +102,7 @@ def test_peers_never_load_django():
 
 def test_control_plane_never_loads_torch():
     modules = []
-    for app in ("accounts", "nodes", "jobs", "ledger", "live", "modelstore", "hub"):
+    for app in ("accounts", "nodes", "jobs", "ledger", "live", "modelstore", "datasets", "hub"):
         for name in (
             "models",
             "views",

@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "ledger",
     "live",
     "modelstore",
+    "datasets",
 ]
 
 MIDDLEWARE = [

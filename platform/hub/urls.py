@@ -17,6 +17,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/", include("accounts.urls")),
     path("nodes/", include("nodes.urls")),
+    path("", include("datasets.urls")),  # /datasets/ and each job's consent history
     path("jobs/", include("jobs.urls")),
     path("payouts/", include("ledger.urls")),
     path("api/v1/", include("nodes.api_urls")),

@@ -189,3 +189,7 @@ class JobForm(forms.ModelForm):
 class ConsentForm(forms.Form):
     node = forms.IntegerField()
     grant = forms.ChoiceField(choices=[("yes", "grant"), ("no", "revoke")])
+    # Which of the node's declared datasets a grant covers, and when it lapses (both checked
+    # against the job and the node by datasets.consent.grant_problem).
+    dataset = forms.IntegerField(required=False)
+    expires_at = forms.DateTimeField(required=False)

@@ -6,6 +6,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from peers.protocol import JobConfig
 
@@ -248,7 +249,9 @@ class Job(models.Model):
 
 
 class Consent(models.Model):
-    """Append-only consent record: the latest row for (job, node) is the current state."""
+    """Append-only consent record: the latest row for (job, node) is the current state. A grant
+    names the node's dataset it covers (null on rows from before datasets were declared and for
+    nodes that declare none) and may expire: an expired grant counts as revoked."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="consents")
     node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="consents")
@@ -256,6 +259,10 @@ class Consent(models.Model):
     by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     at = models.DateTimeField(auto_now_add=True)
     scope = models.CharField(max_length=200, default="train on local data; share weights with the job's peers")
+    dataset = models.ForeignKey(
+        "datasets.Dataset", null=True, blank=True, on_delete=models.PROTECT, related_name="consents"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["at", "id"]
@@ -263,10 +270,19 @@ class Consent(models.Model):
     def __str__(self) -> str:
         return f"job {self.job_id} node {self.node_id}: {'granted' if self.granted else 'withdrawn'}"
 
+    @property
+    def stands(self) -> bool:
+        """A grant that has not expired (the latest row's answer is the node's consent)."""
+        return self.granted and (self.expires_at is None or self.expires_at > timezone.now())
+
+    @classmethod
+    def latest(cls, job, node) -> "Consent | None":
+        return cls.objects.filter(job=job, node=node).order_by("-at", "-id").first()
+
     @classmethod
     def current(cls, job, node) -> bool:
-        latest = cls.objects.filter(job=job, node=node).order_by("-at", "-id").first()
-        return bool(latest and latest.granted)
+        latest = cls.latest(job, node)
+        return bool(latest and latest.stands)
 
     @classmethod
     def consenting_nodes(cls, job):

@@ -160,8 +160,19 @@ def signed_plans(rnd: Round) -> list[RoundPlan]:
         max_payload_bytes=settings.MAX_WEIGHTS_BYTES,
         sign=platform_key().sign,
         validator=None if job.validator is None else (job.validator.id, job.validator.public_key),
+        consent_expiry=consent_expiry(job, members),
     )
     return plans
+
+
+def consent_expiry(job: Job, members: list[CohortMember]) -> dict[int, float]:
+    """Node id -> when its standing consent expires (unix seconds), for members whose grant has an expiry."""
+    expiry = {}
+    for m in members:
+        latest = Consent.latest(job, m.node)
+        if latest is not None and latest.granted and latest.expires_at is not None:
+            expiry[m.node_id] = latest.expires_at.timestamp()
+    return expiry
 
 
 def build_plans(rnd: Round) -> list[tuple[str, dict]]:

@@ -1,5 +1,7 @@
 import re
 
+from datasets.consent import departures, grant_problem
+from datasets.models import Dataset
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -60,7 +62,13 @@ def _visible_job_or_404(request, pk) -> Job:
 def job_detail(request, pk):
     job = _visible_job_or_404(request, pk)
     my_nodes = [
-        {"node": n, "consented": Consent.current(job, n), "eligible": job.node_is_eligible(n)}
+        {
+            "node": n,
+            "consented": Consent.current(job, n),
+            "eligible": job.node_is_eligible(n),
+            "consent": Consent.latest(job, n),
+            "datasets": Dataset.objects.filter(node=n, task=job.dataset),
+        }
         for n in Node.objects.filter(owner=request.user)
     ]
     return render(
@@ -71,6 +79,7 @@ def job_detail(request, pk):
             "cohort": job.cohort.select_related("node"),
             "rounds": job.round_set.all(),
             "my_nodes": my_nodes,
+            "departures": departures(job),
             "snapshot": job_snapshot(job),
             "payout_address": Profile.for_user(request.user).payout_address,
             "payouts": job.payouts.select_related("node", "round").order_by("round__number", "node_id"),
@@ -118,9 +127,22 @@ def job_consent(request, pk):
     if grant and not job.node_is_eligible(node):
         messages.error(request, f"{node} does not meet this job's hardware needs.")
         return redirect("jobs:detail", job.id)
-    Consent.objects.create(job=job, node=node, granted=grant, by=request.user)
+    dataset, problem = grant_problem(job, node, form.cleaned_data["dataset"], form.cleaned_data["expires_at"])
+    if grant and problem:
+        messages.error(request, problem)
+        return redirect("jobs:detail", job.id)
+    Consent.objects.create(
+        job=job,
+        node=node,
+        granted=grant,
+        by=request.user,
+        dataset=dataset if grant else getattr(Consent.latest(job, node), "dataset", None),
+        expires_at=form.cleaned_data["expires_at"] if grant else None,
+    )
     if grant:
-        messages.success(request, f"{node} consents to train for “{job}”.")
+        covers = f" on “{dataset.name}”" if dataset else ""
+        until = f" until {form.cleaned_data['expires_at']:%Y-%m-%d %H:%M}" if form.cleaned_data["expires_at"] else ""
+        messages.success(request, f"{node} consents to train for “{job}”{covers}{until}.")
         placed = Stake.objects.filter(
             job=job, owner=request.user, status__in=[Stake.Status.STAKED, Stake.Status.RELEASED]
         )
