@@ -89,7 +89,7 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
         },
     )
     job_id = int(re.search(r"/jobs/(\d+)/", page.url).group(1))
-    assert "Waiting for peers" in page.text and 'id="fund-job"' in page.text
+    assert "Recruiting" in page.text and 'id="fund-job"' in page.text
     # The creator takes test tokens from the faucet and deposits the budget; the settlement
     # worker signs both, and the page shows the escrow funded.
     creator.submit("/payouts/faucet/", {}, form_page="/payouts/")
@@ -139,7 +139,7 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
             # The worker forms the cohort when the peers say hello; the rounds run; the job is
             # settled: the page follows all of it without a reload.
             view.wait_for_function(
-                "() => document.getElementById('job-status').textContent === 'Settled'", timeout=SETTLED_WITHIN_MS
+                "() => document.getElementById('job-status').textContent === 'Completed'", timeout=SETTLED_WITHIN_MS
             )
             view.wait_for_timeout(300)  # let plotly finish drawing before the picture
             view.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -76,6 +76,7 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "rejected": [],
             "diverged": False,
             "epsilon": 0.0,
+            "budget_spent": False,
         }
         assert saved.pk != first.pk
 

@@ -130,7 +130,7 @@ def test_a_participants_own_peer_joins_the_embedded_demo(tmp_path):
             assert peer.popen.wait(timeout=180) == 0, peer.output()[-3000:] + demo.output()[-3000:]
             assert "websocket relay" in peer.output()
         deadline = time.monotonic() + 90  # the last report closes the job; settlement follows
-        while not re.search(r'id="job-status"[^>]*>Settled<', status := creator.get(f"/jobs/{job_id}/").text):
+        while not re.search(r'id="job-status"[^>]*>Completed<', status := creator.get(f"/jobs/{job_id}/").text):
             assert time.monotonic() < deadline, status[:2000]
             time.sleep(0.5)
         assert f"{ROUNDS} / {ROUNDS}" in status

@@ -3,8 +3,11 @@ from django.contrib.auth.forms import UserCreationForm
 
 from .models import Profile
 
+EMAIL_HELP = "Optional: where a password reset link is sent. Never shown to anyone."
+
 
 class SignupForm(UserCreationForm):
+    email = forms.EmailField(required=False, help_text=EMAIL_HELP)
     payout_address = forms.CharField(
         max_length=42,
         required=False,
@@ -17,8 +20,13 @@ class SignupForm(UserCreationForm):
             Profile._meta.get_field("payout_address").run_validators(value)
         return value
 
+    class Meta(UserCreationForm.Meta):
+        fields = ("username", "email")
+
 
 class ProfileForm(forms.ModelForm):
+    email = forms.EmailField(required=False, help_text=EMAIL_HELP)
+
     class Meta:
         model = Profile
         fields = ["payout_address"]

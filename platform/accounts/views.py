@@ -22,9 +22,14 @@ def signup(request):
 
 @login_required
 def profile(request):
-    form = ProfileForm(request.POST or None, instance=Profile.for_user(request.user))
+    form = ProfileForm(
+        request.POST or None, instance=Profile.for_user(request.user), initial={"email": request.user.email}
+    )
     if request.method == "POST" and form.is_valid():
-        form.save()
-        messages.success(request, "Payout address saved.")
+        with transaction.atomic():
+            form.save()
+            request.user.email = form.cleaned_data["email"]
+            request.user.save(update_fields=["email"])
+        messages.success(request, "Profile saved.")
         return redirect("accounts:profile")
     return render(request, "accounts/profile.html", {"form": form})

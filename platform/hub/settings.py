@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 
@@ -138,6 +139,27 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+
+# Email (password reset links). EMAIL_URL: smtp://user:password@host:587 (STARTTLS) or
+# smtps://user:password@host:465 (TLS); unset: the console backend (the mail goes to the log).
+_email_url = urlsplit(os.environ.get("EMAIL_URL", ""))  # not a setting: it holds the password
+if _email_url.scheme in ("smtp", "smtps"):
+    EMAIL_HOST = _email_url.hostname or "localhost"
+    EMAIL_PORT = _email_url.port or (465 if _email_url.scheme == "smtps" else 587)
+    EMAIL_HOST_USER = unquote(_email_url.username or "")
+    EMAIL_HOST_PASSWORD = unquote(_email_url.password or "")
+    EMAIL_USE_SSL = _email_url.scheme == "smtps"
+    EMAIL_USE_TLS = _email_url.scheme == "smtp" and EMAIL_PORT != 25
+    EMAIL_TIMEOUT = 10
+    _email_default = "django.core.mail.backends.smtp.EmailBackend"
+elif _email_url.scheme:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("EMAIL_URL must start with smtp:// or smtps://")
+else:
+    _email_default = "django.core.mail.backends.console.EmailBackend"
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", _email_default)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "DFL platform <noreply@localhost>")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

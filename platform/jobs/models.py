@@ -52,11 +52,17 @@ def new_seed() -> int:
 
 class Job(models.Model):
     class Status(models.TextChoices):
-        WAITING = "waiting", "Waiting for peers"
+        DRAFT = "draft", "Draft"
+        WAITING = "waiting", "Recruiting"
         RUNNING = "running", "Running"
-        FINISHED = "finished", "Finished, settling"
-        SETTLED = "settled", "Settled"
+        FINISHED = "finished", "Completed, settling"
+        SETTLED = "settled", "Completed"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # A draft is not recruiting yet; these may still be cancelled (a running job at its round's end)
+    # and take consent.
+    OPEN_STATUSES = (Status.DRAFT, Status.WAITING, Status.RUNNING)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=120)
@@ -147,6 +153,9 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     failure = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(
+        default=False, help_text="The creator cancelled the running job: it ends when its current round closes."
+    )
     ended_early = models.CharField(
         max_length=200, blank=True, help_text="Why a finished job ran fewer rounds than planned."
     )
@@ -191,7 +200,7 @@ class Job(models.Model):
 
     @property
     def ended(self) -> bool:
-        return self.status in (self.Status.FINISHED, self.Status.SETTLED, self.Status.FAILED)
+        return self.status in (self.Status.FINISHED, self.Status.SETTLED, self.Status.FAILED, self.Status.CANCELLED)
 
     def spectral_gap(self) -> float | None:
         """1 - |lambda_2| of the job's first-round mixing matrix: how fast peers reach consensus."""
@@ -236,7 +245,8 @@ class Job(models.Model):
             return cls.objects.none()
         if user.is_staff:
             return cls.objects.all()
-        return cls.objects.filter(Q(is_public=True) | Q(owner=user) | Q(consents__node__owner=user)).distinct()
+        published = Q(is_public=True) & ~Q(status=cls.Status.DRAFT)  # a draft is its creator's until published
+        return cls.objects.filter(published | Q(owner=user) | Q(consents__node__owner=user)).distinct()
 
     def can_view(self, user) -> bool:
         return Job.visible_to(user).filter(pk=self.pk).exists()

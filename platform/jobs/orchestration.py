@@ -376,7 +376,11 @@ def close_round(round_id: int) -> None:
         if job.topology == "dynamic":
             note_slow_links(job, reports)
         following = None
-        if not reports:
+        if job.cancel_requested:
+            # The creator cancelled it: this round was its last (and is paid); no next round.
+            job.status = Job.Status.CANCELLED
+            job.finished_at = timezone.now()
+        elif not reports:
             job.status = Job.Status.FAILED
             job.failure = f"no peer reported in round {rnd.number}"
             job.finished_at = timezone.now()

@@ -179,7 +179,7 @@ def _close(chain: Chain, job: Job, escrow: Escrow) -> None:
 
 def settle(job_id: int) -> dict:
     """Take a job's money as far as it goes now: prepare, commit and pay every closed round (also
-    of a failed job), then, once the job has ended and all is paid, close its escrow and mark a
+    of a failed or cancelled job), then, once the job has ended and all is paid, close its escrow and mark a
     finished job settled. Returns a summary; safe to run again at any time."""
     with signing.signer_lock():
         job = Job.objects.get(pk=job_id)

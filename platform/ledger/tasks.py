@@ -79,7 +79,8 @@ def settle_ended_jobs() -> int:
         ).values_list("job_id", flat=True)
     )
     ended = Job.objects.filter(
-        Q(status=Job.Status.FINISHED) | Q(status=Job.Status.FAILED, escrow__status=Escrow.Status.FUNDED)
+        Q(status=Job.Status.FINISHED)
+        | Q(status__in=[Job.Status.FAILED, Job.Status.CANCELLED], escrow__status=Escrow.Status.FUNDED)
     )
     job_ids |= set(ended.values_list("id", flat=True))
     job_ids |= set(Flag.objects.filter(slashed_at__isnull=True).values_list("job_id", flat=True))

@@ -4,8 +4,8 @@
   const state = JSON.parse(document.getElementById("job-snapshot").textContent);
   const chart = document.getElementById("chart");
   const liveState = document.getElementById("live-state");
-  const STATUS_LABELS = { waiting: "Waiting for peers", running: "Running", finished: "Finished, settling",
-                          settled: "Settled", failed: "Failed" };
+  const STATUS_LABELS = { draft: "Draft", waiting: "Recruiting", running: "Running", finished: "Completed, settling",
+                          settled: "Completed", failed: "Failed", cancelled: "Cancelled" };
 
   const PEER_COLOURS = ["#5b8def", "#2aa198", "#8e6bd6", "#d69a2d", "#4f9d5d", "#6c7a89", "#c26fb0", "#3fb1c9"];
 
@@ -33,7 +33,9 @@
   function render() {
     Plotly.react(chart, traces(), {
       margin: { t: 20, r: 60, b: 40, l: 50 },
-      xaxis: { title: { text: "round" }, dtick: 1, range: [0.5, state.rounds + 0.5] },
+      // At most about 10 round labels, whole rounds only: many rounds' labels would collide.
+      xaxis: { title: { text: "round" }, tickmode: "linear", tick0: 1, dtick: Math.max(1, Math.ceil(state.rounds / 10)),
+               tickformat: "d", range: [0.5, state.rounds + 0.5] },
       yaxis: { title: { text: "accuracy" }, range: [0, 1] },
       yaxis2: { title: { text: "loss" }, overlaying: "y", side: "right", rangemode: "tozero",
                 nticks: 6, tickformat: ".2f", showgrid: false },
