@@ -186,13 +186,15 @@ def pay(evidences: list[dict], attackers: set[int]) -> dict:
     """Apply the platform's rule round by round: tokens paid to attackers and honest peers,
     rounds in which attackers were flagged, and the attackers' positive-score rounds."""
     reputation: dict[int, float] = {}
+    ever_flagged: set[int] = set()
     paid = {"attackers": 0, "honest": 0}
     flags = {"attackers": 0, "honest": 0}
     for ev in evidences:
         ppm = scores_ppm(score_from_evidence(ev))
         for node, (verdict, _) in verdicts(ev).items():
             reputation[node] = next_reputation(reputation.get(node, 1.0), verdict)
-            if flagged(verdict, reputation[node]):
+            if flagged(verdict, reputation[node], node in ever_flagged):
+                ever_flagged.add(node)
                 ppm[node] = 0
                 flags["attackers" if node in attackers else "honest"] += 1
         for node, amount in split_amount(POOL_TOKENS * WEI, ppm).items():

@@ -151,6 +151,8 @@ def next_reputation(value: float, verdict: str) -> float:
     return value if weight is None else DECAY * value + (1 - DECAY) * weight
 
 
-def flagged(verdict: str, reputation: float) -> bool:
-    """Whether a round's verdict (and the reputation after it) makes the node a flagged attacker."""
-    return verdict in DELIBERATE.values() or reputation < FLAG_BELOW
+def flagged(verdict: str, reputation: float, before: bool = False) -> bool:
+    """Whether a round's verdict (and the reputation after it) makes the node a flagged attacker.
+    A node flagged ``before`` in the job stays flagged: an attacker that now and then sends a
+    model that helps is not paid for those rounds either."""
+    return before or verdict in DELIBERATE.values() or reputation < FLAG_BELOW

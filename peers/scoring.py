@@ -351,7 +351,10 @@ def score_round(
         )
         for r in rows
     }
-    consensus = _model(reference, names, _mean_delta(deltas, w, _key(eligible))) if eligible else dict(reference)
+    # The next round's reference: the helpful peers' consensus only. With every usable model in it,
+    # one attacker's huge update (scaling, noise) would move the reference, and next round every
+    # honest update would look like an outlier against it.
+    consensus = _model(reference, names, _mean_delta(deltas, w, basis)) if basis else dict(reference)
     return RoundScores(
         method=method,
         peers=peers,

@@ -49,7 +49,16 @@ def test_job_pages_fit_a_390_px_phone(live_server):
             context = browser.new_context(viewport=PHONE)
             context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
             page = context.new_page()
-            for path in (f"/jobs/{job.id}/", f"/jobs/{recruiting.id}/", "/jobs/", "/jobs/new/", "/nodes/", "/payouts/", "/accounts/profile/", "/"):
+            for path in (
+                f"/jobs/{job.id}/",
+                f"/jobs/{recruiting.id}/",
+                "/jobs/",
+                "/jobs/new/",
+                "/nodes/",
+                "/payouts/",
+                "/accounts/profile/",
+                "/",
+            ):
                 page.goto(live_server.url + path)
                 page.wait_for_load_state("load")
                 measured = overflow(page)

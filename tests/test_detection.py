@@ -66,6 +66,8 @@ def test_reputation_falls_until_an_outlier_is_flagged_and_an_echo_is_flagged_at_
             for node in nodes:
                 orchestration.accept_report(node, peer_report(job, node, 1))
             orchestration.close_round(job.round_set.get(number=1).id)
+        if number == 2:
+            kinds[echo.id] = "honest"  # the echo behaves now: it stays flagged all the same
         response = post_scores(client, validator, job, number, evidence(kinds, seed=number))
         assert response.status_code == 201, response.content
         flagged = set(Flag.objects.filter(job=job, round__number=number).values_list("node_id", flat=True))
@@ -74,6 +76,7 @@ def test_reputation_falls_until_an_outlier_is_flagged_and_an_echo_is_flagged_at_
             assert Reputation.objects.get(job=job, node=noisy).value == pytest.approx(0.5)
         else:  # a second outlier round: below FLAG_BELOW, flagged
             assert flagged == {echo.id, noisy.id}
+            assert "flagged in an earlier round" in Flag.objects.get(job=job, round__number=2, node=echo).reason
             assert Reputation.objects.get(job=job, node=noisy).value < FLAG_BELOW
     assert Reputation.objects.get(job=job, node=honest_a).value == 1.0
     flag = Flag.objects.get(job=job, round__number=2, node=noisy)

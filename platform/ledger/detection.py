@@ -12,7 +12,7 @@ planned member a verdict:
 - `ok`: it helped.
 A per-node reputation follows the verdicts (`invalid` and `outlier` count 0, `ok` 1, `unhelpful`
 leaves it as it was): r <- DECAY * r + (1 - DECAY) * verdict, from 1. A node whose reputation
-falls below FLAG_BELOW is flagged for that round (ledger.flags), with the verdicts and numbers
+falls below FLAG_BELOW is flagged for that round and every later one (ledger.flags), with the verdicts and numbers
 that led there as evidence: it is paid nothing for the round and its stake is slashed.
 
 The verdicts and the reputation rule are pure functions of the evidence (peers.evidence:
@@ -23,7 +23,7 @@ from django.db import transaction
 
 from jobs.models import Job, Round, ValidatorReport
 from ledger.flags import flag
-from ledger.models import Reputation
+from ledger.models import Flag, Reputation
 from peers.evidence import FLAG_BELOW, flagged, next_reputation, verdicts  # noqa: F401  (FLAG_BELOW: the API)
 
 
@@ -40,7 +40,8 @@ def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
             rep.last_round = rnd.number
             rep.history = [*rep.history, {"round": rnd.number, "verdict": verdict, "reputation": round(rep.value, 6)}]
             rep.save()
-            if flagged(verdict, rep.value):
+            before = Flag.objects.filter(job=job, node_id=node_id, round__number__lt=rnd.number).exists()
+            if flagged(verdict, rep.value, before):
                 evidence = {
                     "verdict": verdict,
                     "facts": facts,
@@ -48,6 +49,7 @@ def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
                     "history": rep.history[-5:],
                     "validator_report": report.pk,
                 }
-                flag(job, rnd, rep.node, f"{verdict} (reputation {rep.value:.2f})", evidence)
+                why = f"{verdict} (reputation {rep.value:.2f})" + ("; flagged in an earlier round" if before else "")
+                flag(job, rnd, rep.node, why, evidence)
                 raised.append(node_id)
     return raised
