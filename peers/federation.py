@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peers.plans import round_plans
-from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, node_channel, to_message
+from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, node_channel, plan_bytes, to_message
 from peers.wire.signing import NodeKey
 
 JOB_ID = 1
@@ -77,11 +77,15 @@ class InMemoryPlatform:
         joins_at: dict[int, int] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
         validator: tuple[int, Any] | None = None,
+        exclude: Callable[[int], set[int]] | None = None,
     ) -> list[RoundResult]:
         """Drive every round. ``peers`` maps node id -> Peer, in position order; ``transport``
         sends the plans; ``joins_at`` maps node id -> the first round its peer takes part in (it
         starts then; until then its neighbours' weights wait in its inbox); ``validator`` is
-        (node id, Peer) of the job's validator, whose score reports count like the others."""
+        (node id, Peer) of the job's validator, whose score reports count like the others;
+        ``exclude(r)`` names nodes left out from round r on (flagged attackers, as the platform
+        leaves them out): they get no plan, and their neighbours' weights for them fold into
+        their self weights."""
         joins_at = joins_at or {}
         everyone = dict(peers) if validator is None else {**peers, validator[0]: validator[1]}
         members = [(node_id, peer.key.public_key_hex) for node_id, peer in peers.items()]
@@ -95,19 +99,28 @@ class InMemoryPlatform:
                 for node_id, peer in everyone.items():
                     if node_id not in tasks and joins_at.get(node_id, 1) <= r:
                         tasks[node_id] = asyncio.create_task(peer.run(max_jobs=1))
+                gone = exclude(r) if exclude is not None else set()
+                rows = _without(topology(r, frozenset(cut)), {position[g] for g in gone if g in position})
                 plans = round_plans(
                     job_id=self.job_id,
                     round=r,
                     total_rounds=self.total_rounds,
                     members=members,
-                    rows=topology(r, frozenset(cut)),
+                    rows=rows,
                     config=self.config,
                     deadline=time.time() + self.round_timeout_s,
                     max_payload_bytes=self.max_payload_bytes,
                     sign=self.key.sign,
                     validator=scorer,
                 )
-                active = [plan for plan in plans if plan.node_id in tasks]
+                active = [plan for plan in plans if plan.node_id in tasks and plan.node_id not in gone]
+                if validator is not None:  # the validator scores the members still planned
+                    for plan in active:
+                        if plan.role == "validate":
+                            plan.neighbours = [n for n in plan.neighbours if n.node_id not in gone]
+                            plan.signature = self.key.sign(plan_bytes(plan))
+                for node_id in gone & tasks.keys():
+                    tasks.pop(node_id).cancel()  # left out for good: its peer stops
                 self._expected[r] = len(active)
                 started = time.perf_counter()
                 await asyncio.gather(*(transport.send(node_channel(p.node_id), to_message(p)) for p in active))
@@ -150,3 +163,19 @@ class InMemoryPlatform:
             complete.clear()
             with contextlib.suppress(TimeoutError):  # wake every second to check for stopped peers
                 await asyncio.wait_for(complete.wait(), timeout=1.0)
+
+
+def _without(rows: list[dict[int, float]], gone: set[int]) -> list[dict[int, float]]:
+    """Mixing rows with the positions in ``gone`` left out: each remaining row's weight for them
+    goes to its self weight (the row still sums to 1); their own rows are emptied to self only."""
+    if not gone:
+        return rows
+    out = []
+    for i, row in enumerate(rows):
+        if i in gone:
+            out.append({i: 1.0})
+            continue
+        kept = {j: w for j, w in row.items() if j not in gone}
+        kept[i] = kept.get(i, 0.0) + sum(w for j, w in row.items() if j in gone)
+        out.append(kept)
+    return out
