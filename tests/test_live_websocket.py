@@ -76,7 +76,13 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "rejected": [],
             "diverged": False,
             "epsilon": 0.0,
+            "budget_spent": False,
+            "model_hash": frame["data"]["model_hash"],
+            "bytes_sent": frame["data"]["bytes_sent"],
+            "bytes_received": frame["data"]["bytes_received"],
+            "duration_s": frame["data"]["duration_s"],
         }
+        assert frame["seq"] == 2  # the report before the viewer connected was 1
         assert saved.pk != first.pk
 
         # Closing the round (what the Celery task does) sends the round summary, then the new round.

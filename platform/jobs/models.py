@@ -369,6 +369,10 @@ class PeerReport(models.Model):
             "diverged": self.diverged,
             "epsilon": self.epsilon,
             "budget_spent": self.budget_spent,
+            "model_hash": self.model_hash,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "duration_s": self.duration_s,
         }
 
 

@@ -1,0 +1,166 @@
+"""Sequence numbers on /ws/jobs/<id>/: every frame of a job carries a per-job `seq`, the snapshot
+says which one it is current to. A viewer that follows the rule static/js/job_live.js follows
+(drop seq <= what it has, ask for a new snapshot on a gap, reports keyed by round and node) and
+drops its socket mid-job ends with every report exactly once and in order."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from hub.asgi import application
+from jobs.models import PeerReport
+from jobs.orchestration import accept_report, close_round
+from live.models import JobSequence
+from nodes.models import Node
+from tests.factories import make_running_job, peer_report
+from tests.test_live_websocket import ORIGIN, TIMEOUT, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Viewer:
+    """The page's bookkeeping (job_live.js), over an in-process websocket."""
+
+    def __init__(self, job_id: int, cookie):
+        self.job_id, self.cookie = job_id, cookie
+        self.seq = None  # None until the first snapshot
+        self.reports: dict[tuple[int, int], dict] = {}
+        self.applied: list[int] = []  # seqs of the frames applied, in order
+        self.snapshots = 0
+        self.socket: WebsocketCommunicator | None = None
+
+    async def connect(self):
+        self.socket = WebsocketCommunicator(application, f"/ws/jobs/{self.job_id}/", headers=[ORIGIN, self.cookie])
+        assert (await self.socket.connect(timeout=TIMEOUT))[0]
+        await self.receive()  # the snapshot
+
+    async def drop(self):
+        await self.socket.disconnect()
+
+    async def receive(self, skip: bool = False) -> dict:
+        frame = await self.socket.receive_json_from(timeout=TIMEOUT)
+        if not skip:
+            await self.apply(frame)
+        return frame
+
+    async def apply(self, frame: dict) -> None:
+        if frame["kind"] == "snapshot":
+            self.snapshots += 1
+            self.seq = frame["seq"]
+            self.reports = {(r["round"], r["node"]): r for r in frame["data"]["reports"]}
+            return
+        if frame["seq"] <= self.seq:
+            return  # already in the snapshot, or seen
+        if frame["seq"] > self.seq + 1:  # missed one: start over from the database
+            await self.socket.send_json_to({"type": "snapshot"})
+            return
+        self.seq = frame["seq"]
+        self.applied.append(frame["seq"])
+        if frame["kind"] == "report":
+            self.reports[(frame["data"]["round"], frame["data"]["node"])] = frame["data"]
+
+    async def settle(self):
+        """Apply whatever is still in flight."""
+        while not await self.socket.receive_nothing(timeout=0.3):
+            await self.receive()
+
+    def report_keys(self) -> list[tuple[int, int]]:
+        return sorted(self.reports)
+
+
+@database_sync_to_async
+def setup(cohort: int = 4):
+    owner = User.objects.create_user("owner", password="x-long-password")
+    job, rnd, nodes = make_running_job(owner, cohort_size=cohort, rounds=3)
+    Node.objects.filter(pk__in=[n.pk for n in nodes]).update(last_seen=timezone.now())  # planned for round 2
+    return job, rnd, nodes, session_cookie(owner)
+
+
+def report(job, node, round_number):
+    return accept_report(node, peer_report(job, node, round_number, accuracy=0.1 * round_number + node.id / 1000))
+
+
+@database_sync_to_async
+def all_reports(job) -> list[tuple[int, int]]:
+    return [(r.round.number, r.node_id) for r in PeerReport.objects.filter(round__job=job).select_related("round")]
+
+
+async def test_reconnect_mid_job_gets_every_report_once_in_order():
+    job, rnd, nodes, cookie = await setup()
+    viewer = Viewer(job.id, cookie)
+    await viewer.connect()
+    assert viewer.seq == 0 and viewer.reports == {}
+
+    for node in nodes[:2]:
+        await sync_to_async(report)(job, node, 1)
+    await viewer.settle()
+    assert viewer.report_keys() == [(1, nodes[0].id), (1, nodes[1].id)]
+    assert viewer.applied == [1, 2]
+
+    await viewer.drop()  # the socket goes away mid-job; the job goes on
+    for node in nodes[2:]:
+        await sync_to_async(report)(job, node, 1)
+    await sync_to_async(close_round)(rnd.id)
+    for node in nodes[:2]:
+        await sync_to_async(report)(job, node, 2)
+
+    await viewer.connect()  # the snapshot brings what happened meanwhile
+    assert viewer.snapshots == 2
+    assert viewer.seq == await database_sync_to_async(JobSequence.current)(job.id)
+    for node in nodes[2:]:
+        await sync_to_async(report)(job, node, 2)
+    await viewer.settle()
+
+    expected = await all_reports(job)
+    assert len(expected) == 8
+    assert viewer.report_keys() == expected  # every report, once (dict), in order
+    assert viewer.applied == sorted(set(viewer.applied))  # frames applied in order, none twice
+    assert viewer.applied[-2:] == [viewer.seq - 1, viewer.seq]
+    await viewer.drop()
+
+
+async def test_a_gap_brings_a_new_snapshot_and_replays_are_dropped():
+    job, _rnd, nodes, cookie = await setup()
+    viewer = Viewer(job.id, cookie)
+    await viewer.connect()
+
+    await sync_to_async(report)(job, nodes[0], 1)
+    first = await viewer.receive()
+    assert (first["kind"], first["seq"]) == ("report", 1)
+
+    await sync_to_async(report)(job, nodes[1], 1)
+    lost = await viewer.receive(skip=True)  # as if this frame never arrived
+    assert lost["seq"] == 2
+    await sync_to_async(report)(job, nodes[2], 1)
+    await viewer.receive()  # seq 3 after 1: a gap, so the viewer asks for a snapshot
+    await viewer.settle()
+    assert viewer.snapshots == 2 and viewer.seq == 3
+    assert viewer.report_keys() == [(1, n.id) for n in nodes[:3]]
+
+    # A frame seen again (or one older than the snapshot) changes nothing.
+    await viewer.apply(first)
+    await viewer.apply(lost)
+    assert viewer.seq == 3 and viewer.report_keys() == [(1, n.id) for n in nodes[:3]]
+
+    # Snapshots on demand are rate limited: a flood of requests gets one answer a second at most.
+    for _ in range(5):
+        await viewer.socket.send_json_to({"type": "snapshot"})
+    await viewer.settle()
+    assert viewer.snapshots <= 3
+    await viewer.drop()
+
+
+async def test_sequence_numbers_are_per_job_and_never_repeat():
+    @database_sync_to_async
+    def allocate():
+        owner = User.objects.create_user("o2", password="x-long-password")
+        a, _, _ = make_running_job(owner, cohort_size=1, name="a")
+        b, _, _ = make_running_job(owner, cohort_size=1, name="b")
+        return a, b, [JobSequence.next(a.id) for _ in range(3)] + [JobSequence.next(b.id)]
+
+    a, _b, numbers = await allocate()
+    assert numbers == [1, 2, 3, 1]
+    assert await database_sync_to_async(JobSequence.current)(a.id) == 3
