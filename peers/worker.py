@@ -38,6 +38,7 @@ from peers.protocol import (
     to_message,
 )
 from peers.rules import get_rule
+from peers.stats import Activity
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
 from peers.validator import Validator
@@ -123,6 +124,7 @@ class Peer:
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
         self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
+        self.activity = Activity()  # what the heartbeat tells the operator's console (peers.stats)
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -137,10 +139,14 @@ class Peer:
                     receiver.result()  # re-raise what stopped the receiver
                     return
                 plan = plan_task.result()
+                self.activity.begin(plan.job_id, plan.round, plan.role)
                 try:
                     await self.run_round(plan)
-                except Exception:  # one bad round must not take the peer down
+                except Exception as exc:  # one bad round must not take the peer down
                     log.exception("node %s: round %s of job %s failed", self.node_id, plan.round, plan.job_id)
+                    self.activity.failed(f"round {plan.round} of job {plan.job_id}: {exc}")
+                finally:
+                    self.activity.idle()
         finally:
             receiver.cancel()
 
@@ -342,7 +348,9 @@ class Peer:
         state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule, plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         self._before_training(plan, state)
+        training_started = time.perf_counter()
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
+        self.activity.trained(steps, time.perf_counter() - training_started)
         local = state.trainer.state()
         bytes_sent = await self._send_to_neighbours(plan, local)
 
@@ -401,6 +409,7 @@ class Peer:
             epsilon=privacy_spent(state),
             budget_spent=plan.round < plan.total_rounds and not self._within_privacy_budget(plan, state),
         )
+        self.activity.moved(report.bytes_sent, report.bytes_received)
         try:
             await self.reporter.report(to_message(report))
         except Exception as exc:
@@ -414,6 +423,7 @@ class Peer:
                 )
             else:
                 log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
+                self.activity.failed(f"report of round {plan.round} of job {plan.job_id}: {exc}")
         log.info(
             "node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
             self.node_id,
