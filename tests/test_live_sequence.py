@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from hub.asgi import application
-from jobs.models import PeerReport
+from jobs.models import PeerReport, Round
 from jobs.orchestration import accept_report, close_round
 from live.models import JobSequence
 from nodes.models import Node
@@ -76,6 +76,7 @@ def setup(cohort: int = 4):
     owner = User.objects.create_user("owner", password="x-long-password")
     job, rnd, nodes = make_running_job(owner, cohort_size=cohort, rounds=3)
     Node.objects.filter(pk__in=[n.pk for n in nodes]).update(last_seen=timezone.now())  # planned for round 2
+    Round.objects.filter(pk=rnd.pk).update(members=[n.id for n in nodes])
     return job, rnd, nodes, session_cookie(owner)
 
 
@@ -92,13 +93,14 @@ async def test_reconnect_mid_job_gets_every_report_once_in_order():
     job, rnd, nodes, cookie = await setup()
     viewer = Viewer(job.id, cookie)
     await viewer.connect()
-    assert viewer.seq == 0 and viewer.reports == {}
+    base = viewer.seq  # the consents given while the job was made were frames too
+    assert base == 4 and viewer.reports == {}
 
     for node in nodes[:2]:
         await sync_to_async(report)(job, node, 1)
     await viewer.settle()
     assert viewer.report_keys() == [(1, nodes[0].id), (1, nodes[1].id)]
-    assert viewer.applied == [1, 2]
+    assert viewer.applied == [base + 1, base + 2]
 
     await viewer.drop()  # the socket goes away mid-job; the job goes on
     for node in nodes[2:]:
@@ -126,24 +128,25 @@ async def test_a_gap_brings_a_new_snapshot_and_replays_are_dropped():
     job, _rnd, nodes, cookie = await setup()
     viewer = Viewer(job.id, cookie)
     await viewer.connect()
+    base = viewer.seq
 
     await sync_to_async(report)(job, nodes[0], 1)
     first = await viewer.receive()
-    assert (first["kind"], first["seq"]) == ("report", 1)
+    assert (first["kind"], first["seq"]) == ("report", base + 1)
 
     await sync_to_async(report)(job, nodes[1], 1)
     lost = await viewer.receive(skip=True)  # as if this frame never arrived
-    assert lost["seq"] == 2
+    assert lost["seq"] == base + 2
     await sync_to_async(report)(job, nodes[2], 1)
     await viewer.receive()  # seq 3 after 1: a gap, so the viewer asks for a snapshot
     await viewer.settle()
-    assert viewer.snapshots == 2 and viewer.seq == 3
+    assert viewer.snapshots == 2 and viewer.seq == base + 3
     assert viewer.report_keys() == [(1, n.id) for n in nodes[:3]]
 
     # A frame seen again (or one older than the snapshot) changes nothing.
     await viewer.apply(first)
     await viewer.apply(lost)
-    assert viewer.seq == 3 and viewer.report_keys() == [(1, n.id) for n in nodes[:3]]
+    assert viewer.seq == base + 3 and viewer.report_keys() == [(1, n.id) for n in nodes[:3]]
 
     # Snapshots on demand are rate limited: a flood of requests gets one answer a second at most.
     for _ in range(5):
@@ -162,5 +165,41 @@ async def test_sequence_numbers_are_per_job_and_never_repeat():
         return a, b, [JobSequence.next(a.id) for _ in range(3)] + [JobSequence.next(b.id)]
 
     a, _b, numbers = await allocate()
-    assert numbers == [1, 2, 3, 1]
-    assert await database_sync_to_async(JobSequence.current)(a.id) == 3
+    assert numbers == [2, 3, 4, 2]  # each job's one consent was its frame 1
+    assert await database_sync_to_async(JobSequence.current)(a.id) == 4
+
+
+async def test_event_log_history_in_the_snapshot_and_consent_changes_live():
+    job, rnd, nodes, cookie = await setup(cohort=3)
+    # Round 1: the first peer rejects the second's weights, the third never reports.
+    await sync_to_async(accept_report)(
+        nodes[0],
+        peer_report(job, nodes[0], 1, rejected=[{"sender": nodes[1].id, "reason": "bad signature"}]),
+    )
+    await sync_to_async(report)(job, nodes[1], 1)
+    await sync_to_async(close_round)(rnd.id)
+
+    viewer = Viewer(job.id, cookie)
+    viewer.socket = WebsocketCommunicator(application, f"/ws/jobs/{job.id}/", headers=[ORIGIN, cookie])
+    assert (await viewer.socket.connect(timeout=TIMEOUT))[0]
+    snapshot = await viewer.socket.receive_json_from(timeout=TIMEOUT)
+    events = {e["key"]: e for e in snapshot["data"]["events"]}
+    assert {e["kind"] for e in events.values()} == {"join", "consent", "rejection", "drop"}
+    assert events[f"reject:1:{nodes[0].id}:0"]["text"].endswith(f"rejected {nodes[1].name}'s weights: bad signature")
+    assert f"miss:1:{nodes[2].id}" in events and f"miss:1:{nodes[0].id}" not in events
+    topology = snapshot["data"]["topology"]
+    assert topology["round"] == 2 and topology["cut"] == []
+    assert all(a in {n.id for n in nodes} and b in {n.id for n in nodes} for a, b in topology["links"])
+
+    # A consent withdrawn now reaches the viewer as an event frame, numbered like the others.
+    @database_sync_to_async
+    def withdraw():
+        from jobs.models import Consent
+
+        return Consent.objects.create(job=job, node=nodes[2], granted=False, by=job.owner).pk
+
+    consent_id = await withdraw()
+    frame = await viewer.socket.receive_json_from(timeout=TIMEOUT)
+    assert (frame["kind"], frame["seq"]) == ("event", snapshot["seq"] + 1)
+    assert frame["data"]["key"] == f"consent:{consent_id}" and frame["data"]["text"].endswith("consent withdrawn")
+    await viewer.drop()

@@ -82,7 +82,7 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "bytes_received": frame["data"]["bytes_received"],
             "duration_s": frame["data"]["duration_s"],
         }
-        assert frame["seq"] == 2  # the report before the viewer connected was 1
+        assert frame["seq"] == snapshot["seq"] + 1
         assert saved.pk != first.pk
 
         # Closing the round (what the Celery task does) sends the round summary, then the new round.

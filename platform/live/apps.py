@@ -19,4 +19,4 @@ class LiveConfig(AppConfig):
                 event = consent_event(instance)
                 transaction.on_commit(lambda: job_update(instance.job_id, "event", event))
 
-        post_save.connect(consent_changed, sender=Consent, dispatch_uid="live.consent_changed")
+        post_save.connect(consent_changed, sender=Consent, weak=False, dispatch_uid="live.consent_changed")

@@ -62,7 +62,7 @@ def job_events(job: Job) -> list[dict]:
 
 
 def consent_event(consent: Consent) -> dict:
-    verb = "granted" if consent.granted else "withdrew"
+    verb = "granted" if consent.granted else "withdrawn"
     return {
         "key": f"consent:{consent.pk}",
         "at": _at(consent.at),
