@@ -408,6 +408,8 @@ class Peer:
             diverged=diverged,
             epsilon=privacy_spent(state),
             budget_spent=plan.round < plan.total_rounds and not self._within_privacy_budget(plan, state),
+            consensus_distance=_finite(_distance(local, mixed)),
+            model_bytes=_dense_bytes(local) * (len(plan.neighbours) + len(plan.validators)) if bytes_sent else 0,
         )
         self.activity.moved(report.bytes_sent, report.bytes_received)
         try:
@@ -716,6 +718,20 @@ def privacy_spent(state: JobState) -> float:
     if state.trainer.is_dp_sgd:
         return state.trainer.epsilon()  # type: ignore[attr-defined]
     return state.privacy.epsilon if state.privacy is not None else 0.0
+
+
+def _dense_bytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _distance(a: dict, b: dict) -> float:
+    """L2 norm of b - a over every tensor (how far mixing moved the model)."""
+    total = 0.0
+    for name, tensor in a.items():
+        other = b.get(name)
+        if other is not None and other.shape == tensor.shape:
+            total += float(torch.sum((other.double() - tensor.double()) ** 2))
+    return math.sqrt(total)
 
 
 def _finite(value: float) -> float:

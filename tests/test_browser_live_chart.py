@@ -98,7 +98,7 @@ def test_chart_updates_live_in_a_real_browser(stack):
                 """() => Object.fromEntries(['chart-consensus', 'chart-bytes', 'chart-duration', 'chart-topology'].map(
                     id => [id, (document.getElementById(id).data || []).map(t => Array.from(t.x || []).length)]))"""
             )
-            assert plotted["chart-consensus"] == [1, 1] and plotted["chart-bytes"] == [1, 1], plotted
+            assert plotted["chart-consensus"] == [1, 1, 1] and plotted["chart-bytes"] == [1, 1, 1], plotted
             assert plotted["chart-duration"][0] == 1, plotted
             assert plotted["chart-topology"][-1] == 2, plotted  # both peers (round 2 plans neither: offline)
             log = page.evaluate(

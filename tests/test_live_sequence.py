@@ -203,3 +203,19 @@ async def test_event_log_history_in_the_snapshot_and_consent_changes_live():
     assert (frame["kind"], frame["seq"]) == ("event", snapshot["seq"] + 1)
     assert frame["data"]["key"] == f"consent:{consent_id}" and frame["data"]["text"].endswith("consent withdrawn")
     await viewer.drop()
+
+
+async def test_reported_consensus_distance_and_dense_bytes_reach_the_page_and_junk_is_refused():
+    from jobs.orchestration import ReportRefused
+
+    job, _rnd, nodes, _cookie = await setup(cohort=2)
+    saved = await sync_to_async(accept_report)(
+        nodes[0], peer_report(job, nodes[0], 1, consensus_distance=0.25, model_bytes=4000)
+    )
+    event = await database_sync_to_async(
+        lambda: PeerReport.objects.select_related("round", "node").get(pk=saved.pk).as_event()
+    )()
+    assert (event["consensus_distance"], event["model_bytes"]) == (0.25, 4000)
+    for bad in ({"consensus_distance": -1.0}, {"consensus_distance": float("inf")}, {"model_bytes": -5}):
+        with pytest.raises(ReportRefused):
+            await sync_to_async(accept_report)(nodes[1], peer_report(job, nodes[1], 1, **bad))

@@ -81,6 +81,8 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "bytes_sent": frame["data"]["bytes_sent"],
             "bytes_received": frame["data"]["bytes_received"],
             "duration_s": frame["data"]["duration_s"],
+            "consensus_distance": 0.0,
+            "model_bytes": 0,
         }
         assert frame["seq"] == snapshot["seq"] + 1
         assert saved.pk != first.pk

@@ -81,8 +81,11 @@
   function renderRoundCharts() {
     const rounds = byRound(), x = rounds.map(([n]) => n);
     const ok = (rs) => rs.filter(r => !r.diverged);
+    const mean = (values) => (values.length ? values.reduce((a, b) => a + b, 0) / values.length : null);
     Plotly.react("chart-consensus", [
       { name: "accuracy spread (std)", x, y: rounds.map(([, rs]) => spread(ok(rs).map(r => r.accuracy))), mode: "lines+markers" },
+      { name: "mean distance moved by mixing (L2)", x, y: rounds.map(([, rs]) => mean(ok(rs).map(r => r.consensus_distance || 0))),
+        mode: "lines+markers" },
       { name: "distinct models", x, y: rounds.map(([, rs]) => new Set(rs.map(r => r.model_hash)).size), mode: "lines+markers",
         yaxis: "y2", line: { dash: "dot" } },
     ], smallLayout("consensus between peers", { yaxis: { rangemode: "tozero" },
@@ -92,8 +95,12 @@
     Plotly.react("chart-bytes", [
       { name: "sent", x, y: sent, type: "bar" },
       { name: "received", x, y: received, type: "bar" },
+      { name: "compression ratio", x, yaxis: "y2", mode: "lines+markers", line: { color: "#8e6bd6" },
+        y: rounds.map(([, rs], i) => { const dense = rs.reduce((a, r) => a + (r.model_bytes || 0), 0);
+                                        return dense && sent[i] ? dense / sent[i] : null; }) },
     ], smallLayout("bytes on the wire per round", { barmode: "group",
-      yaxis: { rangemode: "tozero", tickformat: ".2s", ticksuffix: "B" } }), PLOT_CONFIG);
+      yaxis: { rangemode: "tozero", tickformat: ".2s", ticksuffix: "B" },
+      yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, ticksuffix: "×" } }), PLOT_CONFIG);
     const traces = [{ name: "slowest peer (s)", x, y: rounds.map(([, rs]) => Math.max(...rs.map(r => r.duration_s || 0))),
                       mode: "lines+markers" }];
     const closed = state.closed_rounds.filter(r => r.seconds != null).sort((a, b) => a.round - b.round);
