@@ -52,6 +52,7 @@ async def _join(args) -> int:
     from peers.client import PlatformClient, PlatformError
     from peers.data import load_local_data
     from peers.hw import detect_hardware
+    from peers.stats import collect
     from peers.training import select_device
     from peers.transport.redis import NodeCredentials, RedisChannelTransport
     from peers.transport.relay import RelayTransport, relay_url
@@ -115,7 +116,7 @@ async def _join(args) -> int:
         while True:
             await asyncio.sleep(info.get("heartbeat_s", 20))
             try:
-                await client.heartbeat()
+                await client.heartbeat(collect(peer.activity))
             except PlatformError as exc:
                 log.warning("heartbeat failed: %s", exc)
 

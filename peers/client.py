@@ -54,8 +54,9 @@ class PlatformClient:
     def current_plans(self) -> dict:
         return self._call("GET", "node/plans")
 
-    async def heartbeat(self) -> dict:
-        return await asyncio.to_thread(self._call, "POST", "node/heartbeat", {})
+    async def heartbeat(self, stats: dict | None = None) -> dict:
+        """Liveness, and what the peer is doing (peers.stats.collect) for its operator's console."""
+        return await asyncio.to_thread(self._call, "POST", "node/heartbeat", {"stats": stats} if stats else {})
 
     async def report(self, message: dict, *, attempts: int = REPORT_ATTEMPTS) -> dict:
         """Post a round report, retrying with backoff while the platform cannot be reached or

@@ -177,6 +177,11 @@ class PeerReport:
     # The job's privacy budget allows this peer no further round: it stops here (the platform ends
     # the job after this round when every peer says so, instead of failing it on empty rounds).
     budget_spent: bool = since("2026-11-26", False)
+    # How far mixing moved the peer's trained model (L2 norm of mixed - local): the page's
+    # consensus distance. And the dense (uncompressed) size of the weights it sent this round, over
+    # all its sends: model_bytes / bytes_sent is the round's compression ratio.
+    consensus_distance: float = since("2026-11-26", 0.0)
+    model_bytes: int = since("2026-11-26", 0)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from peers.protocol import (
     to_message,
 )
 from peers.rules import get_rule
+from peers.stats import Activity
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
 from peers.validator import Validator
@@ -125,6 +126,7 @@ class Peer:
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (kept from GC)
         self.jobs_done = 0
         self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
+        self.activity = Activity()  # what the heartbeat tells the operator's console (peers.stats)
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -141,10 +143,14 @@ class Peer:
                 plan = plan_task.result()
                 if plan is None:
                     continue  # a job ended without a plan (job.event): count it
+                self.activity.begin(plan.job_id, plan.round, plan.role)
                 try:
                     await self.run_round(plan)
-                except Exception:  # one bad round must not take the peer down
+                except Exception as exc:  # one bad round must not take the peer down
                     log.exception("node %s: round %s of job %s failed", self.node_id, plan.round, plan.job_id)
+                    self.activity.failed(f"round {plan.round} of job {plan.job_id}: {exc}")
+                finally:
+                    self.activity.idle()
         finally:
             receiver.cancel()
 
@@ -348,7 +354,9 @@ class Peer:
         state.trainer.set_lr(scheduled_lr(cfg.lr, cfg.lr_schedule, plan.round, plan.total_rounds))
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         self._before_training(plan, state)
+        training_started = time.perf_counter()
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
+        self.activity.trained(steps, time.perf_counter() - training_started)
         local = state.trainer.state()
         bytes_sent = await self._send_to_neighbours(plan, local)
 
@@ -406,7 +414,10 @@ class Peer:
             diverged=diverged,
             epsilon=privacy_spent(state),
             budget_spent=plan.round < plan.total_rounds and not self._within_privacy_budget(plan, state),
+            consensus_distance=_finite(_distance(local, mixed)),
+            model_bytes=_dense_bytes(local) * (len(plan.neighbours) + len(plan.validators)) if bytes_sent else 0,
         )
+        self.activity.moved(report.bytes_sent, report.bytes_received)
         try:
             await self.reporter.report(to_message(report))
         except Exception as exc:
@@ -420,6 +431,7 @@ class Peer:
                 )
             else:
                 log.error("node %s could not report round %s of job %s: %s", self.node_id, plan.round, plan.job_id, exc)
+                self.activity.failed(f"report of round {plan.round} of job {plan.job_id}: {exc}")
         log.info(
             "node %s job %s round %s/%s: accuracy %.3f, mixed %d of %d neighbours",
             self.node_id,
@@ -729,6 +741,20 @@ def privacy_spent(state: JobState) -> float:
     if state.trainer.is_dp_sgd:
         return state.trainer.epsilon()  # type: ignore[attr-defined]
     return state.privacy.epsilon if state.privacy is not None else 0.0
+
+
+def _dense_bytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _distance(a: dict, b: dict) -> float:
+    """L2 norm of b - a over every tensor (how far mixing moved the model)."""
+    total = 0.0
+    for name, tensor in a.items():
+        other = b.get(name)
+        if other is not None and other.shape == tensor.shape:
+            total += float(torch.sum((other.double() - tensor.double()) ** 2))
+    return math.sqrt(total)
 
 
 def _finite(value: float) -> float:

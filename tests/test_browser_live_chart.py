@@ -93,6 +93,30 @@ def test_chart_updates_live_in_a_real_browser(stack):
             assert page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
             assert page.evaluate("() => performance.getEntriesByType('navigation')[0].type") == "navigate"
 
+            # The other charts follow the same frames: consensus, bytes, duration, the round's links.
+            plotted = page.evaluate(
+                """() => Object.fromEntries(['chart-consensus', 'chart-bytes', 'chart-duration', 'chart-topology'].map(
+                    id => [id, (document.getElementById(id).data || []).map(t => Array.from(t.x || []).length)]))"""
+            )
+            assert plotted["chart-consensus"] == [1, 1, 1] and plotted["chart-bytes"] == [1, 1, 1], plotted
+            assert plotted["chart-duration"][0] == 1, plotted
+            assert plotted["chart-topology"][-1] == 2, plotted  # both peers (round 2 plans neither: offline)
+            log = page.evaluate(
+                "() => Array.from(document.querySelectorAll('#event-log li')).map(li => li.textContent)"
+            )
+            assert any("alpha joined the cohort" in line for line in log), log
+            assert any("beta: consent granted" in line for line in log), log
+
+            # On a 390 px phone nothing overflows sideways.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.wait_for_timeout(1000)  # plotly redraws responsive charts after a resize
+            wide = page.evaluate(
+                """() => Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > 391)
+                    .slice(0, 8).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"""
+            )
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, wide
+            page.set_viewport_size({"width": 1280, "height": 900})
+
             page.wait_for_timeout(300)  # let plotly finish drawing before the picture
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             # The browser's own favicon probe is not the page's doing; anything else is.

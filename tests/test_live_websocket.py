@@ -77,7 +77,14 @@ async def test_viewer_gets_snapshot_then_reports_and_rounds_live():
             "diverged": False,
             "epsilon": 0.0,
             "budget_spent": False,
+            "model_hash": frame["data"]["model_hash"],
+            "bytes_sent": frame["data"]["bytes_sent"],
+            "bytes_received": frame["data"]["bytes_received"],
+            "duration_s": frame["data"]["duration_s"],
+            "consensus_distance": 0.0,
+            "model_bytes": 0,
         }
+        assert frame["seq"] == snapshot["seq"] + 1
         assert saved.pk != first.pk
 
         # Closing the round (what the Celery task does) sends the round summary, then the new round.

@@ -83,3 +83,14 @@ def test_snapshots_never_become_a_delta_base():
     snapshot = WeightsDecoder(describe(a), 10_000_000).decode(encoder.snapshot(b, 1))
     assert torch.equal(snapshot["w"], b["w"])
     assert decoder.public_round == 1 and torch.equal(decoder.public["w"], a["w"])
+
+
+def test_reports_say_how_far_mixing_moved_the_model_and_the_dense_size_sent():
+    dense, _, _ = asyncio.run(run_federation(4, 2))
+    packed, _, _ = asyncio.run(run_federation(4, 2, compression="int8"))
+    for r in dense + packed:
+        assert r["consensus_distance"] > 0 and r["model_bytes"] > 0, r
+    ratio = [r["model_bytes"] / r["bytes_sent"] for r in final(dense, 2)]
+    assert all(0.9 < x <= 1.0 for x in ratio), ratio  # dense: the payload is the weights (and a header)
+    ratio = [r["model_bytes"] / r["bytes_sent"] for r in final(packed, 2)]
+    assert all(x > 3.0 for x in ratio), ratio

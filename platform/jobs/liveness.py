@@ -5,6 +5,7 @@ when it calls the API (nodes.api) and goes offline when it has missed two heartb
 import logging
 
 from live.broadcast import job_update
+from live.operator import operator_update_by_id
 from nodes.models import Node
 
 from .models import Job
@@ -13,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def announce(node_id: int, online: bool) -> None:
-    """Tell the viewers of every running job with this node in its cohort."""
+    """Tell the viewers of every running job with this node in its cohort, and its operator."""
+    operator_update_by_id(node_id)
     jobs = Job.objects.filter(status=Job.Status.RUNNING, cohort__node_id=node_id).values_list("id", flat=True)
     for job_id in set(jobs):
         job_update(job_id, "node", {"node": node_id, "online": online})

@@ -374,6 +374,10 @@ class PeerReport(models.Model):
     budget_spent = models.BooleanField(
         default=False, help_text="The job's privacy budget allows this peer no further round."
     )
+    consensus_distance = models.FloatField(default=0.0, help_text="L2 norm of (mixed - trained) model, as reported.")
+    model_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Dense size of the weights the peer sent this round (all sends), as reported."
+    )
 
     class Meta:
         ordering = ["round__number", "node_id"]
@@ -395,6 +399,12 @@ class PeerReport(models.Model):
             "diverged": self.diverged,
             "epsilon": self.epsilon,
             "budget_spent": self.budget_spent,
+            "model_hash": self.model_hash,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "duration_s": self.duration_s,
+            "consensus_distance": self.consensus_distance,
+            "model_bytes": self.model_bytes,
         }
 
 

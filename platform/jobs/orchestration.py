@@ -276,12 +276,14 @@ def dispatch_plans(rnd: Round, only: set[int] | None = None) -> None:
 
 
 def _check_report(msg: ReportMessage) -> None:
-    for name in ("train_loss", "eval_loss", "accuracy", "duration_s", "epsilon"):
+    for name in ("train_loss", "eval_loss", "accuracy", "duration_s", "epsilon", "consensus_distance"):
         value = getattr(msg, name)
         if not math.isfinite(value):
             raise ReportRefused(400, f"{name} must be a finite number")
     if msg.epsilon < 0:
         raise ReportRefused(400, "epsilon must not be negative")
+    if msg.consensus_distance < 0:
+        raise ReportRefused(400, "consensus_distance must not be negative")
     if not 0.0 <= msg.accuracy <= 1.0:
         raise ReportRefused(400, "accuracy must be between 0 and 1")
     # Upper bounds are the database columns' (integer / bigint): beyond them the insert would fail.
@@ -290,6 +292,7 @@ def _check_report(msg: ReportMessage) -> None:
         ("eval_samples", 2**31 - 1),
         ("bytes_sent", 2**63 - 1),
         ("bytes_received", 2**63 - 1),
+        ("model_bytes", 2**63 - 1),
     ):
         if not 0 <= getattr(msg, name) <= limit:
             raise ReportRefused(400, f"{name} must be between 0 and {limit}")
@@ -335,6 +338,8 @@ def accept_report(node, msg: ReportMessage) -> PeerReport:
             diverged=msg.diverged,
             epsilon=msg.epsilon,
             budget_spent=msg.budget_spent,
+            consensus_distance=msg.consensus_distance,
+            model_bytes=msg.model_bytes,
         )
         complete = rnd.reports.count() >= len(members)
         transaction.on_commit(lambda: job_update(job.id, "report", report.as_event()))

@@ -12,6 +12,8 @@ def round_summary(rnd) -> dict:
         "mean_loss": rnd.mean_loss,
         "mean_accuracy": rnd.mean_accuracy,
         "reporters": rnd.reporters,
+        "members": rnd.members,  # who was planned: the page tells who did not report
+        "seconds": (rnd.closed_at - rnd.opened_at).total_seconds() if rnd.closed_at else None,
     }
 
 

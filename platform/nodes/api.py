@@ -4,6 +4,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -14,7 +15,8 @@ from peers.wire.signing import verify
 from . import exchange, safejson
 from .authority import platform_key
 from .hardware import HardwareError, parse_hardware
-from .models import Node
+from .models import Node, NodeSample
+from .stats import StatsError, parse_stats
 
 
 def api_error(status: int, message: str) -> JsonResponse:
@@ -125,4 +127,17 @@ def plans(request, node, body):
 
 @node_api("POST")
 def heartbeat(request, node, body):
+    """Liveness (node_api touched the node), and the peer's stats when it sends them: stored as
+    the node's latest, kept as a sample for its charts, pushed to its operator's console."""
+    if "stats" in body:
+        from live.operator import operator_update
+
+        try:
+            stats = parse_stats(body["stats"])
+        except StatsError as exc:
+            return api_error(400, f"stats: {exc}")
+        node.stats, node.stats_at = stats, timezone.now()
+        Node.objects.filter(pk=node.pk).update(stats=node.stats, stats_at=node.stats_at)
+        NodeSample.record(node, stats)
+        operator_update(node)
     return JsonResponse({"ok": True})

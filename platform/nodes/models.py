@@ -36,6 +36,9 @@ class Node(models.Model):
     last_seen = models.DateTimeField(null=True, blank=True)
     # Whether viewers were last told this node is online (jobs.liveness announces the changes).
     online_announced = models.BooleanField(default=False, editable=False)
+    # The latest stats its heartbeat carried (nodes.stats.parse_stats: displayed, never trusted).
+    stats = models.JSONField(default=dict, blank=True, editable=False)
+    stats_at = models.DateTimeField(null=True, blank=True, editable=False)
     token_id = models.CharField(max_length=16, unique=True, editable=False)
     token_hash = models.CharField(max_length=64, editable=False)
 
@@ -109,3 +112,25 @@ class Node(models.Model):
             Node.objects.filter(pk=self.pk, online_announced=False).update(online_announced=True)
         )
         return self.online_announced
+
+
+class NodeSample(models.Model):
+    """One heartbeat's stats, for the node page's charts: the last SAMPLES_KEPT per node."""
+
+    SAMPLES_KEPT = 720  # an hour at the default 5 s beat, six at 30 s
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    stats = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["node_id", "at", "id"]
+
+    @classmethod
+    def record(cls, node: Node, stats: dict) -> "NodeSample":
+        sample = cls.objects.create(node=node, stats=stats)
+        newest_first = cls.objects.filter(node=node).order_by("-id").values_list("id", flat=True)
+        dropped = list(newest_first[cls.SAMPLES_KEPT : cls.SAMPLES_KEPT + 1])
+        if dropped:
+            cls.objects.filter(node=node, id__lte=dropped[0]).delete()
+        return sample

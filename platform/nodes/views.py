@@ -10,7 +10,14 @@ from .models import Node
 
 @login_required
 def node_list(request):
-    return render(request, "nodes/list.html", {"nodes": Node.objects.filter(owner=request.user)})
+    """The operator console: every node of the user, live (live.operator, /ws/operator/)."""
+    from live.operator import operator_snapshot
+
+    return render(
+        request,
+        "nodes/list.html",
+        {"nodes": Node.objects.filter(owner=request.user), "console": operator_snapshot(request.user)},
+    )
 
 
 @login_required
@@ -32,7 +39,8 @@ def node_register(request):
 def node_detail(request, pk):
     node = get_object_or_404(Node, pk=pk, owner=request.user)
     reports = node.reports.select_related("round__job").order_by("-received_at")[:50]
-    return render(request, "nodes/detail.html", {"node": node, "reports": reports})
+    history = [{"at": s.at.isoformat(), **s.stats} for s in node.samples.order_by("at", "id")]
+    return render(request, "nodes/detail.html", {"node": node, "reports": reports, "history": history})
 
 
 @login_required
