@@ -465,3 +465,16 @@ def test_one_job_failing_to_settle_does_not_stop_the_others(chain_settings, sett
     assert balance(address_of(good_node)) == 3 * WEI
     assert Job.objects.get(pk=fine.id).status == Job.Status.SETTLED
     assert Job.objects.get(pk=broken.id).status == Job.Status.FINISHED  # left for the next beat
+
+
+def test_the_web_never_needs_the_wallets_encryption_key(client, settings):
+    """Only the settlement worker holds WALLET_ENCRYPTION_KEY (compose): pages show a wallet it
+    made, or say it is being made, without ever encrypting a key themselves."""
+    settings.WALLET_ENCRYPTION_KEY = ""
+    user = make_user()
+    client.force_login(user)
+    page = client.get("/payouts/").content.decode()
+    assert "being made" in page
+    job = make_job(reward_per_round=5, rounds=1, status=Job.Status.WAITING)
+    client.force_login(job.owner)
+    assert client.get(f"/jobs/{job.id}/").status_code == 200

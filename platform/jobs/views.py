@@ -239,9 +239,10 @@ def _recruiting(job: Job) -> dict:
 
 def _wallet_balance(user) -> str:
     """The creator's wallet balance as the settlement worker last read it (web never reaches the chain)."""
-    from ledger.wallets import wallet_for
+    from ledger.models import Wallet
 
-    return wallet_for(user).tokens_text
+    wallet = Wallet.objects.filter(user=user).first()  # made by the settlement worker, which holds its key
+    return wallet.tokens_text if wallet else "0"
 
 
 @login_required

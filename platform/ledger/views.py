@@ -16,8 +16,8 @@ from django.views.decorators.http import require_POST
 from jobs import queue
 from jobs.models import Job
 from ledger import audit_results
-from ledger.models import ContractDeployment, Escrow, Payout, tokens_text
-from ledger.wallets import next_faucet_at, wallet_for
+from ledger.models import ContractDeployment, Escrow, Payout, Wallet, tokens_text
+from ledger.wallets import next_faucet_at
 
 
 def payouts_visible_to(user):
@@ -30,7 +30,10 @@ def payouts_visible_to(user):
 
 @login_required
 def payouts(request):
-    wallet = wallet_for(request.user)
+    wallet = Wallet.objects.filter(user=request.user).first()
+    if wallet is None:  # made by the settlement worker: only it holds the key that encrypts wallets
+        queue.refresh_wallet(request.user.pk)
+        wallet = Wallet.objects.filter(user=request.user).first()  # there already when tasks run in process
     earnings = Payout.objects.filter(node__owner=request.user).select_related("job", "node", "round")
     return render(
         request,
@@ -38,7 +41,7 @@ def payouts(request):
         {
             "wallet": wallet,
             "faucet_on": settings.FAUCET_TOKENS > 0,
-            "next_faucet_at": next_faucet_at(wallet),
+            "next_faucet_at": next_faucet_at(wallet) if wallet else None,
             "earnings": earnings.order_by("-created_at", "-id"),
             "earned": tokens_text(sum(int(p.amount_wei) for p in earnings if p.status == Payout.Status.CONFIRMED)),
             "escrows": Escrow.objects.filter(job__owner=request.user).select_related("job").order_by("-job_id"),
@@ -52,8 +55,7 @@ def payouts(request):
 @require_POST
 def wallet_faucet(request):
     """Ask for test tokens; the settlement worker (which holds the operator key) grants them."""
-    wallet_for(request.user)
-    queue.grant_test_tokens(request.user.pk)
+    queue.grant_test_tokens(request.user.pk)  # makes the wallet first if need be
     messages.success(request, "Test tokens requested: they appear here within a few seconds (reload).")
     return redirect("ledger:payouts")
 
