@@ -4,6 +4,7 @@ visitors to it; what is someone else's is 404 (its existence is not told); a job
 anyone but its creator change nothing. The last test fails when a route is added without a row here."""
 
 import pytest
+from datasets.models import Dataset
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -30,8 +31,18 @@ def world():
     private = Job.objects.create(owner=creator, name="private", is_public=False)
     seen = Job.objects.create(owner=creator, name="private, consented", is_public=False)
     Consent.objects.create(job=seen, node=node, granted=True, by=participant)
+    dataset = Dataset.objects.create(
+        owner=participant, node=node, name="d", task="digits", schema={"features": 64, "classes": 10}, samples=1
+    )
     users = {"anonymous": None, "participant": participant, "creator": creator, "staff": staff}
-    ids = {"job": job.id, "draft": draft.id, "private": private.id, "seen": seen.id, "node": node.id}
+    ids = {
+        "job": job.id,
+        "draft": draft.id,
+        "private": private.id,
+        "seen": seen.id,
+        "node": node.id,
+        "dataset": dataset.id,
+    }
     return users, ids
 
 
@@ -83,6 +94,11 @@ PAGES = [
     ("get", "/jobs/{draft}/publish/", expect(LOGIN, 405, 405, 405)),
     ("get", "/jobs/{job}/consent/", expect(LOGIN, 405, 405, 405)),
     ("get", "/jobs/{job}/fund/", expect(LOGIN, 405, 405, 405)),
+    ("get", "/datasets/", LOGGED_IN),
+    ("get", "/datasets/new/", LOGGED_IN),
+    ("get", "/datasets/{dataset}/", expect(LOGIN, 200, 404, 404)),
+    ("get", "/datasets/consents/", LOGGED_IN),
+    ("get", "/jobs/{seen}/consents/", expect(LOGIN, 200, 200, 404)),  # the creator's and the consenting nodes' owners'
     ("get", "/payouts/", LOGGED_IN),
     ("get", "/payouts/audit/", STAFF_ONLY),
     ("get", "/payouts/audit/{job}/", STAFF_ONLY),
