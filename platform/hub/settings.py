@@ -75,10 +75,12 @@ INSTALLED_APPS = [
     "live",
     "modelstore",
     "datasets",
+    "ninja",  # its ReDoc page from our static files (no CDN)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "hub.middleware.api_errors_as_json",  # /api/ answers JSON, never an HTML error page
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
