@@ -120,6 +120,7 @@ PAGES = [
     ("get", "/api/v1/jobs/{draft}/rounds", expect(401, 404, 200, 200)),
     ("get", "/api/v1/jobs/{seen}/consents", expect(401, 200, 200, 404)),  # as the consent history page
     ("get", "/api/v1/datasets", SESSION_API),
+    ("get", "/metrics", ALL_200),  # the test client's address, 127.0.0.1, is in METRICS_ALLOWED_IPS
     # actions (POST); a non-owner's leave every row as it was (checked below)
     ("post", "/jobs/{draft}/publish/", expect(LOGIN, 404, 302, 404)),
     ("post", "/jobs/{job}/cancel/", expect(LOGIN, 404, 302, 404)),

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from hub.api import api
+from hub.metrics import metrics
 from hub.ratelimit import client_address, limited
 from jobs import views as job_views
 
@@ -37,6 +38,7 @@ urlpatterns = [
     path("jobs/", include("jobs.urls")),
     path("payouts/", include("ledger.urls")),
     path("api/v1/", api.urls),  # OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs
+    path("metrics", metrics, name="metrics"),  # Prometheus
     path("admin/", admin.site.urls),
     path("", include("modelstore.urls")),  # a job's final model: its upload (node API) and download
 ]
