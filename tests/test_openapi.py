@@ -138,6 +138,7 @@ def test_consents_as_the_history_page(world):
         ("put", "/api/v1/node/hello", None),
         ("get", "/api/v1/jobs?limit=abc", None),
         ("get", "/api/v1/jobs?offset=-1", None),
+        ("get", "/api/v1/jobs?offset=99999999999999999999", None),  # past SQL's bigint
         ("post", "/api/v1/node/hello", b"{not json"),
         ("post", "/api/v1/reports", b"[1, 2]"),
     ],

@@ -22,7 +22,7 @@ from typing import Any
 from datasets.consent import history_for_job
 from datasets.models import Dataset
 from django.http import Http404, HttpRequest
-from ninja import NinjaAPI, Schema
+from ninja import Field, NinjaAPI, Schema
 from ninja.openapi.docs import Redoc
 from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.security import HttpBearer, django_auth
@@ -169,6 +169,10 @@ class JobOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
 
+    @staticmethod
+    def resolve_owner(job) -> str:
+        return job["owner"] if isinstance(job, dict) else job.owner.username
+
 
 class ReportOut(Schema):
     node: int
@@ -252,6 +256,14 @@ def job_out(job: Job) -> dict:
     }
 
 
+class Page(LimitOffsetPagination):
+    """limit and offset bounded, so that no query string can push SQL's OFFSET past a bigint."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=1000)
+        offset: int = Field(0, ge=0, le=2**31 - 1)
+
+
 def visible_job(request, job_id: int) -> Job:
     job = Job.visible_to(request.user).select_related("owner").filter(pk=job_id).first()
     if job is None:
@@ -260,10 +272,10 @@ def visible_job(request, job_id: int) -> Job:
 
 
 @api.get("/jobs", auth=django_auth, response={200: list[JobOut], 401: Detail}, tags=["jobs"])
-@paginate(LimitOffsetPagination)
+@paginate(Page)
 def jobs(request):
     """The jobs the user may see: public ones, their own, those their nodes consented to."""
-    return [job_out(job) for job in Job.visible_to(request.user).select_related("owner").order_by("-created_at")]
+    return Job.visible_to(request.user).select_related("owner").order_by("-created_at", "-id")  # paginated in SQL
 
 
 @api.get("/jobs/{int:job_id}", auth=django_auth, response={200: JobOut, **SESSION_ERRORS}, tags=["jobs"])
