@@ -62,6 +62,7 @@ LOGGED_IN = expect(LOGIN, 200, 200, 200)
 STAFF_ONLY = expect(404, 404, 404, 200)
 OWNER_ONLY = expect(LOGIN, 404, 200, 404)
 API = expect(401, 401, 401, 401)  # a session is no node token
+SESSION_API = expect(401, 200, 200, 200)
 
 # (method, path with {placeholders}, expected status per role)
 PAGES = [
@@ -110,6 +111,17 @@ PAGES = [
     ("get", "/api/v1/node/plans", API),
     ("post", "/api/v1/reports", API),
     ("put", "/api/v1/jobs/{job}/model", API),
+    # the API for people (session; anonymous: 401 JSON) and its description
+    ("get", "/api/v1/", expect(404, 404, 404, 404)),  # ninja's root: nothing there (JSON 404)
+    ("get", "/api/v1/openapi.json", ALL_200),
+    ("get", "/api/v1/docs", ALL_200),
+    ("get", "/api/v1/jobs", SESSION_API),
+    ("get", "/api/v1/jobs/{job}", SESSION_API),
+    ("get", "/api/v1/jobs/{private}", expect(401, 404, 200, 200)),
+    ("get", "/api/v1/jobs/{draft}/rounds", expect(401, 404, 200, 200)),
+    ("get", "/api/v1/jobs/{seen}/consents", expect(401, 200, 200, 404)),  # as the consent history page
+    ("get", "/api/v1/datasets", SESSION_API),
+    ("get", "/metrics", ALL_200),  # the test client's address, 127.0.0.1, is in METRICS_ALLOWED_IPS
     # actions (POST); a non-owner's leave every row as it was (checked below)
     ("post", "/jobs/{draft}/publish/", expect(LOGIN, 404, 302, 404)),
     ("post", "/jobs/{job}/cancel/", expect(LOGIN, 404, 302, 404)),

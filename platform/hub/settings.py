@@ -75,10 +75,12 @@ INSTALLED_APPS = [
     "live",
     "modelstore",
     "datasets",
+    "ninja",  # its ReDoc page from our static files (no CDN)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "hub.middleware.api_errors_as_json",  # /api/ answers JSON, never an HTML error page
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -256,6 +258,9 @@ TEST_CHAIN_IDS = {31337, 131277322940537}  # anvil, eth-tester
 CHAIN_EXPLORER_URL = os.environ.get("CHAIN_EXPLORER_URL", "").rstrip("/")
 
 # Node liveness and rounds.
+# Who may read /metrics besides staff: comma-separated addresses or networks (REMOTE_ADDR, as
+# daphne sees it: the scraper's own address, not a forwarded one).
+METRICS_ALLOWED_IPS = [a.strip() for a in os.environ.get("METRICS_ALLOWED_IPS", "127.0.0.1").split(",") if a.strip()]
 NODE_ONLINE_SECONDS = int(os.environ.get("NODE_ONLINE_SECONDS", "60"))
 MAX_WEIGHTS_BYTES = int(os.environ.get("MAX_WEIGHTS_BYTES", str(512 * 1024 * 1024)))
 

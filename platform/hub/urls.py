@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from hub.api import api
+from hub.metrics import metrics
 from hub.ratelimit import client_address, limited
 from jobs import views as job_views
 
@@ -35,7 +37,8 @@ urlpatterns = [
     path("", include("datasets.urls")),  # /datasets/ and each job's consent history
     path("jobs/", include("jobs.urls")),
     path("payouts/", include("ledger.urls")),
-    path("api/v1/", include("nodes.api_urls")),
+    path("api/v1/", api.urls),  # OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs
+    path("metrics", metrics, name="metrics"),  # Prometheus
     path("admin/", admin.site.urls),
     path("", include("modelstore.urls")),  # a job's final model: its upload (node API) and download
 ]
