@@ -31,6 +31,9 @@ def round_plans(
     With a ``validator`` (node id, public key), every member also sends it its model, and the
     validator gets a plan of its own (role "validate", the members as its neighbours) after theirs.
 
+    With ``config.secure_aggregation`` each neighbour entry also names that neighbour's own
+    neighbours and their keys: the senders a member masks against when it sends to it.
+
     A member's grant expires at the round's deadline or, when ``consent_expiry`` gives one for
     its node id (unix seconds), at its consent's expiry if that comes first."""
     if len(rows) != len(members):
@@ -39,7 +42,13 @@ def round_plans(
     for index, (node_id, _) in enumerate(members):
         row = rows[index]
         neighbours = [
-            Neighbour(node_id=other, channel=node_channel(other), weight=row[j], public_key=key)
+            Neighbour(
+                node_id=other,
+                channel=node_channel(other),
+                weight=row[j],
+                public_key=key,
+                neighbourhood=_neighbourhood(members, rows[j], j) if config.secure_aggregation else {},
+            )
             for j, (other, key) in enumerate(members)
             if j != index and j in row
         ]
@@ -85,3 +94,8 @@ def round_plans(
 
 def _neighbour(node_id: int, public_key: str, weight: float) -> Neighbour:
     return Neighbour(node_id=node_id, channel=node_channel(node_id), weight=weight, public_key=public_key)
+
+
+def _neighbourhood(members: list[tuple[int, str]], row: dict[int, float], position: int) -> dict[str, str]:
+    """The neighbours of the member at ``position`` (by its mixing row): node id as str -> key."""
+    return {str(members[k][0]): members[k][1] for k in sorted(row) if k != position}

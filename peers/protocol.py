@@ -58,6 +58,9 @@ class JobConfig:
     dp_epsilon: float = since("2026-11-26", 0.0)  # budget: a peer trains no round past it (0: none)
     dp_delta: float = since("2026-11-26", 1e-5)
     dp_level: str = since("2026-11-26", "client")  # "client": noise on each round's update; "sample": DP-SGD
+    # Secure aggregation of gossip neighbourhoods (peers.secagg.gossip): neighbours send masked
+    # models, a peer learns only their sum and mixes with equal weights (rule "mean" only).
+    secure_aggregation: bool = since("2026-11-26", False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -72,6 +75,8 @@ class JobConfig:
             raise ProtocolError(f"config.dp_level must be 'client' or 'sample', got {self.dp_level!r}")
         if not 0 < self.dp_delta < 1:
             raise ProtocolError(f"config.dp_delta must be between 0 and 1, got {self.dp_delta}")
+        if self.secure_aggregation and (self.rule != "mean" or self.compression != "none"):
+            raise ProtocolError("config.secure_aggregation needs rule 'mean' and compression 'none'")
         for name, low in (
             ("hidden", 1),
             ("local_steps", 0),
@@ -102,6 +107,9 @@ class Neighbour:
     channel: str
     weight: float
     public_key: str  # hex of the raw 32-byte Ed25519 public key
+    # With secure aggregation: this neighbour's own neighbours (node id as str -> Ed25519 public
+    # key hex), the senders this peer masks against when it sends to it.
+    neighbourhood: dict[str, str] = field(default_factory=dict, metadata={"since": "2026-11-26"})
 
 
 @dataclass
@@ -197,6 +205,20 @@ class ModelRequest:
 
 
 @dataclass
+class SecAggRecover:
+    """With secure aggregation: a peer whose neighbours ``dropped`` sent nothing this round asks
+    each neighbour that did for the masks it added for them (answered with a weights transfer of
+    seq ``peers.worker.RECOVERY_SEQ``: ``peers.secagg.gossip.correction``)."""
+
+    TYPE = "secagg.recover"
+    job_id: int
+    round: int
+    requester: int
+    dropped: list[int]
+    signature: bytes  # Ed25519 over recover_bytes(...) with the requester's node key
+
+
+@dataclass
 class Heartbeat:
     TYPE = "peer.heartbeat"
     node_id: int
@@ -218,7 +240,8 @@ class JobEvent:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (RoundPlan, WeightsChunk, PeerReport, ScoreReport, ModelRequest, Heartbeat, JobEvent)
+    cls.TYPE: cls
+    for cls in (RoundPlan, WeightsChunk, PeerReport, ScoreReport, ModelRequest, SecAggRecover, Heartbeat, JobEvent)
 }
 
 # Field kinds, derived from the dataclasses' annotations (strings under ``from __future__ import
@@ -231,6 +254,8 @@ _KINDS = {
     "dict": "dict",
     "bool": "bool",
     "dict[str, float]": "dict",
+    "dict[str, str]": "strings",
+    "list[int]": "ints",
     "list[Neighbour]": "neighbours",
     "list[dict]": "rejected",
     "JobConfig": "config",
@@ -274,6 +299,14 @@ def _coerce(where: str, kind: str, value: Any) -> Any:
     if kind == "dict":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ProtocolError(f"{where}: expected dict with str keys")
+        return value
+    if kind == "strings":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ProtocolError(f"{where}: expected dict of str to str")
+        return value
+    if kind == "ints":
+        if not isinstance(value, list) or not all(type(v) is int for v in value):
+            raise ProtocolError(f"{where}: expected list of int")
         return value
     if kind == "config":
         return value if isinstance(value, JobConfig) else _build(JobConfig, value, where)
@@ -331,6 +364,12 @@ def to_message(obj: Any) -> dict:
 
 def _plain(value: Any) -> Any:
     """Nested dataclasses (a plan's config and neighbours) as dicts; anything else as it is."""
+    if isinstance(value, Neighbour):  # its since-fields only when set: plans (and their signed bytes) stay as before
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in fields(value)
+            if "since" not in f.metadata or getattr(value, f.name) != _default(f)
+        }
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, list):
@@ -403,6 +442,11 @@ def event_bytes(job_id: int, event: str) -> bytes:
 def request_bytes(job_id: int, round: int, requester: int) -> bytes:
     """Canonical signed content of a model request."""
     return msgpack.packb(["model.request", job_id, round, requester], use_bin_type=True)
+
+
+def recover_bytes(job_id: int, round: int, requester: int, dropped: list[int]) -> bytes:
+    """Canonical signed content of a secure-aggregation recovery request."""
+    return msgpack.packb(["secagg.recover", job_id, round, requester, sorted(dropped)], use_bin_type=True)
 
 
 def _name(name: str) -> str:

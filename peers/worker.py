@@ -30,16 +30,21 @@ from peers.protocol import (
     ProtocolError,
     RoundPlan,
     ScoreReport,
+    SecAggRecover,
     WeightsChunk,
     decode,
     event_bytes,
     from_message,
     node_channel,
     plan_bytes,
+    recover_bytes,
     request_bytes,
     to_message,
 )
 from peers.rules import get_rule
+from peers.secagg import gossip
+from peers.secagg.fixedpoint import decode as decode_fixed
+from peers.secagg.fixedpoint import encode as encode_fixed
 from peers.stats import Activity
 from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
@@ -56,6 +61,9 @@ EARLY_CHUNKS_PER_JOB = 1000  # chunks kept for a job whose plan has not arrived 
 # before, which never collides with an update (and passes the replay check after one).
 ROUND_SEQ = 1
 CATCH_UP_SEQ = 2
+# With secure aggregation, a neighbour's answer to a SecAggRecover: seq 3 of the round.
+RECOVERY_SEQ = 3
+SECAGG_NO_RECOVERY = "secure aggregation: the masks of the dropped neighbours could not be removed"
 CATCH_UP_WAIT_S = 15.0
 UPLOAD_ATTEMPTS = 30  # the validator's final model, while the job's last round is closing
 
@@ -77,6 +85,7 @@ class JobState:
     decoders: dict[int, WeightsDecoder] = field(default_factory=dict)  # sender -> its decoder
     payloads: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> bytes
     rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
+    recoveries: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> correction
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     privacy: ClientDPAccountant | None = None  # client-level DP on: what this peer has spent
     round_start: dict | None = None  # the model the round began from (what DP clips the update against)
@@ -87,6 +96,18 @@ class JobState:
         if sender not in self.decoders:
             self.decoders[sender] = WeightsDecoder(self.spec, self.max_payload_bytes)
         return self.decoders[sender]
+
+
+@dataclass
+class MaskedSend:
+    """What a peer remembers of a masked model it sent (secure aggregation), to answer the
+    recipient's one recovery request for that round."""
+
+    others: dict[int, bytes]  # the recipient's other senders -> X25519 public key
+    length: int
+    recipient_key: str  # Ed25519 hex: the request must be signed with it
+    channel: str
+    answered: bool = False
 
 
 class Reporter(Protocol):
@@ -127,6 +148,7 @@ class Peer:
         self.jobs_done = 0
         self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
         self.activity = Activity()  # what the heartbeat tells the operator's console (peers.stats)
+        self._masked_sends: dict[tuple[int, int, int], MaskedSend] = {}  # (job, round, recipient) -> it
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -188,6 +210,8 @@ class Peer:
                 self._on_chunk(msg)
             elif isinstance(msg, ModelRequest):
                 self._in_background(self._answer_model_request(msg))
+            elif isinstance(msg, SecAggRecover):
+                self._in_background(self._answer_recovery(msg))
             elif isinstance(msg, JobEvent) and msg.event == "ended":
                 await self._job_ended(msg)
 
@@ -251,6 +275,9 @@ class Peer:
         result = state.reassembler.feed(chunk)
         if isinstance(result, Completed) and result.seq == CATCH_UP_SEQ:
             state.catch_up[result.sender] = result.payload
+            state.arrived.set()
+        elif isinstance(result, Completed) and result.seq == RECOVERY_SEQ:
+            state.recoveries.setdefault(result.round, {})[result.sender] = result.payload
             state.arrived.set()
         elif isinstance(result, Completed):
             state.payloads.setdefault(result.round, {})[result.sender] = result.payload
@@ -358,22 +385,32 @@ class Peer:
         trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         self.activity.trained(steps, time.perf_counter() - training_started)
         local = state.trainer.state()
-        bytes_sent = await self._send_to_neighbours(plan, local)
+        if cfg.secure_aggregation:
+            bytes_sent = await self._send_masked(plan, state, local)
+        else:
+            bytes_sent = await self._send_to_neighbours(plan, local)
 
         await self._wait_for_neighbours(plan, state)
         received = state.payloads.pop(plan.round, {})
         rejected = state.rejected.pop(plan.round, {})
-        weighted = [(plan.self_weight, local)]
-        for n in plan.neighbours:
-            if n.node_id not in received:
-                continue
-            try:
-                weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
-            except WeightsRejected as exc:
-                log.warning(
-                    "node %s rejected weights from %s (round %s): %s", self.node_id, n.node_id, plan.round, exc.reason
-                )
-                rejected[n.node_id] = exc.reason
+        if cfg.secure_aggregation:  # equal weights: own model and the neighbours' mean, by count
+            weighted = [(1.0, local), *await self._secure_neighbours(plan, state, local, received, rejected)]
+        else:
+            weighted = [(plan.self_weight, local)]
+            for n in plan.neighbours:
+                if n.node_id not in received:
+                    continue
+                try:
+                    weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
+                except WeightsRejected as exc:
+                    log.warning(
+                        "node %s rejected weights from %s (round %s): %s",
+                        self.node_id,
+                        n.node_id,
+                        plan.round,
+                        exc.reason,
+                    )
+                    rejected[n.node_id] = exc.reason
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
             rejected[sender] = NO_WEIGHTS_BEFORE_DEADLINE
@@ -439,7 +476,7 @@ class Peer:
             plan.round,
             plan.total_rounds,
             report.accuracy,
-            len(weighted) - 1,
+            int(sum(w for w, _ in weighted[1:])) if cfg.secure_aggregation else len(weighted) - 1,
             len(plan.neighbours),
         )
         if plan.round >= plan.total_rounds or report.budget_spent:
@@ -480,6 +517,15 @@ class Peer:
         """The payload this peer sends its neighbours this round and the sha256 it signs for it;
         None: nothing worth sending. With DP on, the update is clipped and noised first, and the
         release counted. peers/attacks.py overrides this, not the send path."""
+        released = self._release(plan, state, local)
+        if released is None:
+            return None
+        payload = state.encoder.encode(released, plan.round)
+        return payload, sha256_hex(payload)
+
+    def _release(self, plan: RoundPlan, state: JobState, local: dict) -> dict | None:
+        """The model this peer releases this round (clipped and noised with DP on, the release
+        counted); None when it is not finite."""
         if not all(all_finite(t) for t in local.values()):
             # Diverged: nothing worth sending (neighbours would reject it); the report says so.
             log.warning("node %s: its model is not finite after training; sending nothing this round", self.node_id)
@@ -488,8 +534,193 @@ class Peer:
             cfg = plan.config
             local = privatize(state.round_start, local, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise)
             state.privacy.spend()
-        payload = state.encoder.encode(local, plan.round)
-        return payload, sha256_hex(payload)
+        return local
+
+    # -- secure aggregation (peers.secagg.gossip) -----------------------------------------------
+    async def _send_masked(self, plan: RoundPlan, state: JobState, local: dict) -> int:
+        """Send each neighbour i this round's model masked for i's neighbourhood (the masks
+        cancel in i's sum); nothing to the validator (the form refuses the combination)."""
+        released = self._release(plan, state, local)
+        if released is None:
+            return 0
+        flat = np.concatenate([released[name].detach().cpu().double().reshape(-1).numpy() for name in state.spec])
+        key = gossip.x25519_private(self.key.seed())
+        old = [k for k in self._masked_sends if k[0] == plan.job_id and k[1] < plan.round - 2]
+        for k in old:
+            del self._masked_sends[k]
+        sends, targets = [], []
+        for n in plan.neighbours:
+            try:
+                if str(self.node_id) not in n.neighbourhood:
+                    raise ValueError("the plan does not list this peer among its neighbours")
+                others = {int(k): gossip.x25519_public(v) for k, v in n.neighbourhood.items() if int(k) != self.node_id}
+                masked = gossip.mask(
+                    encode_fixed(flat, summands=len(others) + 1),
+                    self.node_id,
+                    key,
+                    others,
+                    job=plan.job_id,
+                    round=plan.round,
+                    recipient=n.node_id,
+                )
+            except ValueError as exc:
+                log.warning("node %s sends no masked model to %s: %s", self.node_id, n.node_id, exc)
+                continue
+            self._masked_sends[(plan.job_id, plan.round, n.node_id)] = MaskedSend(
+                others, flat.size, n.public_key, n.channel
+            )
+            targets.append(n)
+            sends.append(
+                send_payload(
+                    self.transport,
+                    n.channel,
+                    job_id=plan.job_id,
+                    round=plan.round,
+                    sender=self.node_id,
+                    seq=ROUND_SEQ,
+                    payload=masked.astype("<u8").tobytes(),
+                    key=self.key,
+                )
+            )
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for n, result in zip(targets, results):
+            if isinstance(result, Exception):
+                log.warning("node %s could not send its masked model to %s: %s", self.node_id, n.node_id, result)
+        return sum(r for r in results if isinstance(r, int))
+
+    async def _secure_neighbours(
+        self, plan: RoundPlan, state: JobState, local: dict, received: dict, rejected: dict[int, str]
+    ) -> list[tuple[float, dict]]:
+        """[(count, mean of the neighbours' models)] from their masked models, recovering from
+        dropped senders; [] (this peer keeps its own model) when fewer than two arrived or a
+        survivor did not help remove the dropped senders' masks (``rejected`` says so)."""
+        length = sum(math.prod(shape) for shape, _ in state.spec.values())
+        arrived = {}
+        for n in plan.neighbours:
+            payload = received.get(n.node_id)
+            if payload is None:
+                continue
+            if len(payload) != 8 * length:
+                rejected[n.node_id] = f"masked model of {len(payload)} bytes, expected {8 * length}"
+                continue
+            arrived[n.node_id] = np.frombuffer(payload, dtype="<u8").astype(np.uint64)
+        dropped = sorted(n.node_id for n in plan.neighbours if n.node_id not in arrived)
+        if not arrived:
+            return []
+        total = np.zeros(length, dtype=np.uint64)
+        for masked in arrived.values():
+            total += masked  # uint64: wraps mod 2^64, as it must
+        if dropped:
+            corrections = await self._recover(plan, state, sorted(arrived), dropped, length)
+            if corrections is None:
+                for sender in arrived:
+                    rejected[sender] = SECAGG_NO_RECOVERY
+                log.warning(
+                    "node %s: round %s of job %s keeps its own model (no recovery from %s dropping)",
+                    self.node_id,
+                    plan.round,
+                    plan.job_id,
+                    dropped,
+                )
+                return []
+            for c in corrections:
+                total -= c
+        mean = decode_fixed(total) / len(arrived)
+        out, offset = {}, 0
+        for name, (shape, _) in state.spec.items():
+            size = math.prod(shape)
+            out[name] = torch.from_numpy(mean[offset : offset + size].reshape(shape).copy()).to(local[name].dtype)
+            offset += size
+        return [(float(len(arrived)), out)]
+
+    async def _recover(
+        self, plan: RoundPlan, state: JobState, survivors: list[int], dropped: list[int], length: int
+    ) -> list[np.ndarray] | None:
+        """Ask every survivor for the masks it added for the ``dropped`` senders; None when there
+        are too few survivors (their sum would give one away) or one does not answer in time."""
+        if len(survivors) < gossip.MIN_SUM:
+            return None
+        signature = self.key.sign(recover_bytes(plan.job_id, plan.round, self.node_id, dropped))
+        request = to_message(
+            SecAggRecover(
+                job_id=plan.job_id, round=plan.round, requester=self.node_id, dropped=dropped, signature=signature
+            )
+        )
+        channels = {n.node_id: n.channel for n in plan.neighbours}
+        for sender in survivors:
+            try:
+                await self.transport.send(channels[sender], request)
+            except Exception as exc:
+                log.warning("node %s: recovery request to %s failed: %s", self.node_id, sender, exc)
+        give_up = plan.deadline - self.deadline_margin_s
+        while True:
+            answers = state.recoveries.get(plan.round, {})
+            if set(survivors) <= set(answers) or time.time() >= give_up or self._superseded(plan):
+                break
+            state.arrived.clear()
+            try:
+                await asyncio.wait_for(state.arrived.wait(), timeout=max(0.01, give_up - time.time()))
+            except TimeoutError:
+                break
+        answers = state.recoveries.pop(plan.round, {})
+        if any(len(answers.get(s, b"")) != 8 * length for s in survivors):
+            log.warning("node %s: survivors %s did not all answer its recovery request", self.node_id, survivors)
+            return None
+        return [np.frombuffer(answers[s], dtype="<u8").astype(np.uint64) for s in survivors]
+
+    async def _answer_recovery(self, request: SecAggRecover) -> None:
+        """Send a recipient the masks this peer added for its dropped senders, once per round and
+        recipient, and only if the request is signed by it and leaves at least two survivors."""
+        sent = self._masked_sends.get((request.job_id, request.round, request.requester))
+        dropped = set(request.dropped)
+        problem = None
+        if sent is None:
+            problem = "no masked model was sent to it"
+        elif not verify(
+            sent.recipient_key,
+            recover_bytes(request.job_id, request.round, request.requester, request.dropped),
+            request.signature,
+        ):
+            problem = "bad signature"
+        elif sent.answered:
+            problem = "already answered"
+        elif not dropped or not dropped <= sent.others.keys():
+            problem = f"{sorted(dropped)} are not its other senders"
+        elif len(sent.others.keys() - dropped) + 1 < gossip.MIN_SUM:
+            problem = "too few survivors: their sum would give one away"
+        if problem is not None or sent is None:
+            log.warning(
+                "node %s ignored a recovery request from %s (job %s round %s): %s",
+                self.node_id,
+                request.requester,
+                request.job_id,
+                request.round,
+                problem,
+            )
+            return
+        sent.answered = True
+        correction = gossip.correction(
+            self.node_id,
+            gossip.x25519_private(self.key.seed()),
+            {d: sent.others[d] for d in dropped},
+            job=request.job_id,
+            round=request.round,
+            recipient=request.requester,
+            length=sent.length,
+        )
+        try:
+            await send_payload(
+                self.transport,
+                sent.channel,
+                job_id=request.job_id,
+                round=request.round,
+                sender=self.node_id,
+                seq=RECOVERY_SEQ,
+                payload=correction.astype("<u8").tobytes(),
+                key=self.key,
+            )
+        except Exception as exc:
+            log.warning("node %s could not answer %s's recovery request: %s", self.node_id, request.requester, exc)
 
     async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
         """Send this round's model to the neighbours, and to the job's validator (which scores
@@ -704,7 +935,8 @@ class Peer:
     async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
         """Until every neighbour's weights arrived or were rejected, or the deadline is near."""
         expected = {n.node_id for n in plan.neighbours}
-        give_up = plan.deadline - self.deadline_margin_s
+        # With secure aggregation, a margin more for asking the survivors to remove dropped masks.
+        give_up = plan.deadline - self.deadline_margin_s * (2 if plan.config.secure_aggregation else 1)
         while True:
             heard = set(state.payloads.get(plan.round, {})) | set(state.rejected.get(plan.round, {}))
             remaining = give_up - time.time()

@@ -61,6 +61,12 @@ class NodeKey:
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
+    def seed(self) -> bytes:
+        """The raw 32-byte private seed (peers.secagg.gossip derives the node's X25519 key from it)."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
 
 def verify(public_key_hex: str, data: bytes, signature: bytes) -> bool:
     """True iff ``signature`` is a valid Ed25519 signature of ``data``; never raises."""

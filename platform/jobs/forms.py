@@ -43,6 +43,7 @@ class JobForm(forms.ModelForm):
             "dp_noise",
             "dp_clip",
             "dp_epsilon",
+            "secure_aggregation",
         ]
         labels = {
             "dp_level": "Differential privacy",
@@ -78,7 +79,7 @@ class JobForm(forms.ModelForm):
         ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
-        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon"]),
+        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon", "secure_aggregation"]),
         (
             "Participants and rewards",
             ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"],
@@ -105,6 +106,7 @@ class JobForm(forms.ModelForm):
         "dp_noise",
         "dp_clip",
         "dp_epsilon",
+        "secure_aggregation",
     )
 
     def __init__(self, *args, user=None, **kwargs):
@@ -176,6 +178,8 @@ class JobForm(forms.ModelForm):
         except ValueError as exc:
             self.add_error("topology", f"Not possible with {n} peers: {exc}")
             return
+        if data.get("secure_aggregation"):
+            self._check_secure_aggregation(data, n)
         smallest = min(len(nbrs) for nbrs in graph) + 1
         needs = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
         if smallest < needs:
@@ -183,6 +187,39 @@ class JobForm(forms.ModelForm):
                 "rule",
                 f"{dict(RULE_CHOICES)[rule]} with f={f} needs {needs} inputs per "
                 f"neighbourhood; this topology gives some peers only {smallest}.",
+            )
+
+    SECAGG_MIN_NEIGHBOURS = 3  # one may drop out and the sum still covers two
+
+    def _check_secure_aggregation(self, data, n: int) -> None:
+        """Secure aggregation (peers.secagg.gossip) gives each peer only the sum of its
+        neighbours' models: the rule must be the plain mean of equal weights over at least 3
+        neighbours everywhere (checked on the job's first-round mixing rows), and nothing may
+        need the individual models: no validator (it scores each one), no compression (it
+        encodes one model against the last)."""
+        if data["rule"] != "mean":
+            self.add_error("secure_aggregation", "Secure aggregation works with the mean rule only.")
+        if data["compression"] != "none":
+            self.add_error("secure_aggregation", "Secure aggregation sends uncompressed masked models.")
+        if data.get("validator") is not None:
+            self.add_error(
+                "secure_aggregation",
+                "Secure aggregation hides the individual models the validator scores: choose one or the other.",
+            )
+        if data["topology"] == "dynamic":
+            self.add_error("secure_aggregation", "Dynamic topologies cut links, leaving unequal mixing weights.")
+            return
+        job = Job(topology=data["topology"], degree=data["degree"], redraw_every=data["redraw_every"], seed=0)
+        rows = topology.build(job.topology, n, **job.topology_params(1, {i: i for i in range(n)}))
+        if min(len(row) - 1 for row in rows) < self.SECAGG_MIN_NEIGHBOURS:
+            self.add_error(
+                "secure_aggregation",
+                f"Secure aggregation needs at least {self.SECAGG_MIN_NEIGHBOURS} neighbours per peer; "
+                "this topology gives some peers fewer.",
+            )
+        elif any(max(row.values()) - min(row.values()) > 1e-9 for row in rows):
+            self.add_error(
+                "secure_aggregation", "Secure aggregation needs equal mixing weights; this topology's differ."
             )
 
 

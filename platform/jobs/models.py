@@ -108,6 +108,12 @@ class Job(models.Model):
         help_text="Privacy budget: peers train no round past this epsilon (at delta 1e-5); 0: none. "
         "Choose rounds the budget covers: a job ends when its peers stop.",
     )
+    secure_aggregation = models.BooleanField(
+        default=False,
+        help_text="Neighbours send masked models: each peer learns only the sum of its neighbours' models. "
+        "Needs the mean rule, no compression, no validator, and a topology that gives every peer at least "
+        "3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more).",
+    )
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
     # Who may join.
@@ -191,6 +197,7 @@ class Job(models.Model):
             dp_noise=self.dp_noise,
             dp_clip=self.dp_clip,
             dp_epsilon=self.dp_epsilon,
+            secure_aggregation=self.secure_aggregation,
         )
 
     @property
