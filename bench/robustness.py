@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import replace
@@ -198,6 +199,12 @@ async def _scored_run(
     return float(np.mean(final)) if final else float("nan"), [evidence[r] for r in sorted(evidence)]
 
 
+def drop_points(clean: float, attacked: float) -> float:
+    """Accuracy points lost to the attack; a run whose honest models diverged (NaN) lost it all
+    (NaN must never win a comparison of worst cases)."""
+    return 100 * (clean - (0.0 if math.isnan(attacked) else attacked))
+
+
 def pay(evidences: list[dict], attackers: set[int]) -> dict:
     """Apply the platform's rule round by round: tokens paid to attackers and honest peers,
     rounds in which attackers were flagged, and the attackers' positive-score rounds."""
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def drops(graph: str, rule: str) -> dict[str, float]:
         row = acc[graph][rule]
-        return {k: 100 * (row["none"] - row[k]) for k in kinds if k != "none"}
+        return {k: drop_points(row["none"], row[k]) for k in kinds if k != "none"}
 
     ranked = sorted(acc["expander"], key=lambda r: (max(drops("expander", r).values()), RULES.index(r)))
     best = ranked[0]
@@ -354,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(threads)
             excluded[kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
             _log(f"mean+exclusion {kind:<11} acc {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
-        excl_drop = max(100 * (acc["expander"]["mean"]["none"] - e["accuracy"]) for e in excluded.values())
+        excl_drop = max(drop_points(acc["expander"]["mean"]["none"], e["accuracy"]) for e in excluded.values())
         if excl_drop < best_drop:
             best, best_drop, payments = "mean+exclusion", excl_drop, excluded
     attackers_paid = round(sum(p["attackers_paid"] for p in payments.values()), 6)
@@ -396,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("mean + exclusion of flagged peers (the platform's defence; drop vs the mean without attackers):")
         for kind, e in excluded.items():
-            drop = 100 * (acc["expander"]["mean"]["none"] - e["accuracy"])
+            drop = drop_points(acc["expander"]["mean"]["none"], e["accuracy"])
             print(
                 f"{kind:<11} acc {100 * e['accuracy']:>6.2f} drop {drop:>6.2f}  attackers paid {e['attackers_paid']:.2f}"
                 f"  attacker flags {e['attacker_flags']}  honest flags {e['honest_flags']}"
