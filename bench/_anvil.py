@@ -38,13 +38,13 @@ def anvil_binary() -> str | None:
     return shutil.which("anvil")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def rpc_answers(url: str) -> bool:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     try:
@@ -60,7 +60,7 @@ def anvil(*extra_args: str) -> Iterator[str]:
     binary = anvil_binary()
     if not binary or not os.access(binary, os.X_OK):
         raise RuntimeError("anvil binary not found: run `npm ci` (node_modules/@foundry-rs/anvil-*) or set ANVIL_BIN")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     port = url.rsplit(":", 1)[1]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
@@ -70,7 +70,7 @@ def anvil(*extra_args: str) -> Iterator[str]:
         )
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
-            while not _answers(url):
+            while not rpc_answers(url):
                 if proc.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(f"anvil exited with {proc.returncode}: {log.read().decode(errors='replace')}")
