@@ -117,6 +117,9 @@ class _Subscription:
             # blocking pop on the prefix's queue (another prefix would never be read).
             self.channel = await layer.new_channel()
             await layer.group_add(self.group, self.channel)
+        except Exception:  # the next viewer to join tries again
+            log.exception("live hub of job %s: joining the group failed", self.job_id)
+            return
         finally:
             self.ready.set()
         try:
@@ -176,6 +179,8 @@ class Hub:
         sub = self.jobs.get(job_id)
         if sub is None:
             sub = self.jobs[job_id] = _Subscription(self, job_id)
+        if sub.task is None or sub.task.done():  # new, or its subscription failed: (re)start it
+            sub.ready = asyncio.Event()
             sub.task = asyncio.ensure_future(sub.run())
         sub.viewers[id(consumer)] = _Viewer(consumer)
         await sub.ready.wait()
