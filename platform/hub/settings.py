@@ -194,9 +194,10 @@ REDIS_CONNECTION_OPTIONS = {
     "retry_on_timeout": True,
 }
 
-# Channel layer: Redis in production and tests, in-memory in the embedded demo.
+# Channel layer: Redis in production and tests, in-memory in the embedded demo (unless
+# DFL_CHANNEL_LAYER=redis: `python -m bench websocket` runs an embedded site on Redis's layer).
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-if EMBEDDED:
+if EMBEDDED and os.environ.get("DFL_CHANNEL_LAYER", "") != "redis":
     CHANNEL_LAYERS: dict[str, Any] = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CHANNEL_LAYERS = {
