@@ -144,6 +144,9 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
             view.wait_for_timeout(300)  # let plotly finish drawing before the picture
             view.screenshot(path=str(SCREENSHOT), full_page=True)
             seen = view.evaluate(PAGE_STATE)
+            # What the page drew for the waiting job went with it: no recruiting line, no cancel button.
+            gone = "(id) => { const e = document.getElementById(id); return !e || e.offsetParent === null; }"
+            assert view.evaluate(gone, "recruiting") and view.evaluate(gone, "cancel-job")
             assert [e for e in errors if not e.endswith("/favicon.ico")] == [], errors
         finally:
             browser.close()

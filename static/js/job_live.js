@@ -34,7 +34,22 @@
     return out;
   }
 
+  // What the server drew for the state the page was loaded in: the recruiting line, the cancel
+  // button and the consent forms go once the job moves past them (no reload needed).
+  function renderLifecycle() {
+    // style.display, not the hidden attribute: the site's CSS sets display on .card and .inline.
+    const open = ["draft", "waiting", "running"].includes(state.status);
+    const recruiting = document.getElementById("recruiting");
+    if (recruiting && state.status !== "waiting") recruiting.style.display = "none";
+    const cancel = document.getElementById("cancel-job");
+    if (cancel && !open) cancel.closest("form").style.display = "none";
+    if (!open) {
+      for (const form of document.querySelectorAll("form[action$='/consent/']")) form.style.display = "none";
+    }
+  }
+
   function render() {
+    renderLifecycle();
     Plotly.react(chart, traces(), {
       margin: { t: 20, r: 60, b: 40, l: 50 },
       // At most about 10 round labels, whole rounds only: many rounds' labels would collide.
