@@ -10,6 +10,7 @@ from jobs import orchestration
 from jobs.models import Consent, Job
 from ledger.detection import FLAG_BELOW, judge_round, verdicts
 from ledger.models import Flag, Reputation
+from peers.evidence import flagged as flagged_in_job
 from peers.scoring import score_round
 from tests.factories import make_node, make_user, peer_report
 from tests.test_validator_scores import post_scores
@@ -66,8 +67,9 @@ def test_reputation_falls_until_an_outlier_is_flagged_and_an_echo_is_flagged_at_
             for node in nodes:
                 orchestration.accept_report(node, peer_report(job, node, 1))
             orchestration.close_round(job.round_set.get(number=1).id)
-        if number == 2:
-            kinds[echo.id] = "honest"  # the echo behaves now: it stays flagged all the same
+        if number == 2:  # the echo, flagged in round 1, is planned no more
+            assert echo.id not in job.round_set.get(number=2).members
+            del kinds[echo.id]
         response = post_scores(client, validator, job, number, evidence(kinds, seed=number))
         assert response.status_code == 201, response.content
         flagged = set(Flag.objects.filter(job=job, round__number=number).values_list("node_id", flat=True))
@@ -75,10 +77,15 @@ def test_reputation_falls_until_an_outlier_is_flagged_and_an_echo_is_flagged_at_
             assert flagged == {echo.id}
             assert Reputation.objects.get(job=job, node=noisy).value == pytest.approx(0.5)
         else:  # a second outlier round: below FLAG_BELOW, flagged
-            assert flagged == {echo.id, noisy.id}
-            assert "flagged in an earlier round" in Flag.objects.get(job=job, round__number=2, node=echo).reason
+            assert flagged == {noisy.id}
             assert Reputation.objects.get(job=job, node=noisy).value < FLAG_BELOW
     assert Reputation.objects.get(job=job, node=honest_a).value == 1.0
+    # Flagged peers are left out of the next rounds.
+    for node in (honest_a, honest_b, noisy):
+        orchestration.accept_report(node, peer_report(job, node, 2))
+    orchestration.close_round(job.round_set.get(number=2).id)
+    assert set(job.round_set.get(number=3).members) == {honest_a.id, honest_b.id}
+    assert flagged_in_job("ok", 1.0, before=True)  # a flagged node stays flagged, whatever it does next
     flag = Flag.objects.get(job=job, round__number=2, node=noisy)
     assert flag.evidence["verdict"] == "outlier" and flag.evidence["history"][-1]["round"] == 2
     # A round is judged once, whatever is posted again.

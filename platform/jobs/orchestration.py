@@ -18,7 +18,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ledger.detection import judge_round
-from ledger.models import Escrow, Stake
+from ledger.models import Escrow, Flag, Stake
 from live.broadcast import job_update
 from nodes import exchange
 from nodes.authority import platform_key
@@ -101,11 +101,16 @@ def start_jobs_for_node(node) -> None:
 
 # -- rounds -----------------------------------------------------------------------------------
 def open_round(job: Job, number: int) -> Round:
-    """Open a round for the members it can count on: consenting, and (after round 1) online
-    and not missing rounds. The topology is built over them alone, so nobody waits for the dead."""
+    """Open a round for the members it can count on: consenting, not flagged as attackers in the
+    job (ledger.detection), and (after round 1) online and not missing rounds. The topology is
+    built over them alone, so nobody waits for the dead. When none of them is online right now
+    (a blip, a platform restart), the round is planned for all of them and waits for its
+    deadline instead of failing the job at once."""
     job.current_round = number
     job.save(update_fields=["status", "started_at", "current_round"])
-    members = [m for m in active_members(job) if number == 1 or m.plannable]
+    flagged = set(Flag.objects.filter(job=job).values_list("node_id", flat=True))
+    eligible = [m for m in active_members(job) if m.node_id not in flagged]
+    members = [m for m in eligible if number == 1 or m.plannable] or eligible
     return Round.objects.create(
         job=job,
         number=number,
