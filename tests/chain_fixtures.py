@@ -1,14 +1,12 @@
 """A real anvil for the session. Missing binary or a failed start fails the tests, never skips."""
 
-import os
-import subprocess
-import tempfile
-import time
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from bench._anvil import anvil_binary, free_port, rpc_answers
+from bench._anvil import anvil as start_anvil
+from bench._anvil import anvil_binary, free_port, rpc_answers  # noqa: F401  (used by other fixtures and tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's account 0 (public)
@@ -17,35 +15,13 @@ START_TIMEOUT_S = 20
 
 @pytest.fixture(scope="session")
 def anvil():
-    binary = anvil_binary()
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.fail("anvil binary not found: run `npm ci` (node_modules/@foundry-rs/anvil-*) or set ANVIL_BIN")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not rpc_answers(url):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"anvil exited with {proc.returncode}: {log.read().decode(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"anvil did not answer JSON-RPC at {url} within {START_TIMEOUT_S}s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
+    """One anvil for the session (bench._anvil starts and stops it); a failed start fails the tests."""
+    with contextlib.ExitStack() as stack:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            url = stack.enter_context(start_anvil())
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield url
 
 
 @pytest.fixture
