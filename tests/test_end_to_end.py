@@ -182,7 +182,9 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     for payout in payouts:
         assert payout.status == "confirmed"
         receipt = chain.receipt(payout.tx_hash)
-        assert receipt["status"] == 1 and receipt["blockNumber"] == payout.block_number
+        where = f"payout {payout.pk} round {payout.round.number} tx {payout.tx_hash!r} ({payout.error or 'no note'})"
+        assert receipt is not None, f"{where}: no receipt on chain\n{stack.logs()}"
+        assert receipt["status"] == 1 and receipt["blockNumber"] == payout.block_number, where
         owed[payout.address.lower()] = owed.get(payout.address.lower(), 0) + int(payout.amount_wei)
     assert set(owed) == {a.lower() for a in addresses}
     assert all(chain.balance_of(address) == amount > 0 for address, amount in owed.items())

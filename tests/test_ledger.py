@@ -332,6 +332,46 @@ def test_a_stored_commit_whose_nonce_was_taken_is_signed_anew(chain_settings):
     assert balance(address_of(a)) == 7 * WEI
 
 
+def test_a_batch_paid_by_a_transaction_whose_row_update_was_lost_records_that_transaction(chain_settings):
+    """A run broadcast the payBatch, then died before its row said so: the next run finds the leaves
+    paid, and every payout names the transaction and block that paid it (read from the chain's
+    RewardPaid logs), so its receipt is there for anyone to check."""
+    a, b = nodes_with_addresses(2)
+    job = funded_job(reward_per_round=10, rounds=1)
+    rnd = add_round(job, 1, {a: 1, b: 1})
+    from ledger import rewards
+
+    row = rewards.prepare_round(job, rnd)
+    settlement._commit(Chain.from_settings(), row)
+    batch = settlement._batches(row)[0]
+    chain = Chain.from_settings()
+    payouts = list(batch.payouts.order_by("index"))
+    tree = rewards.reward_tree(row)
+    lost = chain.wait(
+        chain._send(
+            chain.ledger().functions.payBatch(
+                job.id,
+                1,
+                [p.index for p in payouts],
+                [Web3.to_checksum_address(p.address) for p in payouts],
+                [int(p.amount_wei) for p in payouts],
+                [tree.proof(p.index) for p in payouts],
+            )
+        )
+    )
+    job.status = Job.Status.FINISHED
+    job.save()
+    settlement.settle(job.id)
+    assert balance(address_of(a)) == balance(address_of(b)) == 5 * WEI  # paid once, not twice
+    for payout in Payout.objects.filter(job=job):
+        assert payout.status == TxStatus.CONFIRMED
+        assert payout.tx_hash == lost["transactionHash"].to_0x_hex()
+        assert payout.block_number == lost["blockNumber"]
+        assert chain.receipt(payout.tx_hash)["status"] == 1
+    batch.refresh_from_db()
+    assert batch.tx_hash == lost["transactionHash"].to_0x_hex() and batch.block_number == lost["blockNumber"]
+
+
 # -- audit ------------------------------------------------------------------------------------------
 def test_audit_matches_then_fails_on_a_tampered_row(chain_settings, capsys):
     a, b, c = nodes_with_addresses(3)

@@ -101,6 +101,15 @@ class Chain:
         return self.w3.eth.contract(address=Web3.to_checksum_address(row.address), abi=artifact["abi"])
 
     def _deploy(self, name: str, artifact: dict, args: tuple, code_sha: str) -> ContractDeployment:
+        from ledger.signing import signer_lock  # signing builds on this module
+
+        with signer_lock():  # any process may be first to need a contract: its nonce is the settler's too
+            row = ContractDeployment.objects.filter(name=name, chain_id=self.chain_id, bytecode_sha256=code_sha).first()
+            if row is not None and self.w3.eth.get_code(Web3.to_checksum_address(row.address)):
+                return row  # another process deployed it while this one waited
+            return self._deploy_unlocked(name, artifact, args, code_sha)
+
+    def _deploy_unlocked(self, name: str, artifact: dict, args: tuple, code_sha: str) -> ContractDeployment:
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         tx_hash = self._send(factory.constructor(*args))
         receipt = self.wait(tx_hash)

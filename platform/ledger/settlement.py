@@ -117,7 +117,13 @@ def _commit(chain: Chain, settlement: RoundSettlement) -> None:
     def committed_already() -> bool:
         return ledger.functions.rounds(job_id, number).call()[1].hex() == settlement.reward_root[2:]
 
-    signing.drive(chain, settlement, call, already_done=committed_already)
+    def commit_on_chain() -> tuple[str, int] | None:
+        logs = ledger.events.RoundCommitted().get_logs(
+            from_block=0, argument_filters={"jobId": job_id, "round": number}
+        )
+        return (logs[0]["transactionHash"].to_0x_hex(), logs[0]["blockNumber"]) if logs else None
+
+    signing.drive(chain, settlement, call, already_done=committed_already, locate=commit_on_chain)
 
 
 def _batches(settlement: RoundSettlement) -> list[PayoutBatch]:
@@ -153,8 +159,28 @@ def _pay(chain: Chain, batch: PayoutBatch) -> None:
     def all_paid() -> bool:
         return all(ledger.functions.isPaid(settlement.job_id, settlement.number, p.index).call() for p in payouts)
 
-    signing.drive(chain, batch, call, already_done=all_paid)
-    if batch.status in (TxStatus.CONFIRMED, TxStatus.FAILED):
+    def paid_by() -> dict[int, tuple[str, int]]:
+        """Leaf index -> (transaction, block) that paid it, from the round's RewardPaid logs."""
+        logs = ledger.events.RewardPaid().get_logs(
+            from_block=0, argument_filters={"jobId": settlement.job_id, "round": settlement.number}
+        )
+        return {e["args"]["index"]: (e["transactionHash"].to_0x_hex(), e["blockNumber"]) for e in logs}
+
+    signing.drive(chain, batch, call, already_done=all_paid, locate=lambda: paid_by().get(payouts[0].index))
+    if batch.status == TxStatus.CONFIRMED and batch.error == signing.FOUND_ON_CHAIN:
+        # Paid before this batch's own transaction was recorded (a lost row update, or claims):
+        # each payout names the transaction that paid its leaf.
+        where = paid_by()
+        for payout in batch.payouts.exclude(status=batch.status):
+            tx_hash, block_number = where.get(payout.index, ("", None))
+            Payout.objects.filter(pk=payout.pk).update(
+                status=batch.status,
+                tx_hash=tx_hash,
+                block_number=block_number,
+                confirmed_at=batch.confirmed_at,
+                error=batch.error,
+            )
+    elif batch.status in (TxStatus.CONFIRMED, TxStatus.FAILED):
         batch.payouts.exclude(status=batch.status).update(
             status=batch.status,
             tx_hash=batch.tx_hash,

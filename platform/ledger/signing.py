@@ -10,6 +10,7 @@ across processes; a process lock on SQLite), so nonces never interleave.
 """
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,7 @@ from ledger.chain import Chain, TransactionFailed
 from ledger.models import TxStatus
 
 SIGNER_LOCK_KEY = 0x44464C5349474E  # "DFLSIGN": one advisory lock for the operator key
+REPLACED_GRACE_S = 2.0  # how long a spent nonce waits for our receipt before the row is signed anew
 _process_signer_lock = threading.RLock()
 
 
@@ -77,7 +79,7 @@ def confirm(chain: Chain, row, already_done: Callable[[], bool] | None = None) -
     tx_hash = row.tx_hash
     try:
         if chain.receipt(tx_hash) is None:
-            if row.raw_tx and chain.nonce_spent(row.raw_tx) and chain.receipt(tx_hash) is None:
+            if row.raw_tx and chain.nonce_spent(row.raw_tx) and not _mined_within(chain, tx_hash, REPLACED_GRACE_S):
                 _cas(
                     row,
                     TxStatus.SUBMITTED,
@@ -113,12 +115,39 @@ def confirm(chain: Chain, row, already_done: Callable[[], bool] | None = None) -
     )
 
 
-def drive(chain: Chain, row, build_call: Callable, already_done: Callable[[], bool] | None = None, gas=None) -> None:
-    """Take a row as far as it goes in one run: sign and send if pending, then confirm."""
+FOUND_ON_CHAIN = "found on chain"
+
+
+def _mined_within(chain: Chain, tx_hash: str, seconds: float) -> bool:
+    """Whether the transaction's receipt shows up within `seconds` (a node may count a nonce as
+    used a moment before it serves the receipt of the transaction that used it)."""
+    deadline = time.monotonic() + seconds
+    while chain.receipt(tx_hash) is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def drive(
+    chain: Chain,
+    row,
+    build_call: Callable,
+    already_done: Callable[[], bool] | None = None,
+    gas=None,
+    locate: Callable[[], tuple[str, int] | None] | None = None,
+) -> None:
+    """Take a row as far as it goes in one run: sign and send if pending, then confirm. A pending
+    row whose effect `already_done` finds on chain (sent by a run whose row update was lost, or
+    done by someone else) is confirmed with the transaction `locate` reads from the chain's logs."""
     if row.status == TxStatus.PENDING and already_done and already_done():
-        # The chain holds it already (a transaction stored by a run whose row update was lost).
-        type(row).objects.filter(pk=row.pk, status=TxStatus.PENDING).update(
-            status=TxStatus.CONFIRMED, error="found on chain", confirmed_at=timezone.now()
+        tx_hash, block_number = (locate() if locate else None) or ("", None)
+        type(row).objects.filter(pk=row.pk, status=TxStatus.PENDING, tx_hash="").update(
+            status=TxStatus.CONFIRMED,
+            error=FOUND_ON_CHAIN,
+            tx_hash=tx_hash,
+            block_number=block_number,
+            confirmed_at=timezone.now(),
         )
         row.refresh_from_db()
         return
