@@ -13,6 +13,7 @@ from eth_typing import ChecksumAddress, HexStr
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import TransactionNotFound
 
+from ledger.locks import signer_lock
 from ledger.models import REWARD_TOKEN, ContractDeployment
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -101,8 +102,6 @@ class Chain:
         return self.w3.eth.contract(address=Web3.to_checksum_address(row.address), abi=artifact["abi"])
 
     def _deploy(self, name: str, artifact: dict, args: tuple, code_sha: str) -> ContractDeployment:
-        from ledger.signing import signer_lock  # signing builds on this module
-
         with signer_lock():  # any process may be first to need a contract: its nonce is the settler's too
             row = ContractDeployment.objects.filter(name=name, chain_id=self.chain_id, bytecode_sha256=code_sha).first()
             if row is not None and self.w3.eth.get_code(Web3.to_checksum_address(row.address)):

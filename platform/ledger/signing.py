@@ -9,36 +9,16 @@ so a crash anywhere leaves nothing signed or a stored transaction that a retry r
 across processes; a process lock on SQLite), so nonces never interleave.
 """
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-from django.db import connection
 from django.utils import timezone
 
 from ledger.chain import Chain, TransactionFailed
+from ledger.locks import signer_lock  # noqa: F401  (callers take the lock from here)
 from ledger.models import TxStatus
 
-SIGNER_LOCK_KEY = 0x44464C5349474E  # "DFLSIGN": one advisory lock for the operator key
 REPLACED_GRACE_S = 2.0  # how long a spent nonce waits for our receipt before the row is signed anew
-_process_signer_lock = threading.RLock()
-
-
-@contextmanager
-def signer_lock() -> Iterator[None]:
-    """Held while anything signs with the operator key (settlement, funding, the faucet)."""
-    with _process_signer_lock:
-        if connection.vendor != "postgresql":
-            yield
-            return
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [SIGNER_LOCK_KEY])
-        try:
-            yield
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [SIGNER_LOCK_KEY])
 
 
 def _cas(row, expected_status: str, expected_hash: str, **changes) -> bool:

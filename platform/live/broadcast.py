@@ -7,11 +7,9 @@ A gap tells the viewer it missed a frame: it asks for a new snapshot."""
 
 import logging
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
 from peers.protocol import job_group
 
+from . import publish
 from .models import JobSequence
 
 log = logging.getLogger(__name__)
@@ -28,8 +26,6 @@ def job_update(job_id: int, kind: str, data: dict) -> None:
 
             data = {**data, "topology": job_topology(Job.objects.get(pk=job_id))}
         seq = JobSequence.next(job_id)
-        async_to_sync(get_channel_layer().group_send)(
-            job_group(job_id), {"type": "job.update", "kind": kind, "seq": seq, "data": data}
-        )
+        publish.group_send(job_group(job_id), {"type": "job.update", "kind": kind, "seq": seq, "data": data})
     except Exception:  # viewers missing an update must never break orchestration
         log.exception("broadcast to job %s failed", job_id)

@@ -5,12 +5,12 @@ confirmed earnings."""
 import logging
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from ledger.models import Payout, TxStatus, tokens_text
 from nodes.models import Node
+
+from . import publish
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def operator_snapshot(user) -> dict:
 def operator_update(node: Node) -> None:
     """Push one node's row to its owner's console (never anyone else's)."""
     try:
-        async_to_sync(get_channel_layer().group_send)(
+        publish.group_send(
             operator_group(node.owner_id), {"type": "operator.update", "kind": "node", "data": node_summary(node)}
         )
     except Exception:  # a console missing an update must never break the node API
