@@ -66,7 +66,9 @@ GRAPHS: dict[str, tuple[str, int | None]] = {
     "expander": ("expander", 8),
     "complete": ("complete", None),
 }  # (topology, d)
-RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "norm_clip")
+RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "norm_clip", "clipped_gossip")
+# Rules run again with the platform's defence (flagged nodes left out of later rounds).
+EXCLUSION_RULES = ("mean", "clipped_gossip")
 KINDS = ("none", "sign-flip", "gaussian", "scale", "free-ride", "label-flip")
 POOL_TOKENS = 100
 WEI = 10**18
@@ -100,6 +102,8 @@ def rule_params(rule: str, n: int, f: int, max_norm: float) -> tuple[dict | None
         return ({"f": f}, "") if n >= 4 * f + 3 else (None, f"needs n >= 4f + 3 = {4 * f + 3}, n = {n}")
     if rule == "norm_clip":
         return {"max_norm": max_norm}, ""
+    if rule == "clipped_gossip":
+        return {"f": f}, ""
     raise ValueError(rule)
 
 
@@ -130,11 +134,12 @@ def split_amount(total: int, ppm: dict[int, int]) -> dict[int, int]:
 
 
 async def _scored_run(
-    cfg: SimConfig, datas: list[LocalData], device, exclude_flagged: bool = False
+    cfg: SimConfig, datas: list[LocalData], device, exclude_flagged: bool = False, absent: frozenset[int] = frozenset()
 ) -> tuple[float, list[dict]]:
     """``peers.simulate._run_gossip`` with the job's validator: (honest final accuracy on the
     union eval split, the validator's evidence per round). With ``exclude_flagged`` a node the
-    detection rule flags is left out of every later round, as the platform does."""
+    detection rule flags is left out of every later round, as the platform does; nodes in
+    ``absent`` are left out of every round (the cohort without them)."""
     from peers.attacks import make_peer
     from peers.federation import InMemoryPlatform
     from peers.simulate import Evaluator
@@ -177,7 +182,7 @@ async def _scored_run(
             return
         node = message["node_id"]
         state = peers[node].jobs.get(message["job_id"])
-        if state is not None and node not in attackers and message["round"] == cfg.rounds:
+        if state is not None and node not in attackers | absent and message["round"] == cfg.rounds:
             final.append(evaluator.accuracy(state.trainer.model))
 
     def graph(r: int, cut: frozenset) -> list[dict[int, float]]:
@@ -190,7 +195,7 @@ async def _scored_run(
             transport,
             graph,
             validator=(VALIDATOR_ID, validator),
-            exclude=(lambda r: set(flagged_nodes)) if exclude_flagged else None,
+            exclude=(lambda r: set(flagged_nodes) | absent) if exclude_flagged or absent else None,
         )
     except RuntimeError as exc:  # diverged honest peers stopped: pay the rounds that closed
         _log(f"  stopped after round {len(evidence)}: {exc}")
@@ -238,16 +243,27 @@ def _log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench robustness", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="expander only, 10 rounds, 3 rules, 3 kinds")
+    ap.add_argument("--quick", action="store_true", help="expander only, 10 rounds, 4 rules, 3 kinds")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run (default 20; --quick 10)")
     ap.add_argument("--local-steps", type=int, default=None, help="local steps per round (default 10; --quick 5)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--rules", default=None, help=f"comma-separated subset of {','.join(RULES)}")
+    ap.add_argument("--graphs", default=None, help=f"comma-separated subset of {','.join(GRAPHS)}")
     args = ap.parse_args(argv)
     device = select_device(args.device)
     rounds = args.rounds or (10 if args.quick else 20)
     steps = args.local_steps or (5 if args.quick else 10)
     graphs = ("expander",) if args.quick else tuple(GRAPHS)
-    rules = ("mean", "median", "krum") if args.quick else RULES
+    rules = ("mean", "median", "krum", "clipped_gossip") if args.quick else RULES
+    if args.rules:
+        rules = tuple(r for r in RULES if r in args.rules.split(","))
+        unknown = set(args.rules.split(",")) - set(RULES)
+        if unknown or not rules:
+            ap.error(f"unknown rules {sorted(unknown)}; choose from {', '.join(RULES)}")
+    if args.graphs:
+        graphs = tuple(g for g in GRAPHS if g in args.graphs.split(","))
+        if "expander" not in graphs:
+            ap.error("the expander is needed: rules are ranked on it")
     kinds = ("none", "sign-flip", "free-ride") if args.quick else KINDS
     seed = 0
     started = time.perf_counter()
@@ -340,16 +356,25 @@ def main(argv: list[str] | None = None) -> int:
             f"payments {best} {kind:<11} attackers paid {payments[kind]['attackers_paid']:.2f} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
-    # The platform's own defence beside the rules: the mean, with every node the validator's
-    # evidence flags left out of the later rounds (ledger.detection; jobs.orchestration.open_round).
-    excluded: dict[str, dict] = {}
-    if "mean" in acc["expander"]:
+    # The platform's own defence beside the rules: every node the validator's evidence flags is
+    # left out of the later rounds (ledger.detection; jobs.orchestration.open_round). The drop is
+    # measured against the same rule's run without attackers and without exclusion.
+    excluded: dict[str, dict[str, dict]] = {}
+    for rule in [r for r in EXCLUSION_RULES if r in acc["expander"]]:
         n, f = shape["expander"]
+        params, _ = rule_params(rule, n, f, max_norm)
+        excluded[rule] = {}
         for kind in kinds:
             if kind == "none":
                 continue
             cfg = replace(
-                base, topology="expander", degree=8, rule="mean", rule_params={}, attack=kind, attackers=ATTACKERS
+                base,
+                topology="expander",
+                degree=8,
+                rule=rule,
+                rule_params=params or {},
+                attack=kind,
+                attackers=ATTACKERS,
             )
             t0 = time.perf_counter()
             threads = torch.get_num_threads()
@@ -359,11 +384,26 @@ def main(argv: list[str] | None = None) -> int:
                 accuracy, evidences = asyncio.run(_scored_run(cfg, datas, device, exclude_flagged=True))
             finally:
                 torch.set_num_threads(threads)
-            excluded[kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
-            _log(f"mean+exclusion {kind:<11} acc {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
-        excl_drop = max(drop_points(acc["expander"]["mean"]["none"], e["accuracy"]) for e in excluded.values())
+            excluded[rule][kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
+            _log(f"{rule}+exclusion {kind:<11} acc {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
+        excl_drop = max(drop_points(acc["expander"][rule]["none"], e["accuracy"]) for e in excluded[rule].values())
         if excl_drop < best_drop:
-            best, best_drop, payments = "mean+exclusion", excl_drop, excluded
+            best, best_drop, payments = f"{rule}+exclusion", excl_drop, excluded[rule]
+    # The floor of any defence: the honest peers alone (the attackers' nodes absent from round 1,
+    # their shards with them), the mean over the same graph. What the attackers' share of the
+    # data is worth under this skew, whatever a rule or detection does.
+    floor_cfg = replace(base, topology="expander", degree=8, rule="mean", rule_params={}, attack="none", attackers=0)
+    absent = frozenset(replace(base, attackers=ATTACKERS, attack="scale").attacker_ids())
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        honest_alone, _ = asyncio.run(_scored_run(floor_cfg, datas, device, absent=absent))
+    finally:
+        torch.set_num_threads(threads)
+    clean_mean = acc["expander"]["mean"]["none"] if "mean" in acc["expander"] else float("nan")
+    floor_drop = drop_points(clean_mean, honest_alone)
+    _log(f"honest peers alone (mean) acc {honest_alone:.4f}")
     attackers_paid = round(sum(p["attackers_paid"] for p in payments.values()), 6)
     seconds = time.perf_counter() - started
     reduced = " (the issue asks 100 x 20: reduced to fit the time budget)" if (rounds, steps) != (100, 20) else ""
@@ -399,15 +439,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:<11} {100 * p['accuracy']:>7.2f} {p['attackers_paid']:>10.2f} {p['honest_paid']:>9.2f} "
             f"{p['attacker_flags']:>11} {p['honest_flags']:>13}"
         )
-    if excluded:
+    for rule, runs in excluded.items():
         print()
-        print("mean + exclusion of flagged peers (the platform's defence; drop vs the mean without attackers):")
-        for kind, e in excluded.items():
-            drop = drop_points(acc["expander"]["mean"]["none"], e["accuracy"])
+        print(f"{rule} + exclusion of flagged peers (the platform's defence; drop vs {rule} without attackers):")
+        for kind, e in runs.items():
+            drop = drop_points(acc["expander"][rule]["none"], e["accuracy"])
             print(
                 f"{kind:<11} acc {100 * e['accuracy']:>6.2f} drop {drop:>6.2f}  attackers paid {e['attackers_paid']:.2f}"
                 f"  attacker flags {e['attacker_flags']}  honest flags {e['honest_flags']}"
             )
+    print()
+    print(
+        f"floor of any defence: the {PEERS - ATTACKERS} honest peers alone (mean, attackers absent from round 1) "
+        f"reach {100 * honest_alone:.2f}%, {floor_drop:.2f} points under the mean's clean run"
+    )
     print()
     grid = {
         graph: {
@@ -433,7 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         "payments": {k: {kk: round(vv, 4) for kk, vv in p.items()} for k, p in payments.items()},
         "seconds": round(seconds, 1),
         "diverged": stalled,
-        "exclusion": {k: {kk: round(vv, 4) for kk, vv in e.items()} for k, e in excluded.items()},
+        "exclusion": {
+            rule: {k: {kk: round(vv, 4) for kk, vv in e.items()} for k, e in runs.items()}
+            for rule, runs in excluded.items()
+        },
+        "honest_alone_accuracy": round(100 * honest_alone, 2),
+        "floor_drop_points": round(floor_drop, 2),
         "grid": grid,
     }
     print(json.dumps(result))

@@ -21,17 +21,19 @@ krum           Krum                                          f (required), m=1
 multi_krum     multi-Krum                                    f (required), m=n-f
 bulyan         Bulyan (repeated Krum + mean near the median) f (required)
 norm_clip      clip L2 norm then weighted mean               max_norm (required), reference
+clipped_gossip own model + clipped pulls (ClippedGossip)      f=0, tau (adaptive unless given)
 =============  ============================================  ===================================
 
 The order-statistic rules (median, trimmed_mean, bulyan) validate ``weights`` but do not use
-them; krum/multi_krum weight the selected updates; mean and norm_clip are weighted means.
+them; krum/multi_krum weight the selected updates; mean and norm_clip are weighted means;
+clipped_gossip treats ``updates[0]`` as the aggregating peer's own model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from peers.rules import bulyan, krum, mean, median, norm_clip, trimmed_mean
+from peers.rules import bulyan, clipped_gossip, krum, mean, median, norm_clip, trimmed_mean
 
 Rule = Callable[..., dict]
 
@@ -43,6 +45,7 @@ RULES: dict[str, Rule] = {
     "multi_krum": krum.multi_krum,
     "bulyan": bulyan.aggregate,
     "norm_clip": norm_clip.aggregate,
+    "clipped_gossip": clipped_gossip.aggregate,
 }
 
 

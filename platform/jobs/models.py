@@ -29,6 +29,7 @@ RULE_CHOICES = [
     ("multi_krum", "Multi-Krum"),
     ("bulyan", "Bulyan"),
     ("norm_clip", "Norm clipping, then mean"),
+    ("clipped_gossip", "Clipped gossip (each neighbour's pull clipped; f farthest)"),
 ]
 COMPRESSION_CHOICES = [
     ("none", "None (float32)"),
@@ -222,7 +223,7 @@ class Job(models.Model):
             return None
 
     def rule_params(self) -> dict:
-        if self.rule in ("krum", "multi_krum", "bulyan"):
+        if self.rule in ("krum", "multi_krum", "bulyan", "clipped_gossip"):
             return {"f": self.byzantine_f}
         if self.rule == "trimmed_mean":
             return {"trim": 0.2}
