@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (10 if args.quick else 20)
     steps = args.local_steps or (5 if args.quick else 10)
     graphs = ("expander",) if args.quick else tuple(GRAPHS)
-    rules = ("mean", "median", "krum", "clipped_gossip") if args.quick else RULES
+    rules: tuple[str, ...] = ("mean", "median", "krum", "clipped_gossip") if args.quick else RULES
     if args.rules:
         rules = tuple(r for r in RULES if r in args.rules.split(","))
         unknown = set(args.rules.split(",")) - set(RULES)

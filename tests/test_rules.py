@@ -51,7 +51,16 @@ def assert_unchanged(before, after):
 
 # ----------------------------------------------------------------------------------------- registry
 def test_registry_names_and_get_rule():
-    assert set(RULES) == {"mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "norm_clip", "clipped_gossip"}
+    assert set(RULES) == {
+        "mean",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+        "bulyan",
+        "norm_clip",
+        "clipped_gossip",
+    }
     for name in RULES:
         assert get_rule(name) is RULES[name]
     with pytest.raises(ValueError, match=r"unknown aggregation rule 'fedavg'.*mean.*median.*bulyan"):

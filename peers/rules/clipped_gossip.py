@@ -49,13 +49,13 @@ def aggregate(updates: list[dict[str, Tensor]], weights: list[float] | None = No
     distances = norm_clip.norms(updates[1:], spec, own)
     if not all(math.isfinite(d) for d in distances):
         _flat.raise_nonfinite(updates, spec, NAME, "a neighbour's distance is not finite")
-    if p["tau"] is None:
+    given = p["tau"]
+    if given is None:
         tau = adaptive_tau(distances, f)
+    elif isinstance(given, bool) or not isinstance(given, (int, float)) or not math.isfinite(given) or given <= 0:
+        raise ValueError(f"{NAME}: tau must be finite and > 0, got {given!r}")
     else:
-        tau = p["tau"]
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-            raise ValueError(f"{NAME}: tau must be finite and > 0, got {tau!r}")
-        tau = float(tau)
+        tau = float(given)
     if tau <= 0:  # no neighbour is trusted to move us (or all sit exactly on us)
         return linear_combination([own], [1.0], spec, NAME)
     scale = [1.0] + norm_clip.clip_factors(distances, tau)
