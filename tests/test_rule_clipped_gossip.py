@@ -62,5 +62,5 @@ def test_bad_params_and_inputs_are_refused():
     for params in ({"f": -1}, {"f": 1.5}, {"tau": 0}, {"tau": float("nan")}, {"max_norm": 1}):
         with pytest.raises(ValueError, match="clipped_gossip"):
             rule(ups, **params)
-    with pytest.raises(ValueError, match="not finite|non-finite"):
+    with pytest.raises(ValueError, match=r"not finite|non-finite"):
         rule([state(0.0), state(float("nan"))])

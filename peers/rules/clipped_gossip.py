@@ -58,7 +58,7 @@ def aggregate(updates: list[dict[str, Tensor]], weights: list[float] | None = No
         tau = float(given)
     if tau <= 0:  # no neighbour is trusted to move us (or all sit exactly on us)
         return linear_combination([own], [1.0], spec, NAME)
-    scale = [1.0] + norm_clip.clip_factors(distances, tau)
+    scale = [1.0, *norm_clip.clip_factors(distances, tau)]
     coefs = [w * s for w, s in zip(ws, scale, strict=True)]
     # x_0 + sum_j c_j (x_j - x_0) = sum_j c_j x_j + (1 - sum_j c_j) x_0, c_0 included in the sum
     return linear_combination([*updates, own], [*coefs, 1.0 - math.fsum(coefs)], spec, NAME)
