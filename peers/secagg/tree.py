@@ -210,7 +210,7 @@ def tree_weighted_sum(
             f"root: {len(tree.groups) - len(live_aggs)} of {len(tree.groups)} aggregators dropped, "
             f"{len(live_aggs)} left, {agg_threshold} needed to unmask"
         )
-    result = TreeResult(total=np.zeros(0), weight=0.0, included=frozenset())
+    contributor_views: dict[int, npt.NDArray[np.uint64]] = {}
     partial: dict[int, npt.NDArray[np.uint64]] = {}
     included: set[int] = set()
     for g in tree.groups:
@@ -234,7 +234,7 @@ def tree_weighted_sum(
         )
         included.update(encoded)
         if keep_views:
-            result.contributor_views.update(views)
+            contributor_views.update(views)
     total, group_views = secure_sum(
         partial,
         tree.aggregators,
@@ -244,12 +244,13 @@ def tree_weighted_sum(
         where="root",
         keys=None if keys is None else lambda i: keys("root", i),
     )
-    if keep_views:
-        result.group_views.update(group_views)
-    result.total = decode(total)
-    result.weight = math.fsum(weights[i] for i in included)
-    result.included = frozenset(included)
-    return result
+    return TreeResult(
+        total=decode(total),
+        weight=math.fsum(weights[i] for i in included),
+        included=frozenset(included),
+        contributor_views=contributor_views,
+        group_views=group_views if keep_views else {},
+    )
 
 
 __all__ = [
