@@ -6,7 +6,9 @@ without them, in the same run.
 - SecAgg: star FedAvg over 16 peers (``--quick``: 8) on digits Dirichlet(0.5), the MLP and the
   small CNN, with and without ``--secagg`` (``peers.secagg.fedavg``: every upload masked, the
   aggregator unmasks the sum); round time (median) and final accuracy. Target: at most 1.5x
-  the round time and 0.5 points.
+  the round time and 0.5 points. The same over the aggregation tree (``--secagg-tree 4``,
+  ``peers.secagg.tree``: groups of 4, a second masked round among their aggregators), reported
+  beside it (``secagg_tree_round_ratio``, ``secagg_tree_accuracy_drop_points``; no target yet).
 - DP-SGD: ``peers.privacy.dp_sgd.DPSGDTrainer`` against ``peers.training.LocalTrainer`` (same
   model, data, batch, steps; noise 1.0, clip 1.0), training time (median of interleaved repeats
   after a warm-up). Target: at most 3x (naive Opacus is 2.6-8x).
@@ -34,6 +36,7 @@ from peers.simulate import SimConfig, run_simulation
 from peers.training import LocalTrainer, select_device
 
 MODELS = ("mlp", "cnn")
+TREE_GROUP = 4  # the aggregation tree's group size
 
 
 def secagg_rows(peers: int, rounds: int, device: str) -> list[dict]:
@@ -52,8 +55,10 @@ def secagg_rows(peers: int, rounds: int, device: str) -> list[dict]:
             device=device,
         )
         plain, masked = run_simulation(base), run_simulation(replace(base, secagg=True))
+        tree = run_simulation(replace(base, secagg=True, secagg_tree_group=TREE_GROUP))
         t_plain = statistics.median(r.seconds for r in plain.rounds[1:])
         t_masked = statistics.median(r.seconds for r in masked.rounds[1:])
+        t_tree = statistics.median(r.seconds for r in tree.rounds[1:])
         rows.append(
             {
                 "model": model,
@@ -63,6 +68,12 @@ def secagg_rows(peers: int, rounds: int, device: str) -> list[dict]:
                 "accuracy": round(plain.rounds[-1].global_accuracy, 4),
                 "accuracy_secagg": round(masked.rounds[-1].global_accuracy, 4),
                 "drop_points": round(100 * (plain.rounds[-1].global_accuracy - masked.rounds[-1].global_accuracy), 2),
+                "round_s_tree": round(t_tree, 4),
+                "round_ratio_tree": round(t_tree / t_plain, 3),
+                "accuracy_tree": round(tree.rounds[-1].global_accuracy, 4),
+                "drop_points_tree": round(
+                    100 * (plain.rounds[-1].global_accuracy - tree.rounds[-1].global_accuracy), 2
+                ),
             }
         )
     return rows
@@ -140,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<14} {r['round_s']:>8.4f} {r['round_s_secagg']:>8.4f} {r['round_ratio']:>6.2f} "
             f"{r['accuracy']:>7.4f} {r['accuracy_secagg']:>8.4f} {r['drop_points']:>8.2f}"
         )
+    print(
+        f"{f'SecAgg tree {TREE_GROUP}':<14} {'round s':>8} {'+tree':>8} {'ratio':>6} {'acc':>7} {'+tree':>8} {'drop pt':>8}"
+    )
+    for r in secagg:
+        print(
+            f"{r['model']:<14} {r['round_s']:>8.4f} {r['round_s_tree']:>8.4f} {r['round_ratio_tree']:>6.2f} "
+            f"{r['accuracy']:>7.4f} {r['accuracy_tree']:>8.4f} {r['drop_points_tree']:>8.2f}"
+        )
     print()
     print(
         f"{'DP-SGD':<14} {'steps':>6} {'plain s':>8} {'DP-SGD s':>9} {'ratio':>6} {'acc':>7} {'acc DP':>7} {'eps':>7}"
@@ -169,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "secagg_round_ratio": secagg_ratio,
         "secagg_accuracy_drop_points": max(r["drop_points"] for r in secagg),
+        "secagg_tree_group": TREE_GROUP,
+        "secagg_tree_round_ratio": max(r["round_ratio_tree"] for r in secagg),
+        "secagg_tree_accuracy_drop_points": max(r["drop_points_tree"] for r in secagg),
         "dpsgd_train_ratio": dpsgd_ratio,
         "epsilon": client["epsilon"],
         "secagg": secagg,

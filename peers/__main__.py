@@ -157,6 +157,7 @@ def cmd_simulate(args) -> int:
         every_k=args.every_k,
         dynamic_base=args.dynamic_base,
         secagg=args.secagg,
+        secagg_tree_group=args.secagg_tree,
         attack=args.attack,
         attackers=args.attackers,
         dp_clip=args.dp_clip,
@@ -244,6 +245,13 @@ def main(argv=None) -> int:
     sim.add_argument("--dp-epsilon", type=float, default=0.0, help="privacy budget: stop at the last round within it")
     sim.add_argument(
         "--secagg", action="store_true", help="secure aggregation of the uploads (star rules: fedavg, fedprox, fedadam)"
+    )
+    sim.add_argument(
+        "--secagg-tree",
+        type=int,
+        default=0,
+        metavar="GROUP_SIZE",
+        help="with --secagg: aggregate over a tree of groups of GROUP_SIZE (each with an aggregator), 0: the star",
     )
     sim.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
     sim.set_defaults(func=cmd_simulate)

@@ -38,7 +38,7 @@ from peers.data import LocalData, load_local_data
 from peers.federation import InMemoryPlatform, RoundResult
 from peers.models import build_model
 from peers.protocol import JobConfig
-from peers.secagg.fedavg import secure_weighted_mean
+from peers.secagg.fedavg import secure_weighted_mean, tree_weighted_mean
 from peers.training import LocalTrainer, check_lr_schedule, mix, scheduled_lr, select_device
 from peers.transport.memory import MemoryTransport
 from peers.wire.format import pack_state
@@ -68,6 +68,8 @@ class SimConfig:
     dynamic_base: str = "random_regular"
     round_timeout_s: float = 120.0
     secagg: bool = False  # star rules only: the aggregator sums masked uploads (peers.secagg.fedavg)
+    # with secagg: 0 = the star; g >= 2 = an aggregation tree of groups of g (peers.secagg.tree)
+    secagg_tree_group: int = 0
     attack: str = "none"  # what the attackers do (peers.attacks.ATTACK_MODES); gossip rules only
     dp_clip: float = 0.0  # client-level DP (peers.privacy), gossip rules: the update's L2 bound
     dp_noise: float = 0.0  # noise multiplier (0: DP off)
@@ -237,6 +239,10 @@ def _check(cfg: SimConfig, data: LocalData) -> None:
     if cfg.secagg and cfg.rule not in SERVER_RULES:
         # Gossip neighbourhoods would need equal mixing weights and >= 3 neighbours: not built yet.
         raise ValueError("--secagg works with the star's rules (fedavg, fedprox, fedadam) only")
+    if cfg.secagg_tree_group and not cfg.secagg:
+        raise ValueError("--secagg-tree needs --secagg")
+    if cfg.secagg_tree_group and (cfg.secagg_tree_group < 2 or cfg.peers < 2):
+        raise ValueError("--secagg-tree needs a group size >= 2 and at least 2 peers")
     check_lr_schedule(cfg.lr_schedule)
     build_model(
         cfg.model, data.num_features, data.num_classes, hidden=cfg.hidden, seed=cfg.seed, input_shape=data.input_shape
@@ -344,7 +350,12 @@ def run_fedavg(
                 losses.append(t.train(cfg.local_steps).loss)
             uploads.append((float(t.data.samples), t.state()))
         # at the aggregator: sample-weighted mean (of masked uploads, with SecAgg)
-        average = secure_weighted_mean(uploads, r) if cfg.secagg else mix(uploads)
+        if cfg.secagg_tree_group:  # the weights are the shard sizes the simulator knows, not reported ones
+            average = tree_weighted_mean(uploads, r, cfg.secagg_tree_group)
+        elif cfg.secagg:
+            average = secure_weighted_mean(uploads, r)
+        else:
+            average = mix(uploads)
         global_state = server.step(global_state, average) if server else average
         accs = []
         for t in trainers:

@@ -71,3 +71,4 @@ def test_privacy_benchmark_reports_its_three_costs():
     assert result["bench"] == "privacy" and result["quick"] is True
     assert result["secagg_round_ratio"] > 0 and result["dpsgd_train_ratio"] > 0 and result["epsilon"] > 0
     assert abs(result["secagg_accuracy_drop_points"]) < 5  # masks cancel: the same model up to rounding
+    assert result["secagg_tree_round_ratio"] > 0 and abs(result["secagg_tree_accuracy_drop_points"]) < 5

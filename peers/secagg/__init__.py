@@ -27,6 +27,7 @@ fixedpoint      floats <-> uint64 ring elements (scale 2^32), with an exact over
 prg             HKDF-SHA256 seed derivation (round and purpose bound) and AES-256-CTR expansion
 shamir          t-of-n sharing of a 32-byte secret over GF(2^521 - 1)
 protocol        ``Participant`` (keys, shares, mask, reveal) and the server's ``unmask``
+tree            the same over a tree: groups with an aggregator each, a masked round among them
 ==============  ================================================================================
 """
 

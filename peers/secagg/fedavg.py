@@ -7,6 +7,11 @@ Weights are applied before masking (each participant uploads ``samples * update`
 out after unmasking by the survivors' total, so the aggregator learns the weighted sum and the
 total weight, never one participant's update. ``dropped`` participants shared their secrets and
 then vanished before uploading: the mean is over the survivors, as FedAvg's would be.
+
+``tree_weighted_mean`` is the same step over an aggregation tree (``peers.secagg.tree``: groups
+of ``group_size`` with an aggregator each, a second masked round among the aggregators; ``python
+-m peers simulate --secagg --secagg-tree GROUP_SIZE``): the root learns the same mean, no
+aggregator more than its group's sum.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 from peers.secagg.fixedpoint import decode, encode
 from peers.secagg.protocol import Participant, unmask
+from peers.secagg.tree import DEFAULT_DROPOUT_FRACTION, layout, tree_weighted_sum
 
 
 def default_threshold(participants: int) -> int:
@@ -40,9 +46,6 @@ def secure_weighted_mean(
     if n == 0:
         raise ValueError("no uploads")
     threshold = default_threshold(n) if threshold is None else threshold
-    names = list(uploads[0][1])
-    shapes = [tuple(uploads[0][1][k].shape) for k in names]
-    dtypes = [uploads[0][1][k].dtype for k in names]
     ids = list(range(n))
     people = [Participant(i, round, threshold) for i in ids]
     held: dict[int, dict] = {i: {} for i in ids}  # what each participant holds from the others
@@ -54,17 +57,51 @@ def secure_weighted_mean(
     total: np.ndarray | None = None
     for i in survivors:
         weight, state = uploads[i]
-        flat = np.concatenate([state[k].detach().cpu().double().reshape(-1).numpy() for k in names]) * weight
+        flat = _flatten(state, uploads[0][1]) * weight
         masked = people[i].mask(encode(flat, summands=n), public)
         total = masked if total is None else total + masked  # uint64: wraps mod 2^64, as it must
     if total is None:
         raise ValueError("every participant dropped out")
     reveals = {i: people[i].reveal(survivors, dropped, held[i]) for i in survivors}
     summed = decode(unmask(total, survivors, dropped, public, reveals, threshold, round, total.size))
-    mean = summed / sum(uploads[i][0] for i in survivors)
+    return _unflatten(summed / sum(uploads[i][0] for i in survivors), uploads[0][1])
+
+
+def tree_weighted_mean(
+    uploads: Sequence[tuple[float, dict[str, torch.Tensor]]],
+    round: int,
+    group_size: int,
+    *,
+    dropout_fraction: float = DEFAULT_DROPOUT_FRACTION,
+    dropped: frozenset[int] = frozenset(),
+) -> dict[str, torch.Tensor]:
+    """``secure_weighted_mean`` over the aggregation tree of ``peers.secagg.tree.layout(range(n),
+    group_size)`` (participant i = position i, its weight the upload's, which the caller vouches
+    for): the mean over the contributors whose updates reached the root."""
+    if not uploads:
+        raise ValueError("no uploads")
+    ids = range(len(uploads))
+    result = tree_weighted_sum(
+        layout(ids, group_size),
+        {i: _flatten(uploads[i][1], uploads[0][1]) for i in ids},
+        {i: uploads[i][0] for i in ids},
+        round,
+        dropout_fraction=dropout_fraction,
+        dropped=dropped,
+    )
+    return _unflatten(result.mean, uploads[0][1])
+
+
+def _flatten(state: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> np.ndarray:
+    """``state``'s tensors in ``like``'s order, as one float64 vector."""
+    return np.concatenate([state[k].detach().cpu().double().reshape(-1).numpy() for k in like])
+
+
+def _unflatten(flat: np.ndarray, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``flat`` cut back into tensors of ``like``'s names, shapes and dtypes."""
     out, offset = {}, 0
-    for name, shape, dtype in zip(names, shapes, dtypes, strict=True):
-        size = math.prod(shape)
-        out[name] = torch.from_numpy(mean[offset : offset + size].reshape(shape)).to(dtype)
+    for name, tensor in like.items():
+        size = math.prod(tensor.shape)
+        out[name] = torch.from_numpy(flat[offset : offset + size].reshape(tensor.shape)).to(tensor.dtype)
         offset += size
     return out
