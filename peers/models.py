@@ -1,5 +1,6 @@
-"""The model zoo shared by all peers of a job. Inputs arrive flattened (batch, features);
-image models restore (C, H, W) themselves, so every model trains on the same tensors."""
+"""The model zoo shared by all peers of a job (names and kinds: peers.protocol.MODEL_ZOO; ResNet-18
+and MobileNetV3-Small: peers.zoo). Inputs arrive flattened (batch, features); image models restore
+(C, H, W) themselves, so every model trains on the same tensors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import math
 import torch
 from torch import nn
 
-MODEL_CHOICES = ("logreg", "mlp", "cnn", "resnet")
+from peers import zoo
+from peers.protocol import MODEL_ZOO
+
+MODEL_CHOICES = tuple(MODEL_ZOO)  # the names and what each takes: peers.protocol.MODEL_ZOO
+IMAGE_MODELS = tuple(name for name, info in MODEL_ZOO.items() if info.inputs == "image")
 
 
 def infer_image_shape(num_features: int) -> tuple[int, int, int]:
@@ -99,8 +104,17 @@ def build_model(
     if name == "mlp" and hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
     shape: tuple[int, ...] = ()
-    if name in ("cnn", "resnet"):
-        shape = tuple(input_shape) if input_shape else infer_image_shape(num_features)
+    if name in IMAGE_MODELS:
+        if input_shape:
+            shape = tuple(input_shape)
+        else:
+            try:
+                shape = infer_image_shape(num_features)
+            except ValueError:
+                raise ValueError(
+                    f"{name} is an image model and this data is tabular ({num_features} features, "
+                    "no channels × height × width): choose logreg or mlp"
+                ) from None
         if len(shape) != 3 or math.prod(shape) != num_features:
             raise ValueError(f"input_shape {shape} does not hold {num_features} features")
 
@@ -115,6 +129,8 @@ def build_model(
             return SmallCNN(image_shape(), num_classes)
         if name == "resnet":
             return ResNet(image_shape(), num_classes)
+        if name in zoo.ARCHITECTURES:
+            return zoo.build(name, image_shape(), num_classes)
         return nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     if seed is None:

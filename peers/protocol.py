@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -24,6 +24,40 @@ NO_WEIGHTS_BEFORE_DEADLINE = "no weights before the deadline"
 
 class ProtocolError(ValueError):
     """A message that does not match the protocol."""
+
+
+class ModelInfo(NamedTuple):
+    """One model of the zoo, as the platform offers and checks it (the peers build it:
+    ``peers.models.build_model``). Plain data, so the platform needs no torch to know the zoo."""
+
+    label: str
+    description: str
+    inputs: str  # "features": any flat vector; "image": needs (channels, height, width) from the dataset
+    batch_norm: bool = False  # BatchNorm has no per-sample gradient: no DP-SGD (Opacus) with such a model
+
+
+# The model zoo by name (``JobConfig.model``). Every image model normalises with GroupNorm: BatchNorm's
+# running statistics do not average across peers, and DP-SGD cannot train it.
+MODEL_ZOO: dict[str, ModelInfo] = {
+    "logreg": ModelInfo("Logistic regression", "one linear layer; any data", "features"),
+    "mlp": ModelInfo("MLP", "one hidden layer of ReLU units; any data", "features"),
+    "cnn": ModelInfo("Small CNN", "two 3x3 conv blocks and a linear head, about 30k parameters; images", "image"),
+    "resnet": ModelInfo(
+        "Small ResNet", "three stages of two residual blocks, 16 to 64 wide, about 0.2M parameters; images", "image"
+    ),
+    "resnet18": ModelInfo(
+        "ResNet-18",
+        "the 18-layer residual network (He et al.) with GroupNorm and a small-image stem, untrained: "
+        "11M parameters, 45 MB a model on the wire; images",
+        "image",
+    ),
+    "mobilenet_v3_small": ModelInfo(
+        "MobileNetV3-Small",
+        "the small mobile network (Howard et al.) with GroupNorm and a small-image stem, untrained: "
+        "1.5M parameters; images",
+        "image",
+    ),
+}
 
 
 def since(date: str, default: Any) -> Any:

@@ -49,6 +49,8 @@ def test_declaring_a_dataset_records_its_metadata_and_lists_it_for_its_owner_onl
 def test_an_image_schema_counts_channels_times_height_times_width():
     assert schema_problem("digits", {"channels": 1, "height": 8, "width": 8, "classes": 10}) is None
     assert "64 features" in schema_problem("digits", {"channels": 3, "height": 8, "width": 8, "classes": 10})
+    assert "1×8×8" in schema_problem("digits", {"channels": 4, "height": 4, "width": 4, "classes": 10})
+    assert "tabular" in schema_problem("synthetic", {"channels": 1, "height": 6, "width": 10, "classes": 10})
     assert schema_problem("synthetic", {"features": 60, "classes": 10}) is None
 
 

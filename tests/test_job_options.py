@@ -44,7 +44,7 @@ FORM = {
 
 
 def test_platform_choices_exist_on_the_peer_side():
-    assert {k for k, _ in job_models.MODEL_CHOICES} <= set(MODEL_CHOICES)
+    assert {k for k, _ in job_models.MODEL_CHOICES} == set(MODEL_CHOICES)
     assert {k for k, _ in job_models.TOPOLOGY_CHOICES} <= set(topology.TOPOLOGIES)
     assert {k for k, _ in job_models.RULE_CHOICES} == set(RULES)
     assert {k for k, _ in job_models.LR_SCHEDULE_CHOICES} == set(LR_SCHEDULES)
@@ -78,6 +78,34 @@ def test_impossible_combinations_are_refused(changes, field):
 def test_possible_combinations_are_accepted(changes):
     form = JobForm({**FORM, **changes})
     assert form.is_valid(), form.errors
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v3_small", "cnn"])
+def test_image_models_need_an_image_dataset(model):
+    form = JobForm({**FORM, "dataset": "digits", "model": model})
+    assert form.is_valid(), form.errors
+    assert form.instance.config().model == model
+    form = JobForm({**FORM, "dataset": "synthetic", "model": model})
+    assert not form.is_valid()
+    assert "is an image model" in form.errors["model"][0] and "tabular" in form.errors["model"][0]
+
+
+def test_model_choices_carry_their_description():
+    choices = dict(JobForm().fields["model"].choices)
+    assert choices["resnet18"].startswith("ResNet-18 — ") and "GroupNorm" in choices["resnet18"]
+    assert choices["mobilenet_v3_small"].startswith("MobileNetV3-Small — ")
+    assert Job(model="resnet18").get_model_display() == "ResNet-18"  # tables show the short label
+
+
+def test_dp_sgd_refuses_a_batchnorm_model(monkeypatch):
+    """No model of the zoo keeps BatchNorm today; one that did could not train with DP-SGD."""
+    monkeypatch.setitem(job_models.MODEL_ZOO, "resnet18", job_models.MODEL_ZOO["resnet18"]._replace(batch_norm=True))
+    dp = {"dp_level": "sample", "dp_noise": 1.0, "dp_clip": 1.0}
+    form = JobForm({**FORM, "model": "resnet18", **dp})
+    assert not form.is_valid() and "BatchNorm" in form.errors["model"][0]
+    assert JobForm({**FORM, "model": "resnet18", **dp, "dp_level": "client"}).is_valid()
+    monkeypatch.undo()
+    assert JobForm({**FORM, "model": "resnet18", **dp}).is_valid()
 
 
 @pytest.mark.django_db

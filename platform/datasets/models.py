@@ -5,7 +5,7 @@ jobs.Consent row naming the dataset."""
 from django.conf import settings
 from django.db import models
 
-from jobs.models import DATASET_CHOICES, DATASET_SHAPES
+from jobs.models import DATASET_CHOICES, DATASET_SHAPES, image_shape
 
 MAX_SAMPLES = 10_000_000  # declared samples, a sanity cap (the platform never counts them)
 IMAGE_KEYS = ("channels", "height", "width")
@@ -14,7 +14,8 @@ IMAGE_KEYS = ("channels", "height", "width")
 def schema_problem(task: str, schema) -> str | None:
     """Why ``schema`` does not describe data for ``task`` (None when it does). A schema is
     {"features": F, "classes": C} or, for images, {"channels": c, "height": h, "width": w,
-    "classes": C} with c*h*w == F; F and C must be the task's (jobs.models.DATASET_SHAPES)."""
+    "classes": C} with c*h*w == F; F and C must be the task's (jobs.models.DATASET_SHAPES), and
+    an image schema is only for an image task, of its channels and size (jobs.models.DATASET_SCHEMAS)."""
     if task not in DATASET_SHAPES:
         return f"unknown task {task!r}"
     if not isinstance(schema, dict):
@@ -40,6 +41,12 @@ def schema_problem(task: str, schema) -> str | None:
         return f"{task} has {features} features per sample; the schema declares {declared}"
     if schema.get("classes") != classes:
         return f"{task} has {classes} classes; the schema declares {schema.get('classes')}"
+    if any(k in schema for k in IMAGE_KEYS):
+        expected = image_shape(task)
+        if expected is None:
+            return f"{task} is tabular data: declare its features, not channels, height and width"
+        if tuple(schema[k] for k in IMAGE_KEYS) != expected:
+            return f"{task} images are {'×'.join(map(str, expected))} (channels × height × width)"
     return None
 
 

@@ -4,8 +4,9 @@ from django import forms
 
 from nodes.models import Node
 from peers import topology
+from peers.protocol import MODEL_ZOO
 
-from .models import RULE_CHOICES, Job
+from .models import DATASET_CHOICES, DATASET_SCHEMAS, RULE_CHOICES, Job, image_shape
 
 
 class JobForm(forms.ModelForm):
@@ -118,6 +119,10 @@ class JobForm(forms.ModelForm):
         for name in self.OPTIONAL:
             self.fields[name].required = False
         self.fields["reward_per_round"].initial = 100
+        model = self.fields["model"]
+        assert isinstance(model, forms.ChoiceField)  # a CharField with choices
+        model.choices = [(name, f"{info.label} — {info.description}") for name, info in MODEL_ZOO.items()]
+        model.help_text = "Image models need an image dataset; logistic regression and the MLP take any data."
 
     def _post_clean_defaults(self, data) -> None:
         for name in self.OPTIONAL:
@@ -153,6 +158,7 @@ class JobForm(forms.ModelForm):
         if data.get("rule") == "norm_clip" and not (data.get("clip_norm") or 0) > 0:
             self.add_error("clip_norm", "Must be greater than 0.")
         self._check_privacy(data)
+        self._check_model(data)
         if (data.get("stake") or 0) > 0 and not data.get("reward_per_round"):
             self.add_error("stake", "A stake needs rewards: the ledger holds stakes for jobs with a deposit.")
         if not self.errors:
@@ -167,6 +173,25 @@ class JobForm(forms.ModelForm):
                 self.add_error(name, f"Must be between 0 and {high:g}.")
         if (data.get("dp_noise") or 0) > 0 and not (data.get("dp_clip") or 0) > 0:
             self.add_error("dp_clip", "Must be greater than 0 when there is noise (the noise is calibrated to it).")
+
+    def _check_model(self, data) -> None:
+        """The model must take the task's data as its datasets declare it (jobs.models.DATASET_SCHEMAS):
+        an image model needs images; DP-SGD cannot train a model with BatchNorm."""
+        info, task = MODEL_ZOO.get(data.get("model") or ""), data.get("dataset")
+        if info is None or task not in DATASET_SCHEMAS:
+            return  # the field's own choices error
+        if info.inputs == "image" and image_shape(task) is None:
+            self.add_error(
+                "model",
+                f"{info.label} is an image model and {dict(DATASET_CHOICES)[task]} is tabular "
+                "data (features, no channels × height × width): choose logistic regression or the MLP.",
+            )
+        if info.batch_norm and (data.get("dp_noise") or 0) > 0 and data.get("dp_level") == "sample":
+            self.add_error(
+                "model",
+                f"{info.label} uses BatchNorm, which has no per-sample gradient: DP-SGD cannot train it "
+                "(choose client-level privacy or another model).",
+            )
 
     def _check_graph(self, data) -> None:
         """The topology must exist for this many peers, and a robust rule needs enough inputs

@@ -8,11 +8,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from peers.protocol import JobConfig
+from peers.protocol import MODEL_ZOO, JobConfig
 
 # The peer side implements these names (peers.models, peers.topology, peers.rules,
 # peers.wire.compression, peers.training.LR_SCHEDULES); tests/test_job_options.py keeps both sides in step.
-MODEL_CHOICES = [("mlp", "MLP (one hidden layer)"), ("logreg", "Logistic regression"), ("cnn", "Small CNN")]
+# The model zoo is plain data in peers.protocol (no torch here): each model's name, label, description
+# (the job form shows it beside the label) and what data it takes.
+MODEL_CHOICES = [(name, info.label) for name, info in MODEL_ZOO.items()]
 TOPOLOGY_CHOICES = [
     ("ring", "Ring (two neighbours each)"),
     ("torus", "2-D torus (four neighbours)"),
@@ -44,7 +46,29 @@ DATASET_CHOICES = [
     ("digits", "Handwritten digits (8x8, 10 classes)"),
     ("synthetic", "FedProx Synthetic (60 features, 10 classes)"),
 ]
-DATASET_SHAPES = {"digits": (64, 10), "synthetic": (60, 10)}  # task -> (features, classes)
+# What a sample of each task is, as a dataset of that task declares it (datasets.models.schema_problem):
+# an image task gives channels, height and width, a tabular one its features. The model zoo's image
+# models (peers.protocol.MODEL_ZOO) need an image task.
+DATASET_SCHEMAS: dict[str, dict[str, int]] = {
+    "digits": {"channels": 1, "height": 8, "width": 8, "classes": 10},
+    "synthetic": {"features": 60, "classes": 10},
+}
+
+
+def image_shape(task: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) of an image task's samples; None for a tabular task."""
+    schema = DATASET_SCHEMAS[task]
+    if "channels" not in schema:
+        return None
+    return schema["channels"], schema["height"], schema["width"]
+
+
+def _features(task: str) -> int:
+    shape = image_shape(task)
+    return shape[0] * shape[1] * shape[2] if shape else DATASET_SCHEMAS[task]["features"]
+
+
+DATASET_SHAPES = {task: (_features(task), s["classes"]) for task, s in DATASET_SCHEMAS.items()}  # (features, classes)
 
 
 def new_seed() -> int:
