@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0014_secure_aggregation'),
+        ('jobs', '0015_model_zoo'),
     ]
 
     operations = [
