@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from peers.data import load_local_data
+from peers.evidence import score_from_evidence, scores_ppm
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, JobConfig, ProtocolError, decode, encode
 from peers.simulate import SimConfig, run_simulation
@@ -169,3 +170,17 @@ def test_plans_name_the_star_centre_as_aggregator_and_old_plans_still_decode():
 def test_the_config_refuses_what_the_star_cannot_run(changes, message):
     with pytest.raises(ProtocolError, match=message):
         JobConfig(**changes)
+
+
+def test_the_validator_scores_every_members_upload_in_a_star_baseline():
+    reports, _, _ = asyncio.run(
+        run_federation(N, 2, graph="star", rule="fedavg", shards=N + 1, validator_data=f"digits:{N}/{N + 1}")
+    )
+    scores = {rep["round"]: rep for rep in reports if rep.get("type") == "validator.scores"}
+    assert sorted(scores) == [1, 2]
+    for report in scores.values():
+        ppm = scores_ppm(score_from_evidence(report["evidence"]))  # the aggregator's local model too
+        assert set(ppm) == set(range(1, N + 1)) and all(v > 0 for v in ppm.values()), ppm
+    members = [rep for rep in reports if rep.get("type") != "validator.scores"]
+    for r in (1, 2):
+        assert len({rep["model_hash"] for rep in members if rep["round"] == r}) == 1
