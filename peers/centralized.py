@@ -12,7 +12,9 @@ import contextlib
 
 import torch
 
-SERVER_RULES = ("fedavg", "fedprox", "fedadam")
+from peers.protocol import SERVER_RULES
+
+__all__ = ["SERVER_RULES", "FedAdam", "proximal"]
 
 
 @contextlib.contextmanager

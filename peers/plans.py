@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from peers.protocol import ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel, plan_bytes
+from peers.protocol import SERVER_RULES, ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel, plan_bytes
 
 
 def round_plans(
@@ -35,9 +35,18 @@ def round_plans(
     neighbours and their keys: the senders a member masks against when it sends to it.
 
     A member's grant expires at the round's deadline or, when ``consent_expiry`` gives one for
-    its node id (unix seconds), at its consent's expiry if that comes first."""
+    its node id (unix seconds), at its consent's expiry if that comes first.
+
+    With a centralized rule (``config.rule`` in SERVER_RULES) the rows must be a star centred on
+    position 0 (peers.topology.star): members[0] is the round's aggregator, named in every
+    member's plan (``aggregator``); its row's weights are the ones it averages with."""
     if len(rows) != len(members):
         raise ValueError(f"{len(rows)} mixing rows for {len(members)} members")
+    aggregator = 0
+    if config.rule in SERVER_RULES and members:
+        if any(not set(row) <= {0, i} for i, row in enumerate(rows) if i):
+            raise ValueError(f"rule {config.rule!r} is centralized: its rows must be a star centred on position 0")
+        aggregator = members[0][0]
     plans = []
     for index, (node_id, _) in enumerate(members):
         row = rows[index]
@@ -69,6 +78,7 @@ def round_plans(
                 expires_at=min(deadline, (consent_expiry or {}).get(node_id, deadline)),
             ),
             validators=[] if validator is None else [_neighbour(*validator, 0.0)],
+            aggregator=aggregator,
         )
         plan.signature = sign(plan_bytes(plan))
         plans.append(plan)

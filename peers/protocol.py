@@ -21,6 +21,12 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,99}$")
 # links from dynamic topologies.
 NO_WEIGHTS_BEFORE_DEADLINE = "no weights before the deadline"
 
+# The centralized baselines on the star (peers.centralized, live in peers.star): a JobConfig
+# with one of these rules has one aggregator (RoundPlan.aggregator) instead of gossip mixing.
+# Their parameters: fedprox's "mu" (proximal weight, >= 0), fedadam's "server_lr" (> 0).
+SERVER_RULES = ("fedavg", "fedprox", "fedadam")
+SERVER_RULE_PARAMS = {"fedavg": (), "fedprox": ("mu",), "fedadam": ("server_lr",)}
+
 
 class ProtocolError(ValueError):
     """A message that does not match the protocol."""
@@ -111,6 +117,8 @@ class JobConfig:
             raise ProtocolError(f"config.dp_delta must be between 0 and 1, got {self.dp_delta}")
         if self.secure_aggregation and (self.rule != "mean" or self.compression != "none"):
             raise ProtocolError("config.secure_aggregation needs rule 'mean' and compression 'none'")
+        if self.rule in SERVER_RULES:
+            self._check_server_rule()
         for name, low in (
             ("hidden", 1),
             ("local_steps", 0),
@@ -120,6 +128,20 @@ class JobConfig:
         ):
             if getattr(self, name) < low:
                 raise ProtocolError(f"config.{name} must be at least {low}, got {getattr(self, name)}")
+
+    def _check_server_rule(self) -> None:
+        """A centralized baseline: only its own parameters, in range, and no DP (the aggregator's
+        own model would reach the leaves un-noised inside the global one)."""
+        allowed = SERVER_RULE_PARAMS[self.rule]
+        if set(self.rule_params) - set(allowed):
+            raise ProtocolError(f"config.rule {self.rule!r} takes only {list(allowed) or 'no'} parameters")
+        mu, server_lr = self.rule_params.get("mu", 0.0), self.rule_params.get("server_lr", 1.0)
+        if not (math.isfinite(mu) and mu >= 0):
+            raise ProtocolError(f"config.rule_params.mu must be a finite number >= 0, got {mu}")
+        if not (math.isfinite(server_lr) and server_lr > 0):
+            raise ProtocolError(f"config.rule_params.server_lr must be a positive finite number, got {server_lr}")
+        if self.dp_noise > 0:
+            raise ProtocolError(f"config.rule {self.rule!r} runs without differential privacy")
 
 
 @dataclass
@@ -164,10 +186,15 @@ class RoundPlan:
     validators: list[Neighbour] = field(default_factory=list, metadata={"since": "2026-11-26"})
     # "train" (a member) or "validate" (the validator: score the neighbours' models, train nothing).
     role: str = since("2026-11-26", "train")
+    # With a centralized rule (config.rule in SERVER_RULES): the node id of the round's aggregator,
+    # the star's centre, which averages the members' models and sends back the global one (0: none).
+    aggregator: int = since("2026-11-27", 0)
 
     def __post_init__(self) -> None:
         if self.role not in ("train", "validate"):
             raise ProtocolError(f"plan.role must be 'train' or 'validate', got {self.role!r}")
+        if self.aggregator and (self.config.rule not in SERVER_RULES or self.role != "train"):
+            raise ProtocolError("plan.aggregator comes with a centralized rule in a member's plan only")
 
 
 @dataclass

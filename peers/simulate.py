@@ -7,9 +7,9 @@ over :class:`peers.transport.memory.MemoryTransport`, driven by
 memory).
 
 ``--rule fedavg`` (with ``--topology star``) is centralized FedAvg, run as a separate, plain loop
-(:func:`run_fedavg`): the worker exchanges weights once per round, so it cannot express the
-star's two hops (leaves upload, the aggregator at position 0 averages sample-weighted, the
-average is sent back). Each peer trains the same number of local steps on the same shard with
+(:func:`run_fedavg`; leaves upload, the aggregator at position 0 averages sample-weighted, the
+average is sent back), quicker than the live two hops of :mod:`peers.star`, which a platform
+job runs (and which average with the plan's equal weights instead). Each peer trains the same number of local steps on the same shard with
 the same trainer as in the decentralized runs; the bytes counted are what the two hops would
 carry. Gossip over the star with Metropolis-Hastings weights (``--topology star --rule mean``)
 is a different, much slower thing, and also available.

@@ -80,8 +80,8 @@ def star(n: int) -> Graph:
 
     This is the centralized baseline's graph. Gossiping over it with Metropolis-Hastings
     weights is NOT FedAvg (leaves keep 1 - 1/n of their own model); centralized FedAvg, where
-    the aggregator averages everyone sample-weighted and sends the average back, is run by
-    :func:`peers.simulate.run_fedavg`.
+    the aggregator averages everyone and sends the average back, is run in process by
+    :func:`peers.simulate.run_fedavg` and live by :mod:`peers.star`.
     """
     _check_n(n, "star")
     return [set(range(1, n))] + [{0} for _ in range(1, n)]

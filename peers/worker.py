@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import time
@@ -19,11 +20,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from peers import star
 from peers.data import LocalData
 from peers.models import build_model
 from peers.privacy import ClientDPAccountant, privatize
 from peers.protocol import (
     NO_WEIGHTS_BEFORE_DEADLINE,
+    SERVER_RULES,
     JobEvent,
     ModelRequest,
     PeerReport,
@@ -91,6 +94,7 @@ class JobState:
     round_start: dict | None = None  # the model the round began from (what DP clips the update against)
     consensus: dict | None = None  # as the job's validator: the last round's consensus (the next reference)
     validator: Any = None  # as the job's validator: its peers.validator.Validator
+    star: star.StarState = field(default_factory=star.StarState)  # centralized baselines (peers.star)
 
     def decoder(self, sender: int) -> WeightsDecoder:
         if sender not in self.decoders:
@@ -276,6 +280,9 @@ class Peer:
         if isinstance(result, Completed) and result.seq == CATCH_UP_SEQ:
             state.catch_up[result.sender] = result.payload
             state.arrived.set()
+        elif isinstance(result, Completed) and result.seq == star.GLOBAL_SEQ:
+            state.star.globals.setdefault(result.round, {})[result.sender] = result.payload
+            state.arrived.set()
         elif isinstance(result, Completed) and result.seq == RECOVERY_SEQ:
             state.recoveries.setdefault(result.round, {})[result.sender] = result.payload
             state.arrived.set()
@@ -303,7 +310,8 @@ class Peer:
                 raise ValueError(
                     f"local data has {self.data.num_features} features, the job expects {cfg.num_features}"
                 )
-            get_rule(cfg.rule)  # unknown rules and schedules fail here, before any training
+            if cfg.rule not in SERVER_RULES:  # those run on the star (peers.star)
+                get_rule(cfg.rule)  # unknown rules and schedules fail here, before any training
             check_lr_schedule(cfg.lr_schedule)
             model = build_model(
                 cfg.model,
@@ -382,9 +390,26 @@ class Peer:
         # Training runs off the event loop so chunks keep flowing; zero steps need no thread hop.
         self._before_training(plan, state)
         training_started = time.perf_counter()
-        trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
+        with star.local_training(plan, state) if star.is_star(plan) else contextlib.nullcontext():
+            trained = await asyncio.to_thread(state.trainer.train, steps) if steps else state.trainer.train(0)
         self.activity.trained(steps, time.perf_counter() - training_started)
         local = state.trainer.state()
+        if star.is_star(plan):  # a centralized baseline: the aggregator's global model, not gossip
+            done = await star.exchange(self, plan, state, local)
+            mixed, rejected, bytes_sent = done.model, done.rejected, done.bytes_sent
+            bytes_received, mixed_count = done.bytes_received, done.used
+        else:
+            mixed, rejected, bytes_sent, bytes_received, mixed_count = await self._gossip(plan, state, local)
+        await self._close_round(
+            plan, state, started, trained, local, mixed, rejected, bytes_sent, bytes_received, mixed_count
+        )
+
+    async def _gossip(
+        self, plan: RoundPlan, state: JobState, local: dict
+    ) -> tuple[dict, dict[int, str], int, int, int]:
+        """Send this round's model to the neighbours and mix theirs: (mixed model, rejected
+        senders, bytes sent, bytes received, models mixed)."""
+        cfg = plan.config
         if cfg.secure_aggregation:
             bytes_sent = await self._send_masked(plan, state, local)
         else:
@@ -417,6 +442,24 @@ class Peer:
         if not all(all_finite(t) for t in local.values()):
             weighted = weighted[1:]  # our own update blew up: take the neighbours' if any came
         mixed = self._aggregate(state, weighted) if weighted else local
+        mixed_count = int(sum(w for w, _ in weighted[1:])) if cfg.secure_aggregation else len(weighted) - 1
+        return mixed, rejected, bytes_sent, sum(len(p) for p in received.values()), mixed_count
+
+    async def _close_round(
+        self,
+        plan: RoundPlan,
+        state: JobState,
+        started: float,
+        trained: Any,
+        local: dict,
+        mixed: dict,
+        rejected: dict[int, str],
+        bytes_sent: int,
+        bytes_received: int,
+        mixed_count: int,
+    ) -> None:
+        """Adopt the round's model, evaluate it and report the round."""
+        steps = plan.config.local_steps
         state.trainer.load_state(mixed)
         state.last_round = plan.round
         evaluation = await asyncio.to_thread(state.trainer.evaluate)
@@ -445,7 +488,7 @@ class Peer:
             eval_samples=evaluation.samples,
             model_hash=sha256_hex(pack_state(mixed)),
             bytes_sent=bytes_sent,
-            bytes_received=sum(len(p) for p in received.values()),
+            bytes_received=bytes_received,
             duration_s=time.perf_counter() - started,
             rejected=[{"sender": s, "reason": r} for s, r in sorted(rejected.items())],
             diverged=diverged,
@@ -476,7 +519,7 @@ class Peer:
             plan.round,
             plan.total_rounds,
             report.accuracy,
-            int(sum(w for w, _ in weighted[1:])) if cfg.secure_aggregation else len(weighted) - 1,
+            mixed_count,
             len(plan.neighbours),
         )
         if plan.round >= plan.total_rounds or report.budget_spent:
@@ -722,10 +765,10 @@ class Peer:
         except Exception as exc:
             log.warning("node %s could not answer %s's recovery request: %s", self.node_id, request.requester, exc)
 
-    async def _send_to_neighbours(self, plan: RoundPlan, local: dict) -> int:
+    async def _send_to_neighbours(self, plan: RoundPlan, local: dict, targets: list | None = None) -> int:
         """Send this round's model to the neighbours, and to the job's validator (which scores
-        it), as the one signed payload."""
-        targets = [*plan.neighbours, *plan.validators]
+        it), as the one signed payload (or to ``targets`` only)."""
+        targets = [*plan.neighbours, *plan.validators] if targets is None else targets
         if not targets:
             return 0
         outgoing = self._outgoing(plan, self.jobs[plan.job_id], local)

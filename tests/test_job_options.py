@@ -14,6 +14,7 @@ from jobs.orchestration import build_plans, close_round
 from nodes.models import Node
 from peers import topology
 from peers.models import MODEL_CHOICES
+from peers.protocol import SERVER_RULES, from_message
 from peers.rules import RULES
 from peers.training import LR_SCHEDULES
 from peers.wire.compression import get_compressor
@@ -46,7 +47,7 @@ FORM = {
 def test_platform_choices_exist_on_the_peer_side():
     assert {k for k, _ in job_models.MODEL_CHOICES} == set(MODEL_CHOICES)
     assert {k for k, _ in job_models.TOPOLOGY_CHOICES} <= set(topology.TOPOLOGIES)
-    assert {k for k, _ in job_models.RULE_CHOICES} == set(RULES)
+    assert {k for k, _ in job_models.RULE_CHOICES} == set(RULES) | set(SERVER_RULES)
     assert {k for k, _ in job_models.LR_SCHEDULE_CHOICES} == set(LR_SCHEDULES)
     for spec, _ in job_models.COMPRESSION_CHOICES:
         get_compressor(spec)
@@ -156,3 +157,77 @@ def test_learning_rate_schedule_defaults_to_cosine_and_reaches_the_plan():
     assert Job(lr_schedule="constant").config().lr_schedule == "constant"
     form = JobForm({**FORM, "lr_schedule": "step"})
     assert not form.is_valid() and "lr_schedule" in form.errors
+
+
+STAR = {**FORM, "topology": "star", "num_peers": 4}
+
+
+@pytest.mark.parametrize(
+    "changes, field, says",
+    [
+        ({**FORM, "rule": "fedavg"}, "topology", "choose the star topology"),  # ring
+        ({**FORM, "rule": "fedadam", "topology": "complete"}, "topology", "choose the star topology"),
+        ({**STAR, "rule": "fedavg", "secure_aggregation": "on"}, "secure_aggregation", "gossip mean rule only"),
+        ({**STAR, "rule": "fedprox", "dp_noise": 1.0, "dp_clip": 1.0}, "dp_noise", "without differential privacy"),
+        ({**STAR, "rule": "fedprox", "prox_mu": -0.5}, "prox_mu", "between 0 and 100"),
+        ({**STAR, "rule": "fedadam", "server_lr": 0}, "server_lr", "greater than 0"),
+    ],
+)
+def test_centralized_baselines_refuse_what_cannot_work(changes, field, says):
+    form = JobForm(changes)
+    assert not form.is_valid()
+    assert says in str(form.errors[field]), form.errors
+
+
+def test_centralized_baselines_on_the_star_reach_the_job_config():
+    for rule, extra, params in (
+        ("fedavg", {}, {}),
+        ("fedprox", {"prox_mu": 0.2}, {"mu": 0.2}),
+        ("fedadam", {"server_lr": 0.05}, {"server_lr": 0.05}),
+        ("fedprox", {}, {"mu": 0.01}),  # a client that leaves mu out gets the default
+    ):
+        form = JobForm({**STAR, "rule": rule, "compression": "int8", **extra})
+        assert form.is_valid(), (rule, form.errors)
+        config = form.instance.config()
+        assert (config.rule, config.rule_params) == (rule, params)
+    form = JobForm({**STAR, "rule": "mean"})  # gossip over the star stays possible
+    assert form.is_valid(), form.errors
+
+
+@pytest.mark.django_db
+def test_the_job_form_page_offers_the_baselines_and_refuses_them_off_the_star(client):
+    owner = User.objects.create_user("creator")
+    client.force_login(owner)
+    page = client.get("/jobs/new/").content.decode()
+    assert "FedAvg (centralized baseline on a star)" in page and 'name="server_lr"' in page
+    refused = client.post("/jobs/new/", {**FORM, "rule": "fedavg", "action": "draft"})
+    assert refused.status_code == 200 and not Job.objects.exists()
+    assert "choose the star topology" in refused.content.decode()
+    saved = client.post("/jobs/new/", {**STAR, "rule": "fedprox", "prox_mu": 0.3, "action": "draft"})
+    assert saved.status_code == 302
+    job = Job.objects.get()
+    assert (job.rule, job.config().rule_params) == ("fedprox", {"mu": 0.3})
+
+
+@pytest.mark.django_db
+def test_the_signed_plans_of_a_star_baseline_name_its_centre_the_aggregator():
+    owner = User.objects.create_user("o")
+    job = Job.objects.create(
+        owner=owner, name="s", topology="star", rule="fedadam", server_lr=0.05, num_peers=4, rounds=2
+    )
+    nodes = []
+    for i in range(4):
+        node = Node(owner=owner, name=f"n{i}", public_key=f"{i + 1:064x}", last_seen=timezone.now())
+        node.issue_token()
+        node.save()
+        nodes.append(node)
+        CohortMember.objects.create(job=job, node=node, position=i)
+        Consent.objects.create(job=job, node=node, granted=True, by=owner)
+    job.status = Job.Status.RUNNING
+    job.save()
+    first = Round.objects.create(job=job, number=1, deadline=timezone.now() + timedelta(minutes=5))
+    plans = {channel: from_message(message) for channel, message in build_plans(first)}
+    assert {plan.aggregator for plan in plans.values()} == {nodes[0].id}  # position 0: the star's centre
+    assert {n.node_id for n in plans[nodes[0].channel].neighbours} == {n.id for n in nodes[1:]}
+    assert [n.node_id for n in plans[nodes[2].channel].neighbours] == [nodes[0].id]
+    assert plans[nodes[1].channel].config.rule_params == {"server_lr": 0.05}

@@ -4,7 +4,7 @@ from django import forms
 
 from nodes.models import Node
 from peers import topology
-from peers.protocol import MODEL_ZOO
+from peers.protocol import MODEL_ZOO, SERVER_RULES
 
 from .models import DATASET_CHOICES, DATASET_SCHEMAS, RULE_CHOICES, Job, image_shape
 
@@ -25,6 +25,8 @@ class JobForm(forms.ModelForm):
             "rule",
             "byzantine_f",
             "clip_norm",
+            "prox_mu",
+            "server_lr",
             "compression",
             "num_peers",
             "rounds",
@@ -65,6 +67,8 @@ class JobForm(forms.ModelForm):
             "rule": "Aggregation rule",
             "byzantine_f": "Faulty neighbours tolerated (f)",
             "clip_norm": "Clipping norm",
+            "prox_mu": "FedProx mu",
+            "server_lr": "FedAdam server learning rate",
             "redraw_every": "Redraw every (rounds)",
         }
         help_texts = {
@@ -79,7 +83,7 @@ class JobForm(forms.ModelForm):
         ("Data and model", ["dataset", "model", "hidden"]),
         ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
-        ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "compression"]),
+        ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "prox_mu", "server_lr", "compression"]),
         ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon", "secure_aggregation"]),
         (
             "Participants and rewards",
@@ -101,6 +105,8 @@ class JobForm(forms.ModelForm):
         "rule",
         "byzantine_f",
         "clip_norm",
+        "prox_mu",
+        "server_lr",
         "compression",
         "lr_schedule",
         "dp_level",
@@ -159,6 +165,8 @@ class JobForm(forms.ModelForm):
             self.add_error("clip_norm", "Must be greater than 0.")
         self._check_privacy(data)
         self._check_model(data)
+        if data.get("rule") in SERVER_RULES:
+            self._check_centralized(data)
         if (data.get("stake") or 0) > 0 and not data.get("reward_per_round"):
             self.add_error("stake", "A stake needs rewards: the ledger holds stakes for jobs with a deposit.")
         if not self.errors:
@@ -192,6 +200,35 @@ class JobForm(forms.ModelForm):
                 f"{info.label} uses BatchNorm, which has no per-sample gradient: DP-SGD cannot train it "
                 "(choose client-level privacy or another model).",
             )
+
+    def _check_centralized(self, data) -> None:
+        """The centralized baselines run on the star (its centre aggregates), see every
+        individual model there (no secure aggregation) and add no noise to the aggregator's own
+        model (no differential privacy)."""
+        rule = dict(RULE_CHOICES)[data["rule"]].split(" (")[0]
+        if data.get("topology") != "star":
+            self.add_error(
+                "topology", f"{rule} is a centralized baseline: choose the star topology (its centre aggregates)."
+            )
+        if data.get("secure_aggregation"):
+            self.add_error(
+                "secure_aggregation",
+                f"{rule} averages the individual models at the star's centre: secure aggregation works with the "
+                "gossip mean rule only.",
+            )
+        if (data.get("dp_noise") or 0) > 0:
+            self.add_error(
+                "dp_noise", f"{rule} runs without differential privacy: set the noise to 0 or use a gossip rule."
+            )
+        mu, server_lr = data.get("prox_mu"), data.get("server_lr")
+        if data["rule"] == "fedprox" and mu is not None and not (math.isfinite(mu) and 0 <= mu <= 100):
+            self.add_error("prox_mu", "Must be between 0 and 100.")
+        if (
+            data["rule"] == "fedadam"
+            and server_lr is not None
+            and not (math.isfinite(server_lr) and 0 < server_lr <= 10)
+        ):
+            self.add_error("server_lr", "Must be greater than 0 and at most 10.")
 
     def _check_graph(self, data) -> None:
         """The topology must exist for this many peers, and a robust rule needs enough inputs

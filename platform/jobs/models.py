@@ -32,6 +32,11 @@ RULE_CHOICES = [
     ("bulyan", "Bulyan"),
     ("norm_clip", "Norm clipping, then mean"),
     ("clipped_gossip", "Clipped gossip (each neighbour's pull clipped; f farthest)"),
+    # Centralized baselines on a star (peers.star): the star's centre averages everyone's model
+    # and sends the global one back. The form asks for the star topology with them.
+    ("fedavg", "FedAvg (centralized baseline on a star)"),
+    ("fedprox", "FedProx (centralized baseline on a star, proximal term mu)"),
+    ("fedadam", "FedAdam (centralized baseline on a star, server Adam)"),
 ]
 COMPRESSION_CHOICES = [
     ("none", "None (float32)"),
@@ -117,6 +122,10 @@ class Job(models.Model):
     rule = models.CharField(max_length=32, choices=RULE_CHOICES, default="mean")
     byzantine_f = models.PositiveIntegerField(default=0, help_text="Faulty neighbours to tolerate (Krum, Bulyan).")
     clip_norm = models.FloatField(default=10.0, help_text="L2 bound (norm clipping).")
+    prox_mu = models.FloatField(
+        default=0.01, help_text="FedProx: weight of the proximal term pulling local training towards the global model."
+    )
+    server_lr = models.FloatField(default=0.01, help_text="FedAdam: the aggregator's Adam step size.")
     compression = models.CharField(max_length=16, choices=COMPRESSION_CHOICES, default="none")
     # Differential privacy (peers.privacy): off while dp_noise is 0.
     dp_level = models.CharField(
@@ -253,6 +262,10 @@ class Job(models.Model):
             return {"trim": 0.2}
         if self.rule == "norm_clip":
             return {"max_norm": self.clip_norm}
+        if self.rule == "fedprox":
+            return {"mu": self.prox_mu}
+        if self.rule == "fedadam":
+            return {"server_lr": self.server_lr}
         return {}
 
     def topology_params(self, round_number: int, positions: dict[int, int]) -> dict:
