@@ -33,6 +33,15 @@ def cohort_summary(job: Job) -> list[dict]:
     ]
 
 
+def recruiting_summary(job: Job) -> dict | None:
+    """How far a recruiting job is from its cohort: consenting nodes (the validator aside), how
+    many of them are online, how many it needs; None once it is not recruiting."""
+    if job.status != Job.Status.WAITING:
+        return None
+    nodes = [n for n in Consent.consenting_nodes(job) if n.pk != job.validator_id]
+    return {"consented": len(nodes), "online": sum(1 for n in nodes if n.is_online), "needed": job.num_peers}
+
+
 def payouts_summary(job: Job) -> list[dict]:
     """Every round's payouts, round by round (each closed round is paid as it closes)."""
     return [p.as_event() for p in job.payouts.select_related("node", "round").order_by("round__number", "node_id")]
@@ -51,6 +60,7 @@ def status_event(job: Job) -> dict:
         "cohort": cohort_summary(job),
         "payouts": payouts_summary(job),
         "escrow": escrow_summary(job),
+        "recruiting": recruiting_summary(job),
     }
 
 
@@ -66,4 +76,5 @@ def job_snapshot(job: Job) -> dict:
         "cohort": cohort_summary(job),
         "payouts": payouts_summary(job),
         "escrow": escrow_summary(job),
+        "recruiting": recruiting_summary(job),
     }

@@ -21,7 +21,7 @@ from nodes.models import Node
 from . import queue
 from .forms import ConsentForm, JobForm
 from .models import Consent, Job
-from .snapshot import job_snapshot, status_event
+from .snapshot import job_snapshot, recruiting_summary, status_event
 
 ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 
@@ -224,17 +224,11 @@ def job_detail(request, pk):
             "wallet_balance": _wallet_balance(request.user)
             if job.owner == request.user and job.status == Job.Status.WAITING and not Escrow.lets_start(job)
             else None,
-            "recruiting": _recruiting(job) if job.status == Job.Status.WAITING else None,
+            "recruiting": recruiting_summary(job),
             "can_edit": is_owner and not _terms_fixed(job),
             "can_cancel": is_owner and job.status in Job.OPEN_STATUSES and not job.cancel_requested,
         },
     )
-
-
-def _recruiting(job: Job) -> dict:
-    """How far a recruiting job is from its cohort: consenting nodes, and how many are online."""
-    nodes = [n for n in Consent.consenting_nodes(job) if n.pk != job.validator_id]
-    return {"consented": len(nodes), "online": sum(1 for n in nodes if n.is_online), "needed": job.num_peers}
 
 
 def _wallet_balance(user) -> str:

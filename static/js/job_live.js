@@ -41,6 +41,12 @@
     const open = ["draft", "waiting", "running"].includes(state.status);
     const recruiting = document.getElementById("recruiting");
     if (recruiting && state.status !== "waiting") recruiting.style.display = "none";
+    if (recruiting && state.recruiting) {  // consents and nodes coming online, as they happen
+      for (const key of ["consented", "online"]) {
+        const el = recruiting.querySelector(`[data-recruiting="${key}"]`);
+        if (el) el.textContent = String(state.recruiting[key]);
+      }
+    }
     const cancel = document.getElementById("cancel-job");
     if (cancel && !open) cancel.closest("form").style.display = "none";
     if (!open) {
@@ -315,6 +321,7 @@
       if (msg.data.payouts) state.payouts = msg.data.payouts;
       if ("escrow" in msg.data) state.escrow = msg.data.escrow;
       if (msg.data.topology) state.topology = msg.data.topology;
+      if ("recruiting" in msg.data) state.recruiting = msg.data.recruiting;
     } else if (msg.kind === "node") {
       for (const m of state.cohort || []) {
         if (m.node !== msg.data.node) continue;
