@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -130,3 +131,27 @@ def in_thread(fn, *args):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", "test-artifacts"))
+
+
+def screenshot(page, persona: str, step: str) -> Path:
+    """A full-page screenshot kept as a test artifact: $TEST_ARTIFACTS_DIR/personas/<persona>-<step>.png
+    (test-artifacts/ by default, relative to where pytest runs)."""
+    path = ARTIFACTS / "personas" / f"{persona}-{step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0, path
+    return path
+
+
+def real_errors(errors: list[str]) -> list[str]:
+    return [e for e in errors if not e.endswith("/favicon.ico")]
+
+
+def document_loaded_at(page) -> float:
+    """When the tab's current document started loading (performance.timeOrigin): the same number
+    later means no reload or navigation happened in between (a reloaded page is a new document,
+    with its own origin time and its own single navigation entry)."""
+    return page.evaluate("() => performance.timeOrigin")

@@ -49,6 +49,13 @@
     }
     const cancel = document.getElementById("cancel-job");
     if (cancel && !open) cancel.closest("form").style.display = "none";
+    // Publishing, editing the terms and depositing the budget are for a draft or recruiting job.
+    const publish = document.getElementById("publish-job");
+    if (publish && state.status !== "draft") publish.closest("form").style.display = "none";
+    const edit = document.getElementById("edit-job");
+    if (edit && !["draft", "waiting"].includes(state.status)) edit.style.display = "none";
+    const deposit = document.getElementById("escrow-deposit");
+    if (deposit && state.status !== "waiting") deposit.style.display = "none";
     if (!open) {
       for (const form of document.querySelectorAll("form[action$='/consent/']")) form.style.display = "none";
     }
