@@ -12,6 +12,38 @@ from django.conf import settings as django_settings
 
 pytest_plugins = ["tests.chain_fixtures", "tests.exchange_fixtures", "tests.stack_fixtures"]
 
+
+def _flush_again_on_deadlock() -> None:
+    """A transactional test's teardown empties every table (TRUNCATE) while the production
+    stack's processes may still be reading some of them: Postgres can pick the TRUNCATE as a
+    deadlock's victim and roll it back. Nothing was emptied then, so emptying again is safe."""
+    import time
+
+    from django.db import OperationalError
+    from django.test import TransactionTestCase
+
+    teardown = TransactionTestCase._fixture_teardown
+    if getattr(teardown, "retries_deadlocks", False):
+        return
+
+    def _fixture_teardown(self):
+        for attempt in range(5):
+            try:
+                return teardown(self)
+            except Exception as exc:  # flush wraps the OperationalError in a CommandError
+                cause = exc if isinstance(exc, OperationalError) else exc.__cause__ or exc.__context__
+                if attempt == 4 or "deadlock detected" not in str(cause):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    _fixture_teardown.retries_deadlocks = True  # type: ignore[attr-defined]
+    TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_again_on_deadlock():
+    _flush_again_on_deadlock()
+
 SERVICE_FIXTURES = {
     "db",
     "transactional_db",
