@@ -44,6 +44,7 @@ def _flush_again_on_deadlock() -> None:
 def flush_again_on_deadlock():
     _flush_again_on_deadlock()
 
+
 SERVICE_FIXTURES = {
     "db",
     "transactional_db",
