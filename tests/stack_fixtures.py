@@ -77,6 +77,19 @@ def base_env(home: Path) -> dict:
     }
 
 
+def participant_command(home: Path, *args: str) -> str:
+    """`python -m peers ARGS` as a participant runs it on their own machine (nothing of the
+    platform's environment); its standard output."""
+    return subprocess.run(
+        [sys.executable, "-m", "peers", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=base_env(home),
+        cwd=home,
+    ).stdout
+
+
 def production_env(chain_url: str, peer_redis_url: str, base_url: str, static_root: Path, home: Path) -> dict:
     """The variables README.md's Production section lists, and nothing else."""
     db = connection.settings_dict

@@ -8,8 +8,6 @@ anvil."""
 import hashlib
 import re
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from modelstore.models import FinalModel
 from tests.browser import Browser
 from tests.chain_fixtures import ANVIL_DEV_KEY
 from tests.live_clients import JobWatcher, launch_chromium, watch_page_errors
-from tests.stack_fixtures import base_env
+from tests.stack_fixtures import participant_command
 
 PEERS = 4
 ROUNDS = 4
@@ -39,18 +37,6 @@ PAGE_STATE = """() => ({
   payouts: Array.from(document.querySelectorAll('#payouts tr')).map(r => Array.from(r.cells).map(c => c.textContent)),
   navigations: performance.getEntriesByType('navigation').length,
 })"""
-
-
-def participant_command(tmp_path: Path, *args: str) -> str:
-    """A command a participant runs on their own machine (nothing of the platform's environment)."""
-    return subprocess.run(
-        [sys.executable, "-m", "peers", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=base_env(tmp_path),
-        cwd=tmp_path,
-    ).stdout
 
 
 def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):

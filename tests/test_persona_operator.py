@@ -5,16 +5,13 @@ token it is shown once, and watches the console (/nodes/, over /ws/operator/) wh
 offline -> idle -> offline (through stale) in the same document, never reloaded; screenshots of
 each step are kept as test artifacts."""
 
-import subprocess
-import sys
-
 from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import sync_playwright
 
 from nodes.models import Node, NodeSample
 from tests.live_clients import document_loaded_at, launch_chromium, real_errors, screenshot, watch_page_errors
-from tests.stack_fixtures import NODE_ONLINE_SECONDS, base_env
+from tests.stack_fixtures import NODE_ONLINE_SECONDS, participant_command
 
 PERSONA = "operator"
 PASSWORD = "a-long-password-1"
@@ -40,14 +37,7 @@ def row_status_is(page, node_row: str, status: str, timeout: int) -> None:
 
 
 def test_an_operator_registers_a_node_and_watches_it_come_and_go_live(stack, tmp_path):
-    hardware = subprocess.run(
-        [sys.executable, "-m", "peers", "hw"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=base_env(tmp_path),
-        cwd=tmp_path,
-    ).stdout
+    hardware = participant_command(tmp_path, "hw")
 
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
