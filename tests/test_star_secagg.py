@@ -199,3 +199,74 @@ def test_a_leafs_plan_names_the_aggregators_neighbourhood_only_with_secure_aggre
     _, plain = star_plans(False)
     for plan in plain:
         assert all(n.neighbourhood == {} for n in plan.neighbours)
+
+
+# The job form
+
+STAR = {
+    "name": "j",
+    "description": "",
+    "dataset": "digits",
+    "model": "mlp",
+    "hidden": 32,
+    "topology": "star",
+    "degree": 4,
+    "redraw_every": 5,
+    "rule": "fedavg",
+    "byzantine_f": 0,
+    "clip_norm": 10,
+    "compression": "none",
+    "num_peers": 4,
+    "rounds": 5,
+    "local_steps": 10,
+    "lr": 0.1,
+    "batch_size": 32,
+    "round_timeout_s": 60,
+    "min_vram_gb": 0,
+    "reward_per_round": 10,
+    "secure_aggregation": "on",
+}
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "fedprox", "fedadam"])
+def test_the_form_accepts_secure_aggregation_on_a_star_of_four(rule):
+    from jobs.forms import JobForm
+
+    form = JobForm({**STAR, "rule": rule})
+    assert form.is_valid(), form.errors
+    config = form.instance.config()
+    assert config.secure_aggregation and config.rule == rule
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"num_peers": 3}, "at least 3 leaves"),
+        ({"compression": "int8"}, "uncompressed masked models"),
+    ],
+)
+def test_the_form_refuses_secure_aggregation_on_a_star_where_it_cannot_work(changes, says):
+    from jobs.forms import JobForm
+
+    form = JobForm({**STAR, **changes})
+    assert not form.is_valid()
+    assert says in str(form.errors["secure_aggregation"]), form.errors
+
+
+def test_the_form_still_refuses_differential_privacy_with_a_server_rule():
+    from jobs.forms import JobForm
+
+    form = JobForm({**STAR, "dp_noise": 1.0, "dp_clip": 1.0})
+    assert not form.is_valid()
+    assert "without differential privacy" in str(form.errors["dp_noise"])
+
+
+@pytest.mark.django_db
+def test_the_form_refuses_secure_aggregation_on_a_star_with_a_validator():
+    from jobs.forms import JobForm
+    from tests.factories import make_node, make_user
+
+    user = make_user()
+    form = JobForm({**STAR, "validator": make_node(user).pk}, user=user)
+    assert not form.is_valid()
+    assert "validator scores" in str(form.errors["secure_aggregation"])
