@@ -125,6 +125,35 @@ def test_a_leaf_that_never_sends_is_left_out_and_the_others_finish():
     assert min(rep["accuracy"] for rep in by_round(reports, ROUNDS).values()) > 0.8
 
 
+class Asking(Recording):
+    """Also keeps the catch-up requests."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: list[tuple[str, int]] = []
+
+    async def send(self, channel, message):
+        if message.get("type") == "model.request":
+            self.asked.append((channel, message["requester"]))
+        await super().send(channel, message)
+
+
+def test_a_leaf_hands_a_late_aggregator_no_model_to_catch_up_from(monkeypatch):
+    # The centre starts in round 2 and asks the leaves for their models: none answers (the model a
+    # leaf holds may be the one it trained), so the centre starts from the job's initial model.
+    transport = Asking()
+    monkeypatch.setattr("tests.federation.MemoryTransport", lambda: transport)
+    monkeypatch.setattr("peers.worker.CATCH_UP_WAIT_S", 1.0)
+    reports, _, _ = asyncio.run(
+        run_federation(N, ROUNDS, graph="star", rule="fedavg", secure_aggregation=True, late={HUB: 2}, deadline_s=12)
+    )
+    assert sorted(transport.asked) == [(f"dfl.node.{leaf}", HUB) for leaf in range(2, N + 1)]
+    assert {c.seq for c in transport.to_hub} == {1}  # masked uploads only, never a model in the clear
+    for r in (2, 3):
+        got = by_round(reports, r)
+        assert set(got) == set(range(1, N + 1)) and len({rep["model_hash"] for rep in got.values()}) == 1, r
+
+
 class Dropping(Recording):
     """Round 1: loses leaf 4's masked model on its way to the aggregator (it dropped after its
     masks were fixed). Round 2: loses the global model on its way to leaf 4 (it dropped after
