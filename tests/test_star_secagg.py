@@ -88,14 +88,16 @@ def test_the_aggregator_receives_only_masked_models(secure_and_plain):
     length = sum(math.prod(t.shape) for t in spec.values())
     assert {c.seq for c in transport.to_hub} == {1}  # round uploads only: no catch-up, no plain model
     assert not transport.requests  # nobody dropped: nothing to recover
+    uploads = []
     for r in range(1, ROUNDS + 1):
         for leaf in range(2, N + 1):
             payload = payloads(transport.to_hub, leaf, r)
             assert len(payload) == 8 * length
-            values = np.frombuffer(payload, dtype="<u8")
-            assert stats.kstest(values / 2.0**64, "uniform").pvalue > 0.01, (leaf, r)
             with pytest.raises(WeightsRejected):  # not a model in the wire format either
                 WeightsDecoder(describe(spec), 1 << 30).decode(payload)
+            uploads.append(np.frombuffer(payload, dtype="<u8"))
+    # every upload together looks uniform (one test over all nine, so it rarely fails by chance)
+    assert stats.kstest(np.concatenate(uploads) / 2.0**64, "uniform").pvalue > 1e-3
     # whereas a leaf's model in the clear, as fixed point, looks nothing like uniform
     plain = encode(flat(peers[2].final_model), summands=N - 1)
     assert stats.kstest(plain / 2.0**64, "uniform").pvalue < 1e-6
