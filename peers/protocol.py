@@ -99,7 +99,8 @@ class JobConfig:
     dp_delta: float = since("2026-11-26", 1e-5)
     dp_level: str = since("2026-11-26", "client")  # "client": noise on each round's update; "sample": DP-SGD
     # Secure aggregation of gossip neighbourhoods (peers.secagg.gossip): neighbours send masked
-    # models, a peer learns only their sum and mixes with equal weights (rule "mean" only).
+    # models, a peer learns only their sum and mixes with equal weights (rule "mean"; or a
+    # server rule, where the star's aggregator learns only the sum of the leaves' models).
     secure_aggregation: bool = since("2026-11-26", False)
 
     def __post_init__(self) -> None:
@@ -115,8 +116,11 @@ class JobConfig:
             raise ProtocolError(f"config.dp_level must be 'client' or 'sample', got {self.dp_level!r}")
         if not 0 < self.dp_delta < 1:
             raise ProtocolError(f"config.dp_delta must be between 0 and 1, got {self.dp_delta}")
-        if self.secure_aggregation and (self.rule != "mean" or self.compression != "none"):
-            raise ProtocolError("config.secure_aggregation needs rule 'mean' and compression 'none'")
+        if self.secure_aggregation and (self.rule not in ("mean", *SERVER_RULES) or self.compression != "none"):
+            raise ProtocolError(
+                f"config.secure_aggregation needs rule 'mean' or one of {list(SERVER_RULES)} (the star's "
+                "aggregator sums the leaves' masked models) and compression 'none'"
+            )
         if self.rule in SERVER_RULES:
             self._check_server_rule()
         for name, low in (

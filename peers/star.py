@@ -16,6 +16,14 @@ round began from, the last global one; ``peers.centralized.proximal``). Then:
 
 The global model travels as a signed snapshot (full weights, seq ``GLOBAL_SEQ`` of the round)
 over the same chunk transport and decoders as every other transfer.
+
+With secure aggregation (``config.secure_aggregation``) the aggregator is the one recipient of
+gossip SecAgg (``peers.secagg.gossip``) and the leaves its neighbourhood: a leaf sends it its
+model masked with masks shared among the leaves (``Peer._send_masked``; its plan names the
+aggregator's neighbourhood), the aggregator learns only their sum (``Peer._secure_neighbours``,
+asking the survivors to remove a dropped leaf's masks) and takes the equal-weight mean
+``(x_hub + sum) / (1 + arrived)`` before the server rule. Nothing goes to a validator (the form
+refuses one), and the global model goes back as without masks: every leaf receives it.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class StarState:
     start: dict[str, torch.Tensor] | None = None  # the model this round began from (the last global one)
     server: FedAdam | None = None  # as the aggregator with FedAdam: its moments, across rounds
     globals: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> payload
+    # A leaf of a job with secure aggregation: its model never leaves it unmasked (it answers no
+    # catch-up request, which would hand the aggregator the model it trains).
+    masked_leaf: bool = False
 
 
 @dataclass
@@ -78,6 +89,7 @@ def local_training(plan: RoundPlan, state: Any) -> Iterator[None]:
     star = state.star
     star.start = state.trainer.state()
     cfg = plan.config
+    star.masked_leaf = cfg.secure_aggregation and plan.aggregator != plan.node_id
     mu = float(cfg.rule_params.get("mu", DEFAULT_MU)) if cfg.rule == "fedprox" else 0.0
     with proximal(state.trainer.model, star.start, mu) if mu else contextlib.nullcontext():
         yield
@@ -95,7 +107,10 @@ async def _leaf(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchange
     if not any(n.node_id == hub for n in plan.neighbours):
         log.warning("node %s: its plan does not link it to the aggregator %s; it keeps its model", peer.node_id, hub)
         return Exchanged(local, 0, 0, {}, 0)
-    bytes_sent = await peer._send_to_neighbours(plan, local)  # the aggregator only (and the validator)
+    if plan.config.secure_aggregation:  # masked for the aggregator's sum over the leaves
+        bytes_sent = await peer._send_masked(plan, state, local)
+    else:  # the aggregator only (and the validator)
+        bytes_sent = await peer._send_to_neighbours(plan, local)
     star = state.star
     await _wait(
         peer,
@@ -121,9 +136,11 @@ async def _leaf(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchange
 
 async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchanged:
     star = state.star
-    bytes_sent = await peer._send_to_neighbours(plan, local, targets=plan.validators)
+    secure = plan.config.secure_aggregation
+    bytes_sent = 0 if secure else await peer._send_to_neighbours(plan, local, targets=plan.validators)
     leaves = {n.node_id for n in plan.neighbours}
-    cutoff = plan.deadline - HUB_CUTOFF_MARGINS * peer.deadline_margin_s
+    # With secure aggregation, a margin more for asking the survivors to remove dropped masks.
+    cutoff = plan.deadline - (HUB_CUTOFF_MARGINS + (1 if secure else 0)) * peer.deadline_margin_s
 
     def heard_all() -> bool:
         return leaves <= set(state.payloads.get(plan.round, {})) | set(state.rejected.get(plan.round, {}))
@@ -131,23 +148,23 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
     await _wait(peer, plan, state, heard_all, cutoff)
     received = state.payloads.pop(plan.round, {})
     rejected = state.rejected.pop(plan.round, {})
-    weighted = [(plan.self_weight, local)] if all(all_finite(t) for t in local.values()) else []
+    finite = all(all_finite(t) for t in local.values())
+    # With secure aggregation, equal weights: its own model and the leaves' mean, by count.
+    weighted = [(1.0 if secure else plan.self_weight, local)] if finite else []
     own = len(weighted)
+    if secure:  # the sum of the leaves' masked models, the dropped ones' masks removed
+        give_up = plan.deadline - HUB_CUTOFF_MARGINS * peer.deadline_margin_s
+        weighted += await peer._secure_neighbours(plan, state, local, received, rejected, give_up)
+    else:
+        weighted += _decoded(peer, plan, state, received, rejected)
+    used = int(sum(w for w, _ in weighted[own:])) if secure else len(weighted) - own
     for n in plan.neighbours:
         if n.node_id not in received:
             rejected.setdefault(n.node_id, NO_WEIGHTS_BEFORE_DEADLINE)
-            continue
-        try:
-            weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
-        except WeightsRejected as exc:
-            log.warning(
-                "aggregator %s rejected the model of %s (round %s): %s", peer.node_id, n.node_id, plan.round, exc.reason
-            )
-            rejected[n.node_id] = exc.reason
     bytes_received = sum(len(p) for p in received.values())
     if not weighted:
         return Exchanged(local, bytes_sent, bytes_received, rejected, 0)
-    # Weights from the signed plan, renormalised over the models that arrived.
+    # Weights from the signed plan (or the counts), renormalised over the models that arrived.
     average = get_rule("mean")([s for _, s in weighted], [w for w, _ in weighted])
     start = star.start if star.start is not None else local
     if plan.config.rule == "fedadam":
@@ -158,9 +175,27 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
         model = average
     if not all(all_finite(t) for t in model.values()):
         log.warning("aggregator %s: the global model of round %s is not finite; not sent", peer.node_id, plan.round)
-        return Exchanged(model, bytes_sent, bytes_received, rejected, len(weighted) - own)
+        return Exchanged(model, bytes_sent, bytes_received, rejected, used)
     bytes_sent += await _send_global(peer, plan, state, model)
-    return Exchanged(model, bytes_sent, bytes_received, rejected, len(weighted) - own)
+    return Exchanged(model, bytes_sent, bytes_received, rejected, used)
+
+
+def _decoded(
+    peer: Any, plan: RoundPlan, state: Any, received: dict, rejected: dict[int, str]
+) -> list[tuple[float, dict]]:
+    """The leaves' models that arrived intact, with their weights in the aggregator's plan."""
+    weighted = []
+    for n in plan.neighbours:
+        if n.node_id not in received:
+            continue
+        try:
+            weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
+        except WeightsRejected as exc:
+            log.warning(
+                "aggregator %s rejected the model of %s (round %s): %s", peer.node_id, n.node_id, plan.round, exc.reason
+            )
+            rejected[n.node_id] = exc.reason
+    return weighted
 
 
 async def _send_global(peer: Any, plan: RoundPlan, state: Any, model: dict) -> int:

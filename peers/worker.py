@@ -632,11 +632,19 @@ class Peer:
         return sum(r for r in results if isinstance(r, int))
 
     async def _secure_neighbours(
-        self, plan: RoundPlan, state: JobState, local: dict, received: dict, rejected: dict[int, str]
+        self,
+        plan: RoundPlan,
+        state: JobState,
+        local: dict,
+        received: dict,
+        rejected: dict[int, str],
+        give_up: float | None = None,
     ) -> list[tuple[float, dict]]:
         """[(count, mean of the neighbours' models)] from their masked models, recovering from
         dropped senders; [] (this peer keeps its own model) when fewer than two arrived or a
-        survivor did not help remove the dropped senders' masks (``rejected`` says so)."""
+        survivor did not help remove the dropped senders' masks (``rejected`` says so). The
+        recovery waits for the survivors' answers until ``give_up`` (default: a deadline margin
+        before the deadline; the star's aggregator needs time after it to send the global model)."""
         length = sum(math.prod(shape) for shape, _ in state.spec.values())
         arrived = {}
         for n in plan.neighbours:
@@ -654,7 +662,7 @@ class Peer:
         for masked in arrived.values():
             total += masked  # uint64: wraps mod 2^64, as it must
         if dropped:
-            corrections = await self._recover(plan, state, sorted(arrived), dropped, length)
+            corrections = await self._recover(plan, state, sorted(arrived), dropped, length, give_up)
             if corrections is None:
                 for sender in arrived:
                     rejected[sender] = SECAGG_NO_RECOVERY
@@ -677,10 +685,17 @@ class Peer:
         return [(float(len(arrived)), out)]
 
     async def _recover(
-        self, plan: RoundPlan, state: JobState, survivors: list[int], dropped: list[int], length: int
+        self,
+        plan: RoundPlan,
+        state: JobState,
+        survivors: list[int],
+        dropped: list[int],
+        length: int,
+        give_up: float | None = None,
     ) -> list[np.ndarray] | None:
         """Ask every survivor for the masks it added for the ``dropped`` senders; None when there
-        are too few survivors (their sum would give one away) or one does not answer in time."""
+        are too few survivors (their sum would give one away) or one does not answer by
+        ``give_up`` (unix seconds; default: a deadline margin before the deadline)."""
         if len(survivors) < gossip.MIN_SUM:
             return None
         signature = self.key.sign(recover_bytes(plan.job_id, plan.round, self.node_id, dropped))
@@ -695,7 +710,8 @@ class Peer:
                 await self.transport.send(channels[sender], request)
             except Exception as exc:
                 log.warning("node %s: recovery request to %s failed: %s", self.node_id, sender, exc)
-        give_up = plan.deadline - self.deadline_margin_s
+        if give_up is None:
+            give_up = plan.deadline - self.deadline_margin_s
         while True:
             answers = state.recoveries.get(plan.round, {})
             if set(survivors) <= set(answers) or time.time() >= give_up or self._superseded(plan):
@@ -945,6 +961,13 @@ class Peer:
         ):
             log.warning(
                 "node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id
+            )
+            return
+        if state.star.masked_leaf:
+            log.warning(
+                "node %s: a leaf of a securely aggregated star sends its model to nobody unmasked (request from %s)",
+                self.node_id,
+                request.requester,
             )
             return
         payload = state.encoder.snapshot(state.trainer.state(), request.round - 1)

@@ -167,7 +167,7 @@ STAR = {**FORM, "topology": "star", "num_peers": 4}
     [
         ({**FORM, "rule": "fedavg"}, "topology", "choose the star topology"),  # ring
         ({**FORM, "rule": "fedadam", "topology": "complete"}, "topology", "choose the star topology"),
-        ({**STAR, "rule": "fedavg", "secure_aggregation": "on"}, "secure_aggregation", "gossip mean rule only"),
+        ({**STAR, "rule": "fedavg", "secure_aggregation": "on", "num_peers": 3}, "secure_aggregation", "3 leaves"),
         ({**STAR, "rule": "fedprox", "dp_noise": 1.0, "dp_clip": 1.0}, "dp_noise", "without differential privacy"),
         ({**STAR, "rule": "fedprox", "prox_mu": -0.5}, "prox_mu", "between 0 and 100"),
         ({**STAR, "rule": "fedadam", "server_lr": 0}, "server_lr", "greater than 0"),

@@ -164,7 +164,7 @@ def test_plans_name_the_star_centre_as_aggregator_and_old_plans_still_decode():
         ({"rule": "fedprox", "rule_params": {"mu": -1.0}}, "mu"),
         ({"rule": "fedadam", "rule_params": {"server_lr": 0.0}}, "server_lr"),
         ({"rule": "fedavg", "dp_noise": 1.0, "dp_clip": 1.0}, "differential privacy"),
-        ({"rule": "fedavg", "secure_aggregation": True}, "secure_aggregation"),
+        ({"rule": "fedavg", "secure_aggregation": True, "compression": "int8"}, "secure_aggregation"),
     ],
 )
 def test_the_config_refuses_what_the_star_cannot_run(changes, message):

@@ -75,6 +75,10 @@ class JobForm(forms.ModelForm):
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
             "in total, split by measured contribution. You deposit rounds x this from your wallet before the job "
             "starts; nothing is ever paid beyond it.",
+            "secure_aggregation": "Peers send masked models: each peer learns only the sum of its neighbours' "
+            "models. No compression and no validator. Gossip: the mean rule and a topology giving every peer at "
+            "least 3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more). "
+            "FedAvg, FedProx or FedAdam: a star of at least 4 peers, whose centre learns only the leaves' sum.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
@@ -202,19 +206,13 @@ class JobForm(forms.ModelForm):
             )
 
     def _check_centralized(self, data) -> None:
-        """The centralized baselines run on the star (its centre aggregates), see every
-        individual model there (no secure aggregation) and add no noise to the aggregator's own
-        model (no differential privacy)."""
+        """The centralized baselines run on the star (its centre aggregates) and add no noise to
+        the aggregator's own model (no differential privacy). Secure aggregation is checked with
+        the graph (``_check_secure_star``)."""
         rule = dict(RULE_CHOICES)[data["rule"]].split(" (")[0]
         if data.get("topology") != "star":
             self.add_error(
                 "topology", f"{rule} is a centralized baseline: choose the star topology (its centre aggregates)."
-            )
-        if data.get("secure_aggregation"):
-            self.add_error(
-                "secure_aggregation",
-                f"{rule} averages the individual models at the star's centre: secure aggregation works with the "
-                "gossip mean rule only.",
             )
         if (data.get("dp_noise") or 0) > 0:
             self.add_error(
@@ -240,7 +238,9 @@ class JobForm(forms.ModelForm):
         except ValueError as exc:
             self.add_error("topology", f"Not possible with {n} peers: {exc}")
             return
-        if data.get("secure_aggregation"):
+        if data.get("secure_aggregation") and rule in SERVER_RULES:
+            self._check_secure_star(data, n)
+        elif data.get("secure_aggregation"):
             self._check_secure_aggregation(data, n)
         smallest = min(len(nbrs) for nbrs in graph) + 1
         needs = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
@@ -252,6 +252,27 @@ class JobForm(forms.ModelForm):
             )
 
     SECAGG_MIN_NEIGHBOURS = 3  # one may drop out and the sum still covers two
+
+    def _check_secure_star(self, data, n: int) -> None:
+        """Secure aggregation on the star (peers.star): the centre learns only the sum of the
+        leaves' models, so at least 3 leaves (one may drop and the sum still covers two), no
+        validator (it scores each model) and no compression (masked models are full vectors)."""
+        rule = dict(RULE_CHOICES)[data["rule"]].split(" (")[0]
+        leaves = n - 1
+        if leaves < self.SECAGG_MIN_NEIGHBOURS:
+            self.add_error(
+                "secure_aggregation",
+                f"Secure aggregation with {rule} needs at least {self.SECAGG_MIN_NEIGHBOURS} leaves around the "
+                f"star's centre ({self.SECAGG_MIN_NEIGHBOURS + 1} peers): one may drop and the sum still hides "
+                f"each model; this star has {leaves}.",
+            )
+        if data["compression"] != "none":
+            self.add_error("secure_aggregation", "Secure aggregation sends uncompressed masked models.")
+        if data.get("validator") is not None:
+            self.add_error(
+                "secure_aggregation",
+                "Secure aggregation hides the individual models the validator scores: choose one or the other.",
+            )
 
     def _check_secure_aggregation(self, data, n: int) -> None:
         """Secure aggregation (peers.secagg.gossip) gives each peer only the sum of its
