@@ -75,10 +75,6 @@ class JobForm(forms.ModelForm):
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
             "in total, split by measured contribution. You deposit rounds x this from your wallet before the job "
             "starts; nothing is ever paid beyond it.",
-            "secure_aggregation": "Peers send masked models: each peer learns only the sum of its neighbours' "
-            "models. No compression and no validator. Gossip: the mean rule and a topology giving every peer at "
-            "least 3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more). "
-            "FedAvg, FedProx or FedAdam: a star of at least 4 peers, whose centre learns only the leaves' sum.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 

@@ -144,9 +144,10 @@ class Job(models.Model):
     )
     secure_aggregation = models.BooleanField(
         default=False,
-        help_text="Neighbours send masked models: each peer learns only the sum of its neighbours' models. "
-        "Needs the mean rule, no compression, no validator, and a topology that gives every peer at least "
-        "3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more).",
+        help_text="Peers send masked models: each peer learns only the sum of its neighbours' "
+        "models. No compression and no validator. Gossip: the mean rule and a topology giving every peer at "
+        "least 3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more). "
+        "FedAvg, FedProx or FedAdam: a star of at least 4 peers, whose centre learns only the leaves' sum.",
     )
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
