@@ -198,7 +198,13 @@ def test_job_from_browser_to_on_chain_payout(stack, settings, tmp_path):
     kinds = [f["kind"] for f in watcher.frames]
     assert kinds[0] == "snapshot" and watcher.frames[0]["data"]["status"] == "waiting"
     statuses = [f["data"]["status"] for f in watcher.frames if f["kind"] == "status"]
-    assert statuses[0] == "running" and statuses[-1] == "settled" and "finished" in statuses
+    recruiting = [f["data"]["recruiting"] for f in watcher.frames if f["kind"] == "status" and f["data"]["recruiting"]]
+    counts = [r["consented"] for r in recruiting]  # each consent counted, live (the deposit's frame too)
+    # (the last consent's frame may find the job already forming its cohort: then it says nothing)
+    assert counts == sorted(counts) and set(range(1, PEERS)) <= set(counts) and counts[-1] <= PEERS
+    moved = statuses[len(recruiting) :]
+    assert statuses[: len(recruiting)] == ["waiting"] * len(recruiting)
+    assert moved[0] == "running" and moved[-1] == "settled" and "finished" in moved
     reports = [(f["data"]["round"], f["data"]["node"]) for f in watcher.frames if f["kind"] == "report"]
     assert (
         sorted(reports)

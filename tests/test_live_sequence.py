@@ -81,7 +81,9 @@ def setup(cohort: int = 4):
 
 
 def report(job, node, round_number):
-    return accept_report(node, peer_report(job, node, round_number, accuracy=0.1 * round_number + node.id / 1000))
+    return accept_report(
+        node, peer_report(job, node, round_number, accuracy=0.1 * round_number + (node.id % 100) / 1000)
+    )
 
 
 @database_sync_to_async
