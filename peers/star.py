@@ -42,7 +42,7 @@ from peers.centralized import FedAdam, proximal
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, RoundPlan
 from peers.rules import get_rule
 from peers.wire.codec import WeightsDecoder
-from peers.wire.exchange import send_payload
+from peers.wire.exchange import send_payload_to_each
 from peers.wire.format import WeightsRejected, all_finite
 
 log = logging.getLogger("peers.star")
@@ -201,24 +201,19 @@ def _decoded(
 async def _send_global(peer: Any, plan: RoundPlan, state: Any, model: dict) -> int:
     """The global model to every leaf, as a signed snapshot (no leaf's decoder base changes)."""
     payload = state.encoder.snapshot(model, plan.round)
-    sends = [
-        send_payload(
-            peer.transport,
-            n.channel,
-            job_id=plan.job_id,
-            round=plan.round,
-            sender=peer.node_id,
-            seq=GLOBAL_SEQ,
-            payload=payload,
-            key=peer.key,
-        )
-        for n in plan.neighbours
-    ]
-    results = await asyncio.gather(*sends, return_exceptions=True)
-    for n, result in zip(plan.neighbours, results):
-        if isinstance(result, Exception):
-            log.warning("aggregator %s could not send the global model to %s: %s", peer.node_id, n.node_id, result)
-    return sum(r for r in results if isinstance(r, int))
+    sent, failed = await send_payload_to_each(
+        peer.transport,
+        plan.neighbours,
+        job_id=plan.job_id,
+        round=plan.round,
+        sender=peer.node_id,
+        seq=GLOBAL_SEQ,
+        payload=payload,
+        key=peer.key,
+    )
+    for n, error in failed:
+        log.warning("aggregator %s could not send the global model to %s: %s", peer.node_id, n.node_id, error)
+    return sent
 
 
 async def _wait(peer: Any, plan: RoundPlan, state: Any, done: Callable[[], bool], give_up: float) -> None:

@@ -53,7 +53,7 @@ from peers.training import LocalTrainer, check_lr_schedule, scheduled_lr
 from peers.transport.base import Transport
 from peers.validator import Validator
 from peers.wire.codec import WeightsDecoder, WeightsEncoder
-from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload
+from peers.wire.exchange import Completed, Reassembler, Rejected, send_payload, send_payload_to_each
 from peers.wire.format import WeightsRejected, all_finite, describe, pack_state, payload_bound, sha256_hex
 from peers.wire.signing import NodeKey, verify
 
@@ -791,25 +791,20 @@ class Peer:
         if outgoing is None:
             return 0
         payload, digest = outgoing
-        sends = [
-            send_payload(
-                self.transport,
-                n.channel,
-                job_id=plan.job_id,
-                round=plan.round,
-                sender=self.node_id,
-                seq=ROUND_SEQ,
-                payload=payload,
-                key=self.key,
-                sha256=digest,
-            )
-            for n in targets
-        ]
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        for n, result in zip(targets, results):
-            if isinstance(result, Exception):
-                log.warning("node %s could not send weights to %s: %s", self.node_id, n.node_id, result)
-        return sum(r for r in results if isinstance(r, int))
+        sent, failed = await send_payload_to_each(
+            self.transport,
+            targets,
+            job_id=plan.job_id,
+            round=plan.round,
+            sender=self.node_id,
+            seq=ROUND_SEQ,
+            payload=payload,
+            key=self.key,
+            sha256=digest,
+        )
+        for n, error in failed:
+            log.warning("node %s could not send weights to %s: %s", self.node_id, n.node_id, error)
+        return sent
 
     # -- the validator ------------------------------------------------------------------------
     async def _validate_round(self, plan: RoundPlan, state: JobState) -> None:

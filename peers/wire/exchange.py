@@ -14,8 +14,9 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 from peers.protocol import WeightsChunk, from_message, header_bytes, to_message
 from peers.transport.base import SEND_MANY, BatchingTransport, ChannelFull, Transport, has_extension, is_channel_full
@@ -24,6 +25,14 @@ from peers.wire.signing import NodeKey, verify
 
 MAX_PARTIALS_PER_SENDER = 4  # concurrent unfinished transfers kept per sender
 MAX_REPORTED = 10_000  # bound on remembered rejections (forgers can invent keys)
+
+
+class _HasChannel(Protocol):
+    channel: str
+
+
+Target = TypeVar("Target", bound=_HasChannel)  # a plan's Neighbour: anything with a channel
+
 BATCH_BYTES = 1 << 20  # chunk bytes per send_many call (one Redis round trip; 1 MiB measured best)
 
 
@@ -127,6 +136,18 @@ async def send_payload(
             batch, ahead = ahead, []
         delay, give_up = 0.005, time.monotonic() + full_retry_s
     return len(payload)
+
+
+async def send_payload_to_each(
+    transport: Transport, targets: Sequence[Target], **send
+) -> tuple[int, list[tuple[Target, Exception]]]:
+    """``send_payload`` of one payload to every target's ``channel`` at once: (payload bytes
+    sent in all, [(target, error)] for each send that failed). One failed target stops no other."""
+    results = await asyncio.gather(
+        *(send_payload(transport, t.channel, **send) for t in targets), return_exceptions=True
+    )
+    failed = [(t, r) for t, r in zip(targets, results, strict=True) if isinstance(r, Exception)]
+    return sum(r for r in results if isinstance(r, int)), failed
 
 
 def default_chunk_bytes(size: int) -> int:
