@@ -45,6 +45,20 @@ def flush_again_on_deadlock():
     _flush_again_on_deadlock()
 
 
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """Each test gets channel layers of its own. Every async test runs on an event loop of its
+    own, and channels_redis keeps loop-bound state in the process-wide instance: a receive that
+    a closed loop abandoned leaves its asyncio lock held and bound to that loop, and the next
+    test's first receive fails with "bound to a different event loop". (A server process has
+    one loop for its lifetime, so production never meets this.)"""
+    from channels.layers import channel_layers
+
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
 SERVICE_FIXTURES = {
     "db",
     "transactional_db",

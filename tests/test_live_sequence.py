@@ -64,7 +64,7 @@ class Viewer:
 
     async def settle(self):
         """Apply whatever is still in flight."""
-        while not await self.socket.receive_nothing(timeout=0.3):
+        while not await self.socket.receive_nothing(timeout=1.0):  # a loaded machine delays frames
             await self.receive()
 
     def report_keys(self) -> list[tuple[int, int]]:
