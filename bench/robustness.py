@@ -204,6 +204,18 @@ async def _scored_run(
     return float(np.mean(final)) if final else float("nan"), [evidence[r] for r in sorted(evidence)]
 
 
+def scored_run(cfg: SimConfig, datas: list[LocalData], device, **options) -> tuple[float, list[dict]]:
+    """``_scored_run`` to its end, one torch thread per peer on the CPU as ``run_simulation``
+    does (the peers train in threads of their own)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return asyncio.run(_scored_run(cfg, datas, device, **options))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def drop_points(clean: float, attacked: float) -> float:
     """Accuracy points lost to the attack; a run whose honest models diverged (NaN) lost it all
     (NaN must never win a comparison of worst cases)."""
@@ -344,13 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             attackers=ATTACKERS,
         )
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(1)  # as run_simulation: peers train in threads, one each
-        try:
-            accuracy, evidences = asyncio.run(_scored_run(cfg, datas, device))
-        finally:
-            torch.set_num_threads(threads)
+        accuracy, evidences = scored_run(cfg, datas, device)
         payments[kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
         _log(
             f"payments {best} {kind:<11} attackers paid {payments[kind]['attackers_paid']:.2f} "
@@ -377,13 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 attackers=ATTACKERS,
             )
             t0 = time.perf_counter()
-            threads = torch.get_num_threads()
-            if device.type == "cpu":
-                torch.set_num_threads(1)
-            try:
-                accuracy, evidences = asyncio.run(_scored_run(cfg, datas, device, exclude_flagged=True))
-            finally:
-                torch.set_num_threads(threads)
+            accuracy, evidences = scored_run(cfg, datas, device, exclude_flagged=True)
             excluded[rule][kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
             _log(f"{rule}+exclusion {kind:<11} acc {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
         excl_drop = max(drop_points(acc["expander"][rule]["none"], e["accuracy"]) for e in excluded[rule].values())
@@ -394,13 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     # data is worth under this skew, whatever a rule or detection does.
     floor_cfg = replace(base, topology="expander", degree=8, rule="mean", rule_params={}, attack="none", attackers=0)
     absent = frozenset(replace(base, attackers=ATTACKERS, attack="scale").attacker_ids())
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        honest_alone, _ = asyncio.run(_scored_run(floor_cfg, datas, device, absent=absent))
-    finally:
-        torch.set_num_threads(threads)
+    honest_alone, _ = scored_run(floor_cfg, datas, device, absent=absent)
     clean_mean = acc["expander"]["mean"]["none"] if "mean" in acc["expander"] else float("nan")
     floor_drop = drop_points(clean_mean, honest_alone)
     _log(f"honest peers alone (mean) acc {honest_alone:.4f}")
