@@ -62,9 +62,6 @@ class StarState:
     start: dict[str, torch.Tensor] | None = None  # the model this round began from (the last global one)
     server: FedAdam | None = None  # as the aggregator with FedAdam: its moments, across rounds
     globals: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> payload
-    # A leaf of a job with secure aggregation: its model never leaves it unmasked (it answers no
-    # catch-up request, which would hand the aggregator the model it trains).
-    masked_leaf: bool = False
 
 
 @dataclass
@@ -89,7 +86,6 @@ def local_training(plan: RoundPlan, state: Any) -> Iterator[None]:
     star = state.star
     star.start = state.trainer.state()
     cfg = plan.config
-    star.masked_leaf = cfg.secure_aggregation and plan.aggregator != plan.node_id
     mu = float(cfg.rule_params.get("mu", DEFAULT_MU)) if cfg.rule == "fedprox" else 0.0
     with proximal(state.trainer.model, star.start, mu) if mu else contextlib.nullcontext():
         yield

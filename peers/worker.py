@@ -95,6 +95,9 @@ class JobState:
     consensus: dict | None = None  # as the job's validator: the last round's consensus (the next reference)
     validator: Any = None  # as the job's validator: its peers.validator.Validator
     star: star.StarState = field(default_factory=star.StarState)  # centralized baselines (peers.star)
+    # Secure aggregation or client-level DP: this peer's model leaves only masked or noised, so it
+    # answers no catch-up request (the model it holds mid-round is the one it trained, in the clear).
+    releases_protected_only: bool = False
 
     def decoder(self, sender: int) -> WeightsDecoder:
         if sender not in self.decoders:
@@ -336,6 +339,7 @@ class Peer:
                 privacy=ClientDPAccountant(cfg.dp_noise, cfg.dp_epsilon, cfg.dp_delta)
                 if cfg.dp_noise > 0 and cfg.dp_level == "client"
                 else None,
+                releases_protected_only=cfg.secure_aggregation or (cfg.dp_noise > 0 and cfg.dp_level == "client"),
             )
         state.neighbours = neighbour_keys
         state.reassembler.trust(neighbour_keys)
@@ -958,10 +962,11 @@ class Peer:
                 "node %s ignored a model request from %s for job %s", self.node_id, request.requester, request.job_id
             )
             return
-        if state.star.masked_leaf:
+        if state.releases_protected_only:
             log.warning(
-                "node %s: a leaf of a securely aggregated star sends its model to nobody unmasked (request from %s)",
+                "node %s: in job %s its model leaves only masked or noised; no catch-up for %s",
                 self.node_id,
+                request.job_id,
                 request.requester,
             )
             return

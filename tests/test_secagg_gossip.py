@@ -15,6 +15,7 @@ from peers.protocol import SecAggRecover, WeightsChunk, from_message, recover_by
 from peers.secagg import decode, encode, gossip
 from peers.transport.memory import MemoryTransport
 from peers.wire.signing import NodeKey
+from peers.worker import CATCH_UP_SEQ
 from tests.federation import BASE_CONFIG, run_federation
 
 
@@ -266,3 +267,36 @@ def test_the_form_refuses_secure_aggregation_with_a_validator():
     form = JobForm({**FORM, "validator": node.pk}, user=user)
     assert not form.is_valid()
     assert "validator scores" in str(form.errors["secure_aggregation"])
+
+
+class CatchUpRecorder(MemoryTransport):
+    """Keeps the catch-up requests and every catch-up model sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: list[int] = []
+        self.answered: list[tuple[int, str]] = []
+
+    async def send(self, channel, message):
+        if message.get("type") == "model.request":
+            self.asked.append(message["requester"])
+        if message.get("type") == "weights.chunk" and message["seq"] == CATCH_UP_SEQ:
+            self.answered.append((message["sender"], channel))
+        await super().send(channel, message)
+
+
+@pytest.mark.parametrize("protection", [{"secure_aggregation": True}, {"dp_noise": 0.5, "dp_clip": 5.0}])
+def test_a_late_neighbour_gets_no_model_in_the_clear_to_catch_up_from(monkeypatch, protection):
+    """A neighbour that joins late (or says it did) asks for a model to start from. In a job whose
+    models leave only masked (SecAgg) or noised (client DP), nobody answers: mid-round, the model a
+    peer holds is the one it just trained, in the clear. The late peer starts from the initial
+    model and the job goes on."""
+    transport = CatchUpRecorder()
+    monkeypatch.setattr("tests.federation.MemoryTransport", lambda: transport)
+    monkeypatch.setattr("peers.worker.CATCH_UP_WAIT_S", 1.0)
+    reports, _, _ = asyncio.run(
+        run_federation(4, 3, graph="complete", late={4: 2}, deadline_s=12, dp_epsilon=1e6, **protection)
+    )
+    assert 4 in transport.asked  # it asked ...
+    assert transport.answered == []  # ... and got nothing in the clear
+    assert {r["node_id"] for r in reports if r["round"] == 3} == {1, 2, 3, 4}
