@@ -152,7 +152,7 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
         give_up = plan.deadline - HUB_CUTOFF_MARGINS * peer.deadline_margin_s
         weighted += await peer._secure_neighbours(plan, state, local, received, rejected, give_up)
     else:
-        weighted += _decoded(peer, plan, state, received, rejected)
+        weighted += peer._decode_neighbours(plan, state, received, rejected)
     used = int(sum(w for w, _ in weighted[own:])) if secure else len(weighted) - own
     for n in plan.neighbours:
         if n.node_id not in received:
@@ -174,24 +174,6 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
         return Exchanged(model, bytes_sent, bytes_received, rejected, used)
     bytes_sent += await _send_global(peer, plan, state, model)
     return Exchanged(model, bytes_sent, bytes_received, rejected, used)
-
-
-def _decoded(
-    peer: Any, plan: RoundPlan, state: Any, received: dict, rejected: dict[int, str]
-) -> list[tuple[float, dict]]:
-    """The leaves' models that arrived intact, with their weights in the aggregator's plan."""
-    weighted = []
-    for n in plan.neighbours:
-        if n.node_id not in received:
-            continue
-        try:
-            weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
-        except WeightsRejected as exc:
-            log.warning(
-                "aggregator %s rejected the model of %s (round %s): %s", peer.node_id, n.node_id, plan.round, exc.reason
-            )
-            rejected[n.node_id] = exc.reason
-    return weighted
 
 
 async def _send_global(peer: Any, plan: RoundPlan, state: Any, model: dict) -> int:

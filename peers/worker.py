@@ -425,21 +425,7 @@ class Peer:
         if cfg.secure_aggregation:  # equal weights: own model and the neighbours' mean, by count
             weighted = [(1.0, local), *await self._secure_neighbours(plan, state, local, received, rejected)]
         else:
-            weighted = [(plan.self_weight, local)]
-            for n in plan.neighbours:
-                if n.node_id not in received:
-                    continue
-                try:
-                    weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
-                except WeightsRejected as exc:
-                    log.warning(
-                        "node %s rejected weights from %s (round %s): %s",
-                        self.node_id,
-                        n.node_id,
-                        plan.round,
-                        exc.reason,
-                    )
-                    rejected[n.node_id] = exc.reason
+            weighted = [(plan.self_weight, local), *self._decode_neighbours(plan, state, received, rejected)]
         missing = [n.node_id for n in plan.neighbours if n.node_id not in received and n.node_id not in rejected]
         for sender in missing:
             rejected[sender] = NO_WEIGHTS_BEFORE_DEADLINE
@@ -536,6 +522,24 @@ class Peer:
                     plan.round,
                 )
             self._finish(plan.job_id)
+
+    def _decode_neighbours(
+        self, plan: RoundPlan, state: JobState, received: dict, rejected: dict[int, str]
+    ) -> list[tuple[float, dict]]:
+        """The neighbours' models that arrived intact, each with its weight in the signed plan;
+        one that fails to decode is noted in ``rejected`` with the reason."""
+        weighted = []
+        for n in plan.neighbours:
+            if n.node_id not in received:
+                continue
+            try:
+                weighted.append((n.weight, state.decoder(n.node_id).decode(received[n.node_id])))
+            except WeightsRejected as exc:
+                log.warning(
+                    "node %s rejected weights from %s (round %s): %s", self.node_id, n.node_id, plan.round, exc.reason
+                )
+                rejected[n.node_id] = exc.reason
+        return weighted
 
     @staticmethod
     def _aggregate(state: JobState, weighted: list[tuple[float, dict]]) -> dict:

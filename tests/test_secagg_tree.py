@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from peers.secagg.fedavg import default_threshold, tree_weighted_mean
@@ -16,6 +15,7 @@ from peers.secagg.fixedpoint import encode
 from peers.secagg.tree import Group, TooManyDropouts, layout, threshold, tree_weighted_sum
 from peers.simulate import SimConfig, run_simulation
 from peers.training import mix
+from tests.test_secagg_fedavg import assert_close, uploads
 
 
 def rel_err(got, want):
@@ -162,20 +162,6 @@ def test_too_many_dropouts_fail_loudly_never_with_a_wrong_sum():
 
 
 # FedAvg over the tree
-
-
-def uploads(n: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (float(50 + 10 * i), {"w": torch.randn(32, 16, generator=gen), "b": torch.randn(16, generator=gen)})
-        for i in range(n)
-    ]
-
-
-def assert_close(a: dict, b: dict) -> None:
-    for name in b:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
-        assert float((a[name].double() - b[name].double()).norm()) <= 1e-6 * float(b[name].double().norm())
 
 
 def test_the_tree_mean_of_masked_uploads_is_fedavgs_mean():
