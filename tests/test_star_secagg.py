@@ -21,6 +21,7 @@ from peers.wire.codec import WeightsDecoder
 from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
 from peers.wire.signing import NodeKey
 from tests.federation import BASE_CONFIG, run_federation
+from tests.test_secagg_gossip import FORM as GOSSIP_FORM
 
 N, ROUNDS = 4, 3
 HUB = 1  # position 0 of the in-memory platform's members: the star's centre
@@ -234,29 +235,7 @@ def test_a_leafs_plan_names_the_aggregators_neighbourhood_only_with_secure_aggre
 
 # The job form
 
-STAR = {
-    "name": "j",
-    "description": "",
-    "dataset": "digits",
-    "model": "mlp",
-    "hidden": 32,
-    "topology": "star",
-    "degree": 4,
-    "redraw_every": 5,
-    "rule": "fedavg",
-    "byzantine_f": 0,
-    "clip_norm": 10,
-    "compression": "none",
-    "num_peers": 4,
-    "rounds": 5,
-    "local_steps": 10,
-    "lr": 0.1,
-    "batch_size": 32,
-    "round_timeout_s": 60,
-    "min_vram_gb": 0,
-    "reward_per_round": 10,
-    "secure_aggregation": "on",
-}
+STAR = {**GOSSIP_FORM, "topology": "star", "rule": "fedavg"}  # the gossip form's job, on the star
 
 
 @pytest.mark.parametrize("rule", ["fedavg", "fedprox", "fedadam"])

@@ -120,7 +120,9 @@ class Job(models.Model):
     degree = models.PositiveIntegerField(default=4, help_text="Neighbours per peer (expander and dynamic).")
     redraw_every = models.PositiveIntegerField(default=5, help_text="Rounds between redraws (dynamic).")
     rule = models.CharField(max_length=32, choices=RULE_CHOICES, default="mean")
-    byzantine_f = models.PositiveIntegerField(default=0, help_text="Faulty neighbours to tolerate (Krum, Bulyan).")
+    byzantine_f = models.PositiveIntegerField(
+        default=0, help_text="Faulty neighbours to tolerate (Krum, Multi-Krum, Bulyan, clipped gossip)."
+    )
     clip_norm = models.FloatField(default=10.0, help_text="L2 bound (norm clipping).")
     prox_mu = models.FloatField(
         default=0.01, help_text="FedProx: weight of the proximal term pulling local training towards the global model."
