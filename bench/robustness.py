@@ -1,6 +1,6 @@
 """What attackers cost, per aggregation rule, and whether they get paid.
 
-    python -m bench robustness [--quick] [--rounds N] [--local-steps K] [--device cpu|cuda]
+    python -m bench robustness [--quick] [--rounds N] [--local-steps K] [--device cpu|cuda] [--workers W]
 
 - Accuracy grid: 16 peers on digits Dirichlet(0.5) (``peers.simulate``, the real worker over
   the in-memory transport), for each graph (expander of degree 8, complete graph) x rule x
@@ -33,6 +33,10 @@ is ~15x the work: 72 grid runs + 5 scored ones cannot fit ten minutes on 2 cores
 took 950 s on the shared 2-core machine, see docs/benchmarks.md); ``--quick``: the expander only, 10 rounds,
 5 local steps, three rules (mean, median, krum) and three kinds (none, sign-flip, free-ride).
 
+``--workers W`` runs W simulations at once, each in a process of its own with one torch thread
+(every run is independent and seeded; results do not depend on W): the issue's full size fits a
+16-core machine (``bench/run_on_gpu.sh``). Default 1: the runs one after another.
+
 Final JSON line: the convention's keys (value = the best rule's worst-case drop in points,
 baseline = mean's) plus ``best_rule``, ``best_rule_drop_points``, ``attackers_paid`` and a
 compact ``grid`` (accuracy in % per graph, rule and kind; skipped rules with their reason).
@@ -45,8 +49,10 @@ import asyncio
 import json
 import logging
 import math
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 import numpy as np
@@ -76,6 +82,10 @@ VALIDATOR_ID = PEERS + 1
 # A round takes well under a second here; where the honest peers' models diverge (scale against
 # the mean) they stop, and the platform gives up on the round this long (+ 30 s) after it began.
 ROUND_TIMEOUT_S = 10.0
+# A run whose rounds wait for (most of) that deadline this many times in a row has diverged peers that
+# stopped sending: it is stopped there (each later round would cost the whole deadline) and
+# counted with the accuracy after the last round that closed.
+STALLED_ROUNDS = 3
 
 
 def neighbourhood(graph: str, seed: int) -> tuple[int, int]:
@@ -170,14 +180,16 @@ async def _scored_run(
     final: list[float] = []
 
     reputation: dict[int, float] = {}
+    judged: dict[int, int] = {}
     flagged_nodes: set[int] = set()
 
     def on_report(message: dict) -> None:
         if "evidence" in message:
             evidence[int(message["round"])] = message["evidence"]
-            for node, (verdict, _) in verdicts(message["evidence"]).items():
-                reputation[node] = next_reputation(reputation.get(node, 1.0), verdict)
-                if flagged(verdict, reputation[node], node in flagged_nodes):
+            for node, (verdict, facts) in verdicts(message["evidence"]).items():
+                judged[node] = judged.get(node, 0) + 1
+                reputation[node] = next_reputation(reputation.get(node, 1.0), judged[node] - 1, verdict, facts)
+                if flagged(verdict, reputation[node], judged[node], node in flagged_nodes):
                     flagged_nodes.add(node)
             return
         node = message["node_id"]
@@ -226,14 +238,16 @@ def pay(evidences: list[dict], attackers: set[int]) -> dict:
     """Apply the platform's rule round by round: tokens paid to attackers and honest peers,
     rounds in which attackers were flagged, and the attackers' positive-score rounds."""
     reputation: dict[int, float] = {}
+    judged: dict[int, int] = {}
     ever_flagged: set[int] = set()
     paid = {"attackers": 0, "honest": 0}
     flags = {"attackers": 0, "honest": 0}
     for ev in evidences:
         ppm = scores_ppm(score_from_evidence(ev))
-        for node, (verdict, _) in verdicts(ev).items():
-            reputation[node] = next_reputation(reputation.get(node, 1.0), verdict)
-            if flagged(verdict, reputation[node], node in ever_flagged):
+        for node, (verdict, facts) in verdicts(ev).items():
+            judged[node] = judged.get(node, 0) + 1
+            reputation[node] = next_reputation(reputation.get(node, 1.0), judged[node] - 1, verdict, facts)
+            if flagged(verdict, reputation[node], judged[node], node in ever_flagged):
                 ever_flagged.add(node)
                 ppm[node] = 0
                 flags["attackers" if node in attackers else "honest"] += 1
@@ -246,6 +260,65 @@ def pay(evidences: list[dict], attackers: set[int]) -> dict:
         "honest_flags": flags["honest"],
         "rounds_scored": len(evidences),
     }
+
+
+# -- one run, in this process or a worker's -------------------------------------------------------
+_SHARDS: list[LocalData] = []  # the shards of the bench's base config, loaded once per process
+
+
+def _start_worker(base: SimConfig, one_thread: bool = True) -> None:
+    logging.getLogger("peers").setLevel(logging.ERROR)  # the attacks' rejected-weights warnings
+    if one_thread:  # a worker process: one core each
+        torch.set_num_threads(1)
+    _SHARDS[:] = load_shards(base)
+
+
+def grid_run(cfg: SimConfig) -> tuple[float, int | None]:
+    """(honest final accuracy, None), or (the accuracy after the last round that closed, the
+    rounds that closed) where the honest peers diverged and stopped."""
+    last: list[RoundStats] = []
+
+    def on_round(stats: RoundStats) -> None:
+        last.append(stats)
+        if len(last) >= STALLED_ROUNDS and all(s.seconds >= 0.5 * cfg.round_timeout_s for s in last[-STALLED_ROUNDS:]):
+            raise RuntimeError(f"{STALLED_ROUNDS} rounds in a row waited for their deadline")
+
+    try:
+        return run_simulation(cfg, on_round, _SHARDS).final_global_accuracy, None
+    except RuntimeError as exc:  # honest peers diverged and stopped: the rounds never close early
+        _log(f"  {cfg.rule}/{cfg.attack} stopped after round {len(last)}: {exc}")
+        return (last[-1].global_accuracy if last else float("nan")), len(last)
+
+
+def paid_run(cfg: SimConfig, options: dict) -> dict:
+    """A scored run (the job's validator) and what it paid: {"accuracy", **pay(...)}."""
+    accuracy, evidences = scored_run(cfg, _SHARDS, select_device(cfg.device), **options)
+    return {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
+
+
+def run_all(tasks: dict, base: SimConfig, workers: int, started: float) -> dict:
+    """{name: (fn, *args)} -> {name: fn(*args)}, in ``workers`` processes (spawned: no torch
+    state forked) or here one after another; each run's time is logged as it ends."""
+
+    def done(name, seconds: float | None) -> None:
+        took = f"{seconds:.1f} s, " if seconds is not None else ""  # a pool's runs overlap: no own time
+        _log(f"{' '.join(map(str, name)):<40} ({took}{time.perf_counter() - started:.0f} s total)")
+
+    if workers <= 1:
+        out = {}
+        for name, (fn, *args) in tasks.items():
+            t0 = time.perf_counter()
+            out[name] = fn(*args)
+            done(name, time.perf_counter() - t0)
+        return out
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(base,)) as pool:
+        submitted = {pool.submit(fn, *args): name for name, (fn, *args) in tasks.items()}
+        out = {}
+        for future in as_completed(submitted):
+            out[submitted[future]] = future.result()
+            done(submitted[future], None)
+    return out
 
 
 # -- the bench ----------------------------------------------------------------------------------
@@ -261,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--rules", default=None, help=f"comma-separated subset of {','.join(RULES)}")
     ap.add_argument("--graphs", default=None, help=f"comma-separated subset of {','.join(GRAPHS)}")
+    ap.add_argument("--workers", type=int, default=1, help="simulations at once, a process each (default 1)")
     args = ap.parse_args(argv)
     device = select_device(args.device)
     rounds = args.rounds or (10 if args.quick else 20)
@@ -289,46 +363,63 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         round_timeout_s=ROUND_TIMEOUT_S,
     )
-    logging.getLogger("peers").setLevel(logging.ERROR)  # the attacks' rejected-weights warnings
-    datas = load_shards(base)
+    _start_worker(base, one_thread=False)  # this process runs the runs itself when --workers is 1
+    datas = _SHARDS
     init = build_model(base.model, datas[0].num_features, datas[0].num_classes, hidden=base.hidden, seed=seed)
     max_norm = round(2 * float(torch.sqrt(sum((t.double() ** 2).sum() for t in init.state_dict().values()))), 3)
 
-    acc: dict[str, dict[str, dict[str, float]]] = {}
+    def attacked(rule: str, params: dict | None, kind: str, graph: str = "expander") -> SimConfig:
+        return replace(
+            base,
+            topology=GRAPHS[graph][0],
+            degree=GRAPHS[graph][1],
+            rule=rule,
+            rule_params=params or {},
+            attack=kind,
+            attackers=0 if kind == "none" else ATTACKERS,
+        )
+
+    # Every run that does not depend on another's result, at once: the grid; the platform's own
+    # defence beside the rules (every node the validator's evidence flags left out of the later
+    # rounds: ledger.detection, jobs.orchestration.open_round); and the floor of any defence, the
+    # honest peers alone (the attackers' nodes absent from round 1, their shards with them, the
+    # mean over the same graph): what the attackers' share of the data is worth under this skew,
+    # whatever a rule or detection does.
     skipped: dict[str, dict[str, str]] = {}
-    stalled: dict[str, dict[str, dict[str, int]]] = {}  # graph -> rule -> kind -> rounds completed
-    shape: dict[str, tuple[int, int]] = {}
+    shape: dict[str, tuple[int, int]] = {g: neighbourhood(g, seed) for g in graphs}
+    runnable: dict[str, dict[str, dict]] = {}
     for graph in graphs:
-        n, f = shape[graph] = neighbourhood(graph, seed)
-        acc[graph], skipped[graph] = {}, {}
+        n, f = shape[graph]
+        runnable[graph], skipped[graph] = {}, {}
         for rule in rules:
             params, why = rule_params(rule, n, f, max_norm)
             if params is None:
                 skipped[graph][rule] = why
-                continue
+            else:
+                runnable[graph][rule] = params
+    absent = frozenset(replace(base, attackers=ATTACKERS, attack="scale").attacker_ids())
+    tasks: dict = {("floor",): (paid_run, attacked("mean", {}, "none"), {"absent": absent})}
+    exclusion_rules = [r for r in EXCLUSION_RULES if r in runnable["expander"]]
+    for rule in exclusion_rules:  # the scored runs first: they take longest
+        for kind in kinds[1:]:
+            cfg = attacked(rule, runnable["expander"][rule], kind)
+            tasks[("exclusion", rule, kind)] = (paid_run, cfg, {"exclude_flagged": True})
+    for graph in graphs:
+        for rule, params in runnable[graph].items():
+            for kind in kinds:
+                tasks[("grid", graph, rule, kind)] = (grid_run, attacked(rule, params, kind, graph))
+    results = run_all(tasks, base, args.workers, started)
+
+    acc: dict[str, dict[str, dict[str, float]]] = {}
+    stalled: dict[str, dict[str, dict[str, int]]] = {}  # graph -> rule -> kind -> rounds completed
+    for graph in graphs:
+        acc[graph] = {}
+        for rule in runnable[graph]:
             acc[graph][rule] = {}
             for kind in kinds:
-                cfg = replace(
-                    base,
-                    topology=GRAPHS[graph][0],
-                    degree=GRAPHS[graph][1],
-                    rule=rule,
-                    rule_params=params,
-                    attack=kind,
-                    attackers=0 if kind == "none" else ATTACKERS,
-                )
-                t0 = time.perf_counter()
-                last: list[RoundStats] = []
-                try:
-                    acc[graph][rule][kind] = run_simulation(cfg, last.append, datas).final_global_accuracy
-                except RuntimeError as exc:  # honest peers diverged and stopped: the round never closes
-                    acc[graph][rule][kind] = last[-1].global_accuracy if last else float("nan")
-                    stalled.setdefault(graph, {}).setdefault(rule, {})[kind] = len(last)
-                    _log(f"  stopped after round {len(last)}: {exc}")
-                _log(
-                    f"{graph:<9} {rule:<13} {kind:<11} acc {acc[graph][rule][kind]:.4f} "
-                    f"({time.perf_counter() - t0:.1f} s, {time.perf_counter() - started:.0f} s total)"
-                )
+                acc[graph][rule][kind], closed = results[("grid", graph, rule, kind)]
+                if closed is not None:
+                    stalled.setdefault(graph, {}).setdefault(rule, {})[kind] = closed
 
     def drops(graph: str, rule: str) -> dict[str, float]:
         row = acc[graph][rule]
@@ -340,64 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     mean_drop = max(drops("expander", "mean").values()) if "mean" in acc["expander"] else float("nan")
 
     # Payments: the best rule's attacked runs on the expander, with the job's validator.
-    n, f = shape["expander"]
-    params, _ = rule_params(best, n, f, max_norm)
-    payments: dict[str, dict] = {}
-    for kind in kinds:
-        if kind == "none":
-            continue
-        cfg = replace(
-            base,
-            topology="expander",
-            degree=8,
-            rule=best,
-            rule_params=params or {},
-            attack=kind,
-            attackers=ATTACKERS,
-        )
-        t0 = time.perf_counter()
-        accuracy, evidences = scored_run(cfg, datas, device)
-        payments[kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
-        _log(
-            f"payments {best} {kind:<11} attackers paid {payments[kind]['attackers_paid']:.2f} "
-            f"({time.perf_counter() - t0:.1f} s)"
-        )
-    # The platform's own defence beside the rules: every node the validator's evidence flags is
-    # left out of the later rounds (ledger.detection; jobs.orchestration.open_round). The drop is
-    # measured against the same rule's run without attackers and without exclusion.
+    tasks = {
+        ("payments", best, kind): (paid_run, attacked(best, runnable["expander"][best], kind), {}) for kind in kinds[1:]
+    }
+    paid = run_all(tasks, base, min(args.workers, len(tasks)), started)
+    payments: dict[str, dict] = {kind: paid[("payments", best, kind)] for kind in kinds[1:]}
+    # The exclusion's drop is measured against the same rule's run without attackers and without it.
     excluded: dict[str, dict[str, dict]] = {}
-    for rule in [r for r in EXCLUSION_RULES if r in acc["expander"]]:
-        n, f = shape["expander"]
-        params, _ = rule_params(rule, n, f, max_norm)
-        excluded[rule] = {}
-        for kind in kinds:
-            if kind == "none":
-                continue
-            cfg = replace(
-                base,
-                topology="expander",
-                degree=8,
-                rule=rule,
-                rule_params=params or {},
-                attack=kind,
-                attackers=ATTACKERS,
-            )
-            t0 = time.perf_counter()
-            accuracy, evidences = scored_run(cfg, datas, device, exclude_flagged=True)
-            excluded[rule][kind] = {"accuracy": accuracy, **pay(evidences, cfg.attacker_ids())}
-            _log(f"{rule}+exclusion {kind:<11} acc {accuracy:.4f} ({time.perf_counter() - t0:.1f} s)")
+    for rule in exclusion_rules:
+        excluded[rule] = {kind: results[("exclusion", rule, kind)] for kind in kinds[1:]}
         excl_drop = max(drop_points(acc["expander"][rule]["none"], e["accuracy"]) for e in excluded[rule].values())
         if excl_drop < best_drop:
             best, best_drop, payments = f"{rule}+exclusion", excl_drop, excluded[rule]
-    # The floor of any defence: the honest peers alone (the attackers' nodes absent from round 1,
-    # their shards with them), the mean over the same graph. What the attackers' share of the
-    # data is worth under this skew, whatever a rule or detection does.
-    floor_cfg = replace(base, topology="expander", degree=8, rule="mean", rule_params={}, attack="none", attackers=0)
-    absent = frozenset(replace(base, attackers=ATTACKERS, attack="scale").attacker_ids())
-    honest_alone, _ = scored_run(floor_cfg, datas, device, absent=absent)
+    honest_alone = results[("floor",)]["accuracy"]
     clean_mean = acc["expander"]["mean"]["none"] if "mean" in acc["expander"] else float("nan")
     floor_drop = drop_points(clean_mean, honest_alone)
-    _log(f"honest peers alone (mean) acc {honest_alone:.4f}")
     attackers_paid = round(sum(p["attackers_paid"] for p in payments.values()), 6)
     seconds = time.perf_counter() - started
     reduced = " (the issue asks 100 x 20: reduced to fit the time budget)" if (rounds, steps) != (100, 20) else ""

@@ -16,9 +16,18 @@ fi
 # Peer-side tests only (no Django, no services there): --noconftest keeps the platform's fixtures out.
 timeout 180 python3 -m pytest -q -p no:cacheprovider --noconftest -o addopts="-ra" \
   tests/test_cuda_path.py tests/test_models_training.py tests/test_hw.py 2>&1 | tee "$OUT/tests.txt"
-# BENCHES: which benchmarks, ';'-separated (default: train; aggregate; accuracy --quick)
+# BENCHES: which benchmarks, ';'-separated (default: train; aggregate; accuracy --quick; none: no CUDA bench)
 IFS=';' read -ra benches <<< "${BENCHES:-train;aggregate;accuracy --quick}"
 for bench in "${benches[@]}"; do
+  [ "$bench" = none ] && continue
   echo "== python -m bench $bench --device cuda"
   timeout 120 python3 -m bench $bench --device cuda
 done 2>&1 | tee "$OUT/bench_cuda.txt"
+# CPU_BENCHES: benchmarks that use the machine's CPU cores instead (';'-separated, none by default),
+# e.g. "robustness --rounds 100 --local-steps 20 --workers 16": the issue's full grid, a process a run.
+IFS=';' read -ra cpu_benches <<< "${CPU_BENCHES:-}"
+for bench in "${cpu_benches[@]}"; do
+  echo "== python -m bench $bench (nproc $(nproc))"
+  timeout "${CPU_BENCH_TIMEOUT:-420}" python3 -m bench $bench
+done > "$OUT/bench_cpu.txt" 2> "$OUT/bench_cpu.log"
+tail -c 3000 "$OUT/bench_cpu.txt"

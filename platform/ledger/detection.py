@@ -10,10 +10,14 @@ planned member a verdict:
   times the median of the usable ones);
 - `unhelpful`: it did not help but looks like an honest step (small data, skewed labels);
 - `ok`: it helped.
-A per-node reputation follows the verdicts (`invalid` and `outlier` count 0, `ok` 1, `unhelpful`
-leaves it as it was): r <- DECAY * r + (1 - DECAY) * verdict, from 1. A node whose reputation
-falls below FLAG_BELOW is flagged for that round and every later one (ledger.flags), with the verdicts and numbers
-that led there as evidence: it is paid nothing for the round and its stake is slashed.
+A per-node reputation is the mean, over the rounds judged so far, of each round's standing: its
+update's agreement with the helpful peers' consensus (cosine, -1 to 1), -1 for an unusable or
+far too long update (peers.evidence.standing). A node whose mean falls below FLAG_BELOW once
+MIN_JUDGED rounds are judged is flagged for that round and every later one (ledger.flags), with
+the verdicts and numbers that led there as evidence: it is paid nothing for the round and its
+stake is slashed. One round's verdict says little under skewed data (an honest peer's update is
+now and then unhelpful or points away); the mean over rounds separates attackers from honest
+peers (peers.evidence has the measured margins).
 
 The verdicts and the reputation rule are pure functions of the evidence (peers.evidence:
 `verdicts`, `next_reputation`, `flagged`), shared with `python -m bench robustness`.
@@ -24,7 +28,7 @@ from django.db import transaction
 from jobs.models import Job, Round, ValidatorReport
 from ledger.flags import flag
 from ledger.models import Flag, Reputation
-from peers.evidence import FLAG_BELOW, flagged, next_reputation, verdicts  # noqa: F401  (FLAG_BELOW: the API)
+from peers.evidence import FLAG_BELOW, MIN_JUDGED, flagged, next_reputation, verdicts  # noqa: F401  (the API)
 
 
 def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
@@ -36,12 +40,13 @@ def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
             rep, _ = Reputation.objects.select_for_update().get_or_create(job=job, node_id=node_id)
             if rep.last_round >= rnd.number:
                 continue  # judged already (a round is judged once)
-            rep.value = next_reputation(rep.value, verdict)
+            judged = len(rep.history)  # rounds judged before this one
+            rep.value = next_reputation(rep.value, judged, verdict, facts)
             rep.last_round = rnd.number
             rep.history = [*rep.history, {"round": rnd.number, "verdict": verdict, "reputation": round(rep.value, 6)}]
             rep.save()
             before = Flag.objects.filter(job=job, node_id=node_id, round__number__lt=rnd.number).exists()
-            if flagged(verdict, rep.value, before):
+            if flagged(verdict, rep.value, judged + 1, before):
                 evidence = {
                     "verdict": verdict,
                     "facts": facts,

@@ -329,7 +329,8 @@ class Flag(models.Model):
 
 class Reputation(models.Model):
     """A node's standing in a job, from the validator's verdicts round after round
-    (ledger.detection): 1 to start; below detection.FLAG_BELOW the node is flagged."""
+    (ledger.detection): the mean of its rounds' standings (-1 to 1; 1 before the first); below
+    detection.FLAG_BELOW after detection.MIN_JUDGED rounds the node is flagged."""
 
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="reputations")
     node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="reputations")
