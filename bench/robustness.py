@@ -28,10 +28,12 @@
   ``ledger.rewards.split_amount`` does (floor of pool * ppm, the rounding remainder to the highest
   ppm). ``attackers_paid`` = tokens paid to the attackers over all those runs.
 
-Full run: ``--rounds 20 --local-steps 10`` by default (the issue's 100 rounds x 20 local steps
-is ~15x the work: 72 grid runs + 5 scored ones cannot fit ten minutes on 2 cores; even this
-took 950 s on the shared 2-core machine, see docs/benchmarks.md); ``--quick``: the expander only, 10 rounds,
-5 local steps, three rules (mean, median, krum) and three kinds (none, sign-flip, free-ride).
+Full run: ``--rounds 20 --local-steps 10`` by default, the size a 2-core machine runs in ~15
+minutes; the issue's size is ``--rounds 100 --local-steps 20 --workers 16`` (363 s on a 16-core
+machine, docs/benchmarks.md): at 20 rounds the models are far from converged and every figure
+(the floor of any defence included) is 10-15 points lower. ``--quick``: the expander only, 10
+rounds, 5 local steps, four rules (mean, median, krum, clipped_gossip) and three kinds (none,
+sign-flip, free-ride).
 
 ``--workers W`` runs W simulations at once, each in a process of its own with one torch thread
 (every run is independent and seeded; results do not depend on W): the issue's full size fits a
@@ -207,7 +209,9 @@ async def _scored_run(
             transport,
             graph,
             validator=(VALIDATOR_ID, validator),
-            exclude=(lambda r: set(flagged_nodes) | absent) if exclude_flagged or absent else None,
+            exclude=(lambda r: (set(flagged_nodes) if exclude_flagged else set()) | absent)
+            if exclude_flagged or absent
+            else None,
         )
     except RuntimeError as exc:  # diverged honest peers stopped: pay the rounds that closed
         _log(f"  stopped after round {len(evidence)}: {exc}")
@@ -460,15 +464,15 @@ def main(argv: list[str] | None = None) -> int:
         n, f = shape[graph]
         print()
         print(f"{graph} (neighbourhood n = {n}, f = {f}): honest accuracy % on the union eval split; drop in points")
-        print(f"{'rule':<13}" + "".join(f"{k:>11}" for k in kinds) + f"{'worst drop':>11}")
+        print(f"{'rule':<15}" + "".join(f"{k:>11}" for k in kinds) + f"{'worst drop':>11}")
         for rule in acc[graph]:
             row, d = acc[graph][rule], drops(graph, rule)
             cells = "".join(
                 f"{100 * row[k]:>11.2f}" if k == "none" else f"{100 * row[k]:>6.2f}{-d[k]:>+5.1f}" for k in kinds
             )
-            print(f"{rule:<13}{cells}{max(d.values()):>11.2f}")
+            print(f"{rule:<15}{cells}{max(d.values()):>11.2f}")
         for rule, why in skipped[graph].items():
-            print(f"{rule:<13} skipped: {why}")
+            print(f"{rule:<15} skipped: {why}")
         for rule, kinds_ in stalled.get(graph, {}).items():
             for kind, done in kinds_.items():
                 print(f"{rule} / {kind}: honest peers diverged; accuracy after round {done}, the last that closed")
