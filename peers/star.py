@@ -23,7 +23,8 @@ model masked with masks shared among the leaves (``Peer._send_masked``; its plan
 aggregator's neighbourhood), the aggregator learns only their sum (``Peer._secure_neighbours``,
 asking the survivors to remove a dropped leaf's masks) and takes the equal-weight mean
 ``(x_hub + sum) / (1 + arrived)`` before the server rule. Nothing goes to a validator (the form
-refuses one), and the global model goes back as without masks: every leaf receives it.
+refuses one), and the global model goes back as without masks: every leaf receives it. With
+``config.secagg_tree_group`` the leaves mask in groups instead (``peers.star_tree``).
 """
 
 from __future__ import annotations

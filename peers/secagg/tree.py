@@ -43,7 +43,9 @@ learns that group's sum, still not one update), lying aggregators or contributor
 out-of-range input cannot be checked under the masks), nor a malicious aggregator that claims
 live members dropped (``protocol`` does not run the paper's consistency round). Shares and masked
 vectors must travel encrypted and authenticated; this module runs all parties in one process, as
-``fedavg`` does, for the simulator and the tests.
+``fedavg`` does, for the simulator and the tests. Live jobs run the same tree (``layout``, shared
+with the platform as ``peers.topology.tree_layout``) across machines with the gossip masks of
+``peers.secagg.gossip``: ``peers.star_tree``, the job option ``secagg_tree_group``.
 """
 
 from __future__ import annotations
