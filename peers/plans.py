@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from peers.protocol import SERVER_RULES, ConsentGrant, JobConfig, Neighbour, RoundPlan, node_channel, plan_bytes
+from peers.topology import Tree, tree_layout
 
 
 def round_plans(
@@ -39,7 +40,12 @@ def round_plans(
 
     With a centralized rule (``config.rule`` in SERVER_RULES) the rows must be a star centred on
     position 0 (peers.topology.star): members[0] is the round's aggregator, named in every
-    member's plan (``aggregator``); its row's weights are the ones it averages with."""
+    member's plan (``aggregator``); its row's weights are the ones it averages with.
+
+    With ``config.secagg_tree_group`` (the aggregation tree, ``peers.star_tree``) the star's
+    centre must be the lowest id, the root of ``tree_layout``; each member is also linked to its
+    group's aggregator (weight 0: the tree averages by count), and only the entry of the node a
+    member masks for names a neighbourhood (``tree_neighbourhoods``)."""
     if len(rows) != len(members):
         raise ValueError(f"{len(rows)} mixing rows for {len(members)} members")
     aggregator = 0
@@ -47,19 +53,31 @@ def round_plans(
         if any(not set(row) <= {0, i} for i, row in enumerate(rows) if i):
             raise ValueError(f"rule {config.rule!r} is centralized: its rows must be a star centred on position 0")
         aggregator = members[0][0]
+    tree = aggregation_tree([m for m, _ in members], config.secagg_tree_group)
+    if tree is not None and tree.root != aggregator:
+        raise ValueError(f"the aggregation tree's root is node {tree.root}, the star's centre node {aggregator}")
+    extra = tree_links(tree) if tree is not None else {}
+    masks_for = tree_neighbourhoods(tree, dict(members)) if tree is not None else {}
+
+    def neighbourhood(node_id: int, other: int, j: int) -> dict[str, str]:
+        if tree is not None:
+            return masks_for.get(node_id, {}).get(other, {})
+        return _neighbourhood(members, rows[j], j) if config.secure_aggregation else {}
+
     plans = []
     for index, (node_id, _) in enumerate(members):
         row = rows[index]
+        linked = extra.get(node_id, set())
         neighbours = [
             Neighbour(
                 node_id=other,
                 channel=node_channel(other),
-                weight=row[j],
+                weight=row.get(j, 0.0),
                 public_key=key,
-                neighbourhood=_neighbourhood(members, rows[j], j) if config.secure_aggregation else {},
+                neighbourhood=neighbourhood(node_id, other, j),
             )
             for j, (other, key) in enumerate(members)
-            if j != index and j in row
+            if j != index and (j in row or other in linked)
         ]
         plan = RoundPlan(
             job_id=job_id,
@@ -100,6 +118,50 @@ def round_plans(
         plan.signature = sign(plan_bytes(plan))
         plans.append(plan)
     return plans
+
+
+def aggregation_tree(node_ids: list[int], group_size: int) -> Tree | None:
+    """The round's aggregation tree over its members (``JobConfig.secagg_tree_group``), or None
+    (no tree, or too few members for one)."""
+    if not group_size or len(node_ids) < 2:
+        return None
+    return tree_layout(node_ids, group_size)
+
+
+def tree_links(tree: Tree) -> dict[int, set[int]]:
+    """The links a tree adds to the star: each member with its group's aggregator, both ways."""
+    links: dict[int, set[int]] = {}
+    for g in tree.groups:
+        for m in g.members:
+            if m != g.aggregator:
+                links.setdefault(m, set()).add(g.aggregator)
+                links.setdefault(g.aggregator, set()).add(m)
+    return links
+
+
+def tree_neighbourhoods(tree: Tree, keys: dict[int, str]) -> dict[int, dict[int, dict[str, str]]]:
+    """node -> {the node it masks for: that recipient's senders at its level (id as str -> key)}:
+    a member masks for its group's aggregator among the group's other members, an aggregator its
+    group's sum for the root among the other aggregators; the root masks for nobody."""
+    out: dict[int, dict[int, dict[str, str]]] = {}
+    uppers = {str(a): keys[a] for a in tree.aggregators if a != tree.root}
+    for g in tree.groups:
+        senders = {str(m): keys[m] for m in g.members if m != g.aggregator}
+        for m in g.members:
+            if m != g.aggregator:
+                out[m] = {g.aggregator: senders}
+        if g.aggregator != tree.root:
+            out[g.aggregator] = {tree.root: uppers}
+    return out
+
+
+def links(node_ids: list[int], rows: list[dict[int, float]], tree_group: int = 0) -> dict[int, set[int]]:
+    """Each member's neighbours in its plan (whom it may send to): its row's, and the tree's."""
+    out = {node_ids[i]: {node_ids[j] for j in row if j != i} for i, row in enumerate(rows)}
+    tree = aggregation_tree(node_ids, tree_group)
+    for node_id, more in (tree_links(tree) if tree is not None else {}).items():
+        out.setdefault(node_id, set()).update(more)
+    return out
 
 
 def _neighbour(node_id: int, public_key: str, weight: float) -> Neighbour:

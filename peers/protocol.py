@@ -102,6 +102,10 @@ class JobConfig:
     # models, a peer learns only their sum and mixes with equal weights (rule "mean"; or a
     # server rule, where the star's aggregator learns only the sum of the leaves' models).
     secure_aggregation: bool = since("2026-11-26", False)
+    # With secure aggregation on the star: 0, the leaves mask for the centre; g >= 3, an aggregation
+    # tree of groups of about g (peers.topology.tree_layout, peers.star_tree): members mask for
+    # their group's aggregator, the aggregators their groups' sums for the root, the star's centre.
+    secagg_tree_group: int = since("2026-11-28", 0)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -123,6 +127,14 @@ class JobConfig:
             )
         if self.rule in SERVER_RULES:
             self._check_server_rule()
+        if self.secagg_tree_group and (
+            self.secagg_tree_group < 3 or not self.secure_aggregation or self.rule not in SERVER_RULES
+        ):
+            raise ProtocolError(
+                f"config.secagg_tree_group must be 0 or at least 3 (a group of 2 hands its other member's model "
+                f"to the aggregator), with secure aggregation and one of {list(SERVER_RULES)}, "
+                f"got {self.secagg_tree_group}"
+            )
         for name, low in (
             ("hidden", 1),
             ("local_steps", 0),

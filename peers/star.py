@@ -23,7 +23,8 @@ model masked with masks shared among the leaves (``Peer._send_masked``; its plan
 aggregator's neighbourhood), the aggregator learns only their sum (``Peer._secure_neighbours``,
 asking the survivors to remove a dropped leaf's masks) and takes the equal-weight mean
 ``(x_hub + sum) / (1 + arrived)`` before the server rule. Nothing goes to a validator (the form
-refuses one), and the global model goes back as without masks: every leaf receives it.
+refuses one), and the global model goes back as without masks: every leaf receives it. With
+``config.secagg_tree_group`` the leaves mask in groups instead (``peers.star_tree``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,21 @@ async def _leaf(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchange
         bytes_sent = await peer._send_masked(plan, state, local)
     else:  # the aggregator only (and the validator)
         bytes_sent = await peer._send_to_neighbours(plan, local)
+    return await adopt_global(peer, plan, state, local, bytes_sent)
+
+
+async def adopt_global(
+    peer: Any,
+    plan: RoundPlan,
+    state: Any,
+    local: dict,
+    bytes_sent: int,
+    rejected: dict[int, str] | None = None,
+    bytes_received: int = 0,
+) -> Exchanged:
+    """Wait for the aggregator's global model of the round and adopt it; keep ``local`` when
+    none arrives intact before the deadline (``rejected`` says why, with what the caller adds)."""
+    hub = plan.aggregator
     star = state.star
     await _wait(
         peer,
@@ -116,22 +132,22 @@ async def _leaf(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchange
         plan.deadline - peer.deadline_margin_s,
     )
     payload = star.globals.pop(plan.round, {}).get(hub)
-    rejected = state.rejected.pop(plan.round, {})
-    state.payloads.pop(plan.round, None)  # nobody but the aggregator sends a leaf anything
+    rejected = {**(rejected or {}), **state.rejected.pop(plan.round, {})}
+    state.payloads.pop(plan.round, None)  # nothing else is for this round any more
     if payload is None:
         rejected.setdefault(hub, NO_WEIGHTS_BEFORE_DEADLINE)
-        return Exchanged(local, bytes_sent, 0, rejected, 0)
+        return Exchanged(local, bytes_sent, bytes_received, rejected, 0)
+    bytes_received += len(payload)
     try:
         model = WeightsDecoder(state.spec, state.max_payload_bytes).decode(payload)
     except WeightsRejected as exc:
         log.warning("node %s rejected the global model of round %s: %s", peer.node_id, plan.round, exc.reason)
         rejected[hub] = exc.reason
-        return Exchanged(local, bytes_sent, len(payload), rejected, 0)
-    return Exchanged(model, bytes_sent, len(payload), rejected, 1)
+        return Exchanged(local, bytes_sent, bytes_received, rejected, 0)
+    return Exchanged(model, bytes_sent, bytes_received, rejected, 1)
 
 
 async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exchanged:
-    star = state.star
     secure = plan.config.secure_aggregation
     bytes_sent = 0 if secure else await peer._send_to_neighbours(plan, local, targets=plan.validators)
     leaves = {n.node_id for n in plan.neighbours}
@@ -162,6 +178,13 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
         return Exchanged(local, bytes_sent, bytes_received, rejected, 0)
     # Weights from the signed plan (or the counts), renormalised over the models that arrived.
     average = get_rule("mean")([s for _, s in weighted], [w for w, _ in weighted])
+    return await finish(peer, plan, state, local, average, Exchanged(local, bytes_sent, bytes_received, rejected, used))
+
+
+async def finish(peer: Any, plan: RoundPlan, state: Any, local: dict, average: dict, done: Exchanged) -> Exchanged:
+    """As the aggregator: the server rule on the round's average (FedAdam: a server Adam step
+    from the model the round began from) and the global model to every member linked to it."""
+    star = state.star
     start = star.start if star.start is not None else local
     if plan.config.rule == "fedadam":
         if star.server is None:
@@ -169,11 +192,12 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
         model = star.server.step(start, average)
     else:
         model = average
+    done.model = model
     if not all(all_finite(t) for t in model.values()):
         log.warning("aggregator %s: the global model of round %s is not finite; not sent", peer.node_id, plan.round)
-        return Exchanged(model, bytes_sent, bytes_received, rejected, used)
-    bytes_sent += await _send_global(peer, plan, state, model)
-    return Exchanged(model, bytes_sent, bytes_received, rejected, used)
+        return done
+    done.bytes_sent += await _send_global(peer, plan, state, model)
+    return done
 
 
 async def _send_global(peer: Any, plan: RoundPlan, state: Any, model: dict) -> int:

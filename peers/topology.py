@@ -10,6 +10,9 @@ Graphs: ``ring``, ``torus``, ``random_regular`` (alias ``expander``), ``complete
 and ``dynamic`` (a random regular graph redrawn every k rounds, avoiding cut links). The
 spectral gap of W (how fast gossip averaging mixes) is in :mod:`peers.spectral`, which needs
 numpy and so lives apart from this module.
+
+``tree_layout`` cuts a cohort into the groups of a secure-aggregation tree (``peers.secagg.tree``
+in the simulator, ``peers.star_tree`` live; the platform plans its links from it too).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import inspect
 import math
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 Graph = list[set[int]]
 Link = tuple[int, int]
@@ -328,3 +332,51 @@ def graph(name: str, n: int, **params) -> Graph:
 def build(name: str, n: int, **params) -> list[dict[int, float]]:
     """Metropolis-Hastings mixing rows of topology `name` on n positions (row[i][i]: self weight)."""
     return metropolis_hastings(graph(name, n, **params))
+
+
+# -- the aggregation tree of secure aggregation --------------------------------------------------
+TREE_MIN_GROUP = 2  # a group of one would give its aggregator that contributor's update
+
+
+@dataclass(frozen=True)
+class Group:
+    aggregator: int
+    members: tuple[int, ...]  # sorted, the aggregator among them
+
+
+@dataclass(frozen=True)
+class Tree:
+    groups: tuple[Group, ...]
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        return tuple(i for g in self.groups for i in g.members)
+
+    @property
+    def aggregators(self) -> tuple[int, ...]:
+        return tuple(g.aggregator for g in self.groups)
+
+    @property
+    def root(self) -> int:
+        """The aggregator above the others: the first group's, the cohort's lowest id."""
+        return self.groups[0].aggregator
+
+    def group_of(self, node_id: int) -> Group:
+        return next(g for g in self.groups if node_id in g.members)
+
+
+def tree_layout(node_ids: Iterable[int], group_size: int) -> Tree:
+    """The sorted ids cut into consecutive groups of ``group_size``, a last node left alone
+    joining the group before it, each group's lowest id its aggregator: deterministic in (ids,
+    group size), so every party derives the same tree from the cohort."""
+    ids = sorted(node_ids)
+    if type(group_size) is not int or group_size < TREE_MIN_GROUP:
+        raise ValueError(f"group size must be an int >= {TREE_MIN_GROUP}, got {group_size!r}")
+    if len(ids) < TREE_MIN_GROUP:
+        raise ValueError(f"a tree needs at least {TREE_MIN_GROUP} nodes, got {len(ids)}")
+    if len(set(ids)) != len(ids) or any(type(i) is not int or i < 0 for i in ids):
+        raise ValueError(f"node ids must be distinct ints >= 0, got {ids!r}")
+    chunks = [ids[k : k + group_size] for k in range(0, len(ids), group_size)]
+    if len(chunks[-1]) < TREE_MIN_GROUP:
+        chunks[-2].extend(chunks.pop())
+    return Tree(tuple(Group(aggregator=c[0], members=tuple(c)) for c in chunks))

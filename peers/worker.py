@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from peers import star
+from peers import star, star_tree
 from peers.data import LocalData
 from peers.models import build_model
 from peers.privacy import ClientDPAccountant, privatize
@@ -399,7 +399,8 @@ class Peer:
         self.activity.trained(steps, time.perf_counter() - training_started)
         local = state.trainer.state()
         if star.is_star(plan):  # a centralized baseline: the aggregator's global model, not gossip
-            done = await star.exchange(self, plan, state, local)
+            exchange = star_tree.exchange if plan.config.secagg_tree_group else star.exchange
+            done = await exchange(self, plan, state, local)
             mixed, rejected, bytes_sent = done.model, done.rejected, done.bytes_sent
             bytes_received, mixed_count = done.bytes_received, done.used
         else:

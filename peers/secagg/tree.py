@@ -43,7 +43,9 @@ learns that group's sum, still not one update), lying aggregators or contributor
 out-of-range input cannot be checked under the masks), nor a malicious aggregator that claims
 live members dropped (``protocol`` does not run the paper's consistency round). Shares and masked
 vectors must travel encrypted and authenticated; this module runs all parties in one process, as
-``fedavg`` does, for the simulator and the tests.
+``fedavg`` does, for the simulator and the tests. Live jobs run the same tree (``layout``, shared
+with the platform as ``peers.topology.tree_layout``) across machines with the gossip masks of
+``peers.secagg.gossip``: ``peers.star_tree``, the job option ``secagg_tree_group``.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ import numpy.typing as npt
 
 from peers.secagg.fixedpoint import decode, encode
 from peers.secagg.protocol import Participant, SharePair, unmask
+from peers.topology import TREE_MIN_GROUP as MIN_GROUP
+from peers.topology import Group, Tree
+from peers.topology import tree_layout as layout
 
-MIN_GROUP = 2  # a group of one would give its aggregator that contributor's update
 DEFAULT_DROPOUT_FRACTION = 1 / 3
 
 Keys = Callable[[int], tuple[bytes, bytes]]
@@ -68,42 +72,6 @@ to test (by default every participant draws fresh ones)."""
 
 class TooManyDropouts(ValueError):
     """A group (or the aggregators) kept fewer survivors than its threshold: no sum this round."""
-
-
-@dataclass(frozen=True)
-class Group:
-    aggregator: int
-    members: tuple[int, ...]  # sorted, the aggregator among them
-
-
-@dataclass(frozen=True)
-class Tree:
-    groups: tuple[Group, ...]
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return tuple(i for g in self.groups for i in g.members)
-
-    @property
-    def aggregators(self) -> tuple[int, ...]:
-        return tuple(g.aggregator for g in self.groups)
-
-
-def layout(node_ids: Iterable[int], group_size: int) -> Tree:
-    """The tree of a cohort (module docstring): sorted ids in consecutive groups of
-    ``group_size``, a last node left alone joining the group before it, each group's lowest id
-    its aggregator."""
-    ids = sorted(node_ids)
-    if type(group_size) is not int or group_size < MIN_GROUP:
-        raise ValueError(f"group size must be an int >= {MIN_GROUP}, got {group_size!r}")
-    if len(ids) < MIN_GROUP:
-        raise ValueError(f"a tree needs at least {MIN_GROUP} nodes, got {len(ids)}")
-    if len(set(ids)) != len(ids) or any(type(i) is not int or i < 0 for i in ids):
-        raise ValueError(f"node ids must be distinct ints >= 0, got {ids!r}")
-    chunks = [ids[k : k + group_size] for k in range(0, len(ids), group_size)]
-    if len(chunks[-1]) < MIN_GROUP:
-        chunks[-2].extend(chunks.pop())
-    return Tree(tuple(Group(aggregator=c[0], members=tuple(c)) for c in chunks))
 
 
 def threshold(size: int, dropout_fraction: float = DEFAULT_DROPOUT_FRACTION) -> int:

@@ -47,6 +47,7 @@ class JobForm(forms.ModelForm):
             "dp_clip",
             "dp_epsilon",
             "secure_aggregation",
+            "secagg_tree_group",
         ]
         labels = {
             "dp_level": "Differential privacy",
@@ -70,6 +71,7 @@ class JobForm(forms.ModelForm):
             "prox_mu": "FedProx mu",
             "server_lr": "FedAdam server learning rate",
             "redraw_every": "Redraw every (rounds)",
+            "secagg_tree_group": "Aggregation tree group size",
         }
         help_texts = {
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
@@ -84,7 +86,7 @@ class JobForm(forms.ModelForm):
         ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "prox_mu", "server_lr", "compression"]),
-        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon", "secure_aggregation"]),
+        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon", "secure_aggregation", "secagg_tree_group"]),
         (
             "Participants and rewards",
             ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"],
@@ -114,6 +116,7 @@ class JobForm(forms.ModelForm):
         "dp_clip",
         "dp_epsilon",
         "secure_aggregation",
+        "secagg_tree_group",
     )
 
     def __init__(self, *args, user=None, **kwargs):
@@ -171,6 +174,8 @@ class JobForm(forms.ModelForm):
             self.add_error("stake", "A stake needs rewards: the ledger holds stakes for jobs with a deposit.")
         if not self.errors:
             self._check_graph(data)
+        if data.get("secagg_tree_group") and not self.errors:
+            self._check_tree(data)
         return data
 
     def _check_privacy(self, data) -> None:
@@ -268,6 +273,36 @@ class JobForm(forms.ModelForm):
             self.add_error(
                 "secure_aggregation",
                 "Secure aggregation hides the individual models the validator scores: choose one or the other.",
+            )
+
+    TREE_MIN_GROUP = 3  # a group of 2 hands its other member's model to the aggregator
+    TREE_MIN_GROUPS = 3  # the root and two aggregators, so that it learns no group's sum alone
+
+    def _check_tree(self, data) -> None:
+        """The aggregation tree (peers.star_tree) is a layout of the star with secure aggregation:
+        groups of at least 3 (``topology.tree_layout`` over the job's peers), at least 3 of them."""
+        g, n = data["secagg_tree_group"], data["num_peers"]
+        if data.get("rule") not in SERVER_RULES or not data.get("secure_aggregation"):
+            self.add_error(
+                "secagg_tree_group",
+                "An aggregation tree is a layout of secure aggregation on the star: choose FedAvg, FedProx or "
+                "FedAdam with secure aggregation, or set the group size to 0.",
+            )
+            return
+        if g < self.TREE_MIN_GROUP:
+            self.add_error(
+                "secagg_tree_group",
+                f"Groups need at least {self.TREE_MIN_GROUP} peers: in a group of 2 the aggregator would learn "
+                "the other member's model. Set 0 for the plain star.",
+            )
+            return
+        sizes = [len(group.members) for group in topology.tree_layout(range(n), g).groups]
+        if min(sizes) < self.TREE_MIN_GROUP or len(sizes) < self.TREE_MIN_GROUPS:
+            self.add_error(
+                "secagg_tree_group",
+                f"{n} peers in groups of {g} make groups of {', '.join(map(str, sizes))}: the tree needs at least "
+                f"{self.TREE_MIN_GROUPS} groups (the centre and two aggregators, so that it learns no one group's "
+                f"sum) of at least {self.TREE_MIN_GROUP} peers each. Change the group size or the number of peers.",
             )
 
     def _check_secure_aggregation(self, data, n: int) -> None:

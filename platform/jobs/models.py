@@ -151,6 +151,13 @@ class Job(models.Model):
         "least 3 neighbours with equal mixing weights (e.g. complete, or an expander of degree 3 or more). "
         "FedAvg, FedProx or FedAdam: a star of at least 4 peers, whose centre learns only the leaves' sum.",
     )
+    secagg_tree_group = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="With secure aggregation and FedAvg, FedProx or FedAdam on the star: 0 for the plain star, "
+        "or a group size g >= 3 for an aggregation tree. Peers are cut into groups of about g by node id, each "
+        "with an aggregator that learns only its group's sum; the aggregators mask those sums for the star's "
+        "centre, which learns only the total. Needs at least 3 groups of at least 3 peers.",
+    )
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
     # Who may join.
@@ -235,6 +242,7 @@ class Job(models.Model):
             dp_clip=self.dp_clip,
             dp_epsilon=self.dp_epsilon,
             secure_aggregation=self.secure_aggregation,
+            secagg_tree_group=self.secagg_tree_group,
         )
 
     @property

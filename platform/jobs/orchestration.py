@@ -24,6 +24,7 @@ from nodes import exchange
 from nodes.authority import platform_key
 from peers import topology
 from peers.evidence import score_from_evidence
+from peers.plans import links as plan_links
 from peers.plans import round_plans
 from peers.protocol import (
     NO_WEIGHTS_BEFORE_DEADLINE,
@@ -125,12 +126,15 @@ def active_members(job: Job) -> list[CohortMember]:
 
 
 def round_members(rnd: Round) -> list[CohortMember]:
-    """The members a round was planned for whose consent still stands, in position order."""
+    """The members a round was planned for whose consent still stands, in position order (by node
+    id with an aggregation tree: its root, the lowest id, is then the star's centre)."""
     active = active_members(rnd.job)
-    if rnd.members is None:
-        return active
-    by_node = {m.node_id: m for m in active}
-    return [by_node[node_id] for node_id in rnd.members if node_id in by_node]
+    if rnd.members is not None:
+        by_node = {m.node_id: m for m in active}
+        active = [by_node[node_id] for node_id in rnd.members if node_id in by_node]
+    if rnd.job.secagg_tree_group:
+        active.sort(key=lambda m: m.node_id)
+    return active
 
 
 def rejoin(node) -> None:
@@ -203,8 +207,7 @@ def round_neighbours(rnd: Round) -> dict[int, set[int]]:
     mixing rows, without building and signing the plans (hello, beat and the relay ask often)."""
     members = round_members(rnd)
     rows = mixing_rows(rnd.job, rnd.number, {m.node_id: i for i, m in enumerate(members)}) if members else []
-    ids = [m.node_id for m in members]
-    links = {ids[i]: {ids[j] for j in row if j != i} for i, row in enumerate(rows)}
+    links = plan_links([m.node_id for m in members], rows, rnd.job.secagg_tree_group)
     if rnd.job.validator_id and links:  # every member also sends the validator its model
         for targets in links.values():
             targets.add(rnd.job.validator_id)
