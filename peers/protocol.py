@@ -105,7 +105,7 @@ class JobConfig:
     # With secure aggregation on the star: 0, the leaves mask for the centre; g >= 3, an aggregation
     # tree of groups of about g (peers.topology.tree_layout, peers.star_tree): members mask for
     # their group's aggregator, the aggregators their groups' sums for the root, the star's centre.
-    secagg_tree_group: int = since("2026-11-28", 0)
+    secagg_tree_group: int = since("2026-11-26", 0)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
