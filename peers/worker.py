@@ -159,6 +159,7 @@ class Peer:
         self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
         self.activity = Activity()  # what the heartbeat tells the operator's console (peers.stats)
         self._masked_sends: dict[tuple[int, int, int], MaskedSend] = {}  # (job, round, recipient) -> it
+        self._x25519: tuple[NodeKey, gossip.Agreements] | None = None  # secure aggregation: see _agreements
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -598,7 +599,7 @@ class Peer:
         if released is None:
             return 0
         flat = np.concatenate([released[name].detach().cpu().double().reshape(-1).numpy() for name in state.spec])
-        key = gossip.x25519_private(self.key.seed())
+        key = self._agreements()
         old = [k for k in self._masked_sends if k[0] == plan.job_id and k[1] < plan.round - 2]
         for k in old:
             del self._masked_sends[k]
@@ -629,7 +630,15 @@ class Peer:
                 log.warning("node %s could not send its masked model to %s: %s", self.node_id, n.node_id, result)
         return sum(r for r in results if isinstance(r, int))
 
-    def _masked_upload(self, plan: RoundPlan, n: Neighbour, flat: np.ndarray, key: Any) -> tuple[bytes, MaskedSend]:
+    def _agreements(self) -> gossip.Agreements:
+        """This node's X25519 key (from its node key) with the agreements it made so far."""
+        if self._x25519 is None or self._x25519[0] is not self.key:
+            self._x25519 = (self.key, gossip.Agreements(gossip.x25519_private(self.key.seed())))
+        return self._x25519[1]
+
+    def _masked_upload(
+        self, plan: RoundPlan, n: Neighbour, flat: np.ndarray, key: gossip.Agreements
+    ) -> tuple[bytes, MaskedSend]:
         """The upload for neighbour ``n`` (y_ji and the sealed shares of a fresh self-mask seed,
         ``gossip.pack_upload``) and what to remember to answer its unmask request."""
         if str(self.node_id) not in n.neighbourhood:
@@ -810,7 +819,7 @@ class Peer:
             )
             return
         sent.answered = True
-        key = gossip.x25519_private(self.key.seed())
+        key = self._agreements()
         where = {"job": request.job_id, "round": request.round, "recipient": request.requester}
         shares = {}
         for j, box in sealed.items():

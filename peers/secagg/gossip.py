@@ -111,17 +111,47 @@ def x25519_public(ed25519_public_hex: str) -> bytes:
     return u.to_bytes(32, "little")
 
 
+class Agreements:
+    """An X25519 key that remembers what it agreed with each other key: s_jk is the same every
+    round and recipient, so a peer computes it once (the functions here take this or a bare key)."""
+
+    LIMIT = 4 * MAX_NEIGHBOURHOOD
+
+    def __init__(self, key: X25519PrivateKey):
+        self.key = key
+        self._shared: dict[bytes, bytes] = {}
+
+    def agree(self, other_public: bytes) -> bytes:
+        shared = self._shared.get(other_public)
+        if shared is None:
+            if len(self._shared) >= self.LIMIT:
+                self._shared.clear()
+            shared = self._shared[other_public] = _exchange(self.key, other_public)
+        return shared
+
+
+Key = X25519PrivateKey | Agreements
+
+
+def _agree(key: Key, other_public: bytes) -> bytes:
+    return key.agree(other_public) if isinstance(key, Agreements) else _exchange(key, other_public)
+
+
+def _exchange(key: X25519PrivateKey, other_public: bytes) -> bytes:
+    return key.exchange(X25519PublicKey.from_public_bytes(other_public))  # ValueError on low-order keys
+
+
 def pair_mask(
-    key: X25519PrivateKey, other_public: bytes, job: int, round: int, recipient: int, length: int
+    key: Key, other_public: bytes, job: int, round: int, recipient: int, length: int
 ) -> npt.NDArray[np.uint64]:
     """PRG(s_jk; job, round, recipient): the mask j and k share for what they send ``recipient``."""
-    shared = key.exchange(X25519PublicKey.from_public_bytes(other_public))  # ValueError on low-order keys
+    shared = _agree(key, other_public)
     return prg.expand(prg.derive_seed(shared, round, f"gossip/{job}/{recipient}"), length)
 
 
 def _signed_masks(
     sender: int,
-    key: X25519PrivateKey,
+    key: Key,
     others: Mapping[int, bytes],
     job: int,
     round: int,
@@ -143,7 +173,7 @@ def _signed_masks(
 def mask(
     encoded: npt.NDArray[np.uint64],
     sender: int,
-    key: X25519PrivateKey,
+    key: Key,
     others: Mapping[int, bytes],
     *,
     job: int,
@@ -179,7 +209,7 @@ def share_threshold(size: int) -> int:
 def seal_shares(
     seed: bytes,
     sender: int,
-    key: X25519PrivateKey,
+    key: Key,
     holders: Mapping[int, bytes],
     *,
     job: int,
@@ -202,7 +232,7 @@ def seal_shares(
 def open_share(
     sealed: bytes,
     holder: int,
-    key: X25519PrivateKey,
+    key: Key,
     sender_public: bytes,
     *,
     job: int,
@@ -231,9 +261,9 @@ def rebuild_seed(shares: Mapping[int, int], threshold: int) -> bytes:
 
 
 def _share_cipher(
-    key: X25519PrivateKey, other_public: bytes, job: int, round: int, recipient: int, sender: int, holder: int
+    key: Key, other_public: bytes, job: int, round: int, recipient: int, sender: int, holder: int
 ) -> tuple[AESGCM, bytes]:
-    shared = key.exchange(X25519PublicKey.from_public_bytes(other_public))
+    shared = _agree(key, other_public)
     seed = prg.derive_seed(shared, round, f"gossip-share/{job}/{recipient}/{sender}/{holder}")
     return AESGCM(seed), _AD.pack(b"dfl-secagg-share", job, round, recipient, sender, holder)
 
@@ -323,7 +353,7 @@ def _head(payload: bytes | bytearray, magic: bytes, what: str) -> tuple[int, byt
 
 def correction(
     sender: int,
-    key: X25519PrivateKey,
+    key: Key,
     dropped: Mapping[int, bytes],
     *,
     job: int,
@@ -340,6 +370,7 @@ __all__ = [
     "MIN_SUM",
     "RECORD_BYTES",
     "SEALED_BYTES",
+    "Agreements",
     "correction",
     "mask",
     "open_share",
