@@ -281,11 +281,21 @@ class ModelRequest:
     signature: bytes  # Ed25519 over request_bytes(...) with the requester's node key
 
 
+# One sealed share forwarded in a SecAggRecover: the sender's node id (u64), then its Shamir share
+# of its self-mask seed sealed for the holder (AES-GCM nonce, ciphertext, tag): peers.secagg.gossip.
+SECAGG_SHARE_RECORD_BYTES = 102
+SECAGG_MAX_NEIGHBOURHOOD = 4096
+
+
 @dataclass
 class SecAggRecover:
-    """With secure aggregation: a peer whose neighbours ``dropped`` sent nothing this round asks
-    each neighbour that did for the masks it added for them (answered with a weights transfer of
-    seq ``peers.worker.RECOVERY_SEQ``: ``peers.secagg.gossip.correction``)."""
+    """With secure aggregation, every round: the recipient of masked models asks each sender
+    whose model arrived (``alive``) to help unmask their sum: its Shamir shares of the ``alive``
+    senders' self-mask seeds (``shares``: the ones they sealed for it, forwarded) and, when some
+    senders sent nothing (``dropped``), the pairwise masks it added for them. Answered with a
+    weights transfer of seq ``peers.worker.RECOVERY_SEQ`` (``peers.secagg.gossip.pack_answer``).
+    ``alive`` and ``dropped`` must partition the recipient's neighbourhood; the signature covers
+    both and the shares."""
 
     TYPE = "secagg.recover"
     job_id: int
@@ -293,6 +303,24 @@ class SecAggRecover:
     requester: int
     dropped: list[int]
     signature: bytes  # Ed25519 over recover_bytes(...) with the requester's node key
+    # The senders whose masked models arrived (absent from the pairwise-only requests of older
+    # peers, which holders refuse), and the shares sealed for the addressee by those senders:
+    # SECAGG_SHARE_RECORD_BYTES each.
+    alive: list[int] = field(default_factory=list, metadata={"since": "2026-11-26"})
+    shares: bytes = since("2026-11-26", b"")
+
+    def __post_init__(self) -> None:
+        named = [*self.alive, *self.dropped]
+        if len(named) > SECAGG_MAX_NEIGHBOURHOOD or any(i < 0 for i in named):
+            raise ProtocolError(f"alive and dropped name more than {SECAGG_MAX_NEIGHBOURHOOD} senders or a negative id")
+        if len(set(self.alive)) != len(self.alive) or len(set(self.dropped)) != len(self.dropped):
+            raise ProtocolError("alive and dropped each name a sender once")
+        if len(self.shares) % SECAGG_SHARE_RECORD_BYTES or len(self.shares) // SECAGG_SHARE_RECORD_BYTES > len(
+            self.alive
+        ):
+            raise ProtocolError(
+                f"shares: {len(self.shares)} bytes, not whole {SECAGG_SHARE_RECORD_BYTES}-byte records, one per alive sender at most"
+            )
 
 
 @dataclass
@@ -521,9 +549,14 @@ def request_bytes(job_id: int, round: int, requester: int) -> bytes:
     return msgpack.packb(["model.request", job_id, round, requester], use_bin_type=True)
 
 
-def recover_bytes(job_id: int, round: int, requester: int, dropped: list[int]) -> bytes:
-    """Canonical signed content of a secure-aggregation recovery request."""
-    return msgpack.packb(["secagg.recover", job_id, round, requester, sorted(dropped)], use_bin_type=True)
+def recover_bytes(
+    job_id: int, round: int, requester: int, dropped: list[int], *, alive: list[int], shares: bytes
+) -> bytes:
+    """Canonical signed content of a secure-aggregation unmask request: the alive and dropped
+    senders and the forwarded shares with it."""
+    return msgpack.packb(
+        ["secagg.recover/2", job_id, round, requester, sorted(dropped), sorted(alive), shares], use_bin_type=True
+    )
 
 
 def _name(name: str) -> str:

@@ -20,8 +20,9 @@ over the same chunk transport and decoders as every other transfer.
 With secure aggregation (``config.secure_aggregation``) the aggregator is the one recipient of
 gossip SecAgg (``peers.secagg.gossip``) and the leaves its neighbourhood: a leaf sends it its
 model masked with masks shared among the leaves (``Peer._send_masked``; its plan names the
-aggregator's neighbourhood), the aggregator learns only their sum (``Peer._secure_neighbours``,
-asking the survivors to remove a dropped leaf's masks) and takes the equal-weight mean
+aggregator's neighbourhood), the aggregator learns only their sum (``Peer._secure_neighbours``:
+every round one unmask round trip to the leaves whose models arrived, for the shares of their
+self-mask seeds and a dropped leaf's pairwise masks) and takes the equal-weight mean
 ``(x_hub + sum) / (1 + arrived)`` before the server rule. Nothing goes to a validator (the form
 refuses one), and the global model goes back as without masks: every leaf receives it. With
 ``config.secagg_tree_group`` the leaves mask in groups instead (``peers.star_tree``).
@@ -151,7 +152,7 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
     secure = plan.config.secure_aggregation
     bytes_sent = 0 if secure else await peer._send_to_neighbours(plan, local, targets=plan.validators)
     leaves = {n.node_id for n in plan.neighbours}
-    # With secure aggregation, a margin more for asking the survivors to remove dropped masks.
+    # With secure aggregation, a margin more for the unmask round trip (every round: the self masks).
     cutoff = plan.deadline - (HUB_CUTOFF_MARGINS + (1 if secure else 0)) * peer.deadline_margin_s
 
     def heard_all() -> bool:
@@ -164,7 +165,7 @@ async def _aggregate(peer: Any, plan: RoundPlan, state: Any, local: dict) -> Exc
     # With secure aggregation, equal weights: its own model and the leaves' mean, by count.
     weighted = [(1.0 if secure else plan.self_weight, local)] if finite else []
     own = len(weighted)
-    if secure:  # the sum of the leaves' masked models, the dropped ones' masks removed
+    if secure:  # the sum of the leaves' masked models, unmasked with the leaves' help
         give_up = plan.deadline - HUB_CUTOFF_MARGINS * peer.deadline_margin_s
         weighted += await peer._secure_neighbours(plan, state, local, received, rejected, give_up)
     else:

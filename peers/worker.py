@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from peers.protocol import (
     SERVER_RULES,
     JobEvent,
     ModelRequest,
+    Neighbour,
     PeerReport,
     ProtocolError,
     RoundPlan,
@@ -66,7 +68,7 @@ ROUND_SEQ = 1
 CATCH_UP_SEQ = 2
 # With secure aggregation, a neighbour's answer to a SecAggRecover: seq 3 of the round.
 RECOVERY_SEQ = 3
-SECAGG_NO_RECOVERY = "secure aggregation: the masks of the dropped neighbours could not be removed"
+SECAGG_NO_RECOVERY = "secure aggregation: the masks could not be removed (too few neighbours helped unmask the sum)"
 CATCH_UP_WAIT_S = 15.0
 UPLOAD_ATTEMPTS = 30  # the validator's final model, while the job's last round is closing
 
@@ -88,7 +90,7 @@ class JobState:
     decoders: dict[int, WeightsDecoder] = field(default_factory=dict)  # sender -> its decoder
     payloads: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> bytes
     rejected: dict[int, dict[int, str]] = field(default_factory=dict)  # round -> sender -> reason
-    recoveries: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> sender -> correction
+    recoveries: dict[int, dict[int, bytes | bytearray]] = field(default_factory=dict)  # round -> holder -> answer
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     privacy: ClientDPAccountant | None = None  # client-level DP on: what this peer has spent
     round_start: dict | None = None  # the model the round began from (what DP clips the update against)
@@ -108,12 +110,13 @@ class JobState:
 @dataclass
 class MaskedSend:
     """What a peer remembers of a masked model it sent (secure aggregation), to answer the
-    recipient's one recovery request for that round."""
+    recipient's one unmask request for that round (the self-mask seed is not kept)."""
 
     others: dict[int, bytes]  # the recipient's other senders -> X25519 public key
     length: int
     recipient_key: str  # Ed25519 hex: the request must be signed with it
     channel: str
+    threshold: int  # shares of a self-mask seed that unmask it (gossip.share_threshold)
     answered: bool = False
 
 
@@ -156,6 +159,7 @@ class Peer:
         self.final_models: dict[int, bytes] = {}  # as a validator: job id -> the final consensus (safetensors)
         self.activity = Activity()  # what the heartbeat tells the operator's console (peers.stats)
         self._masked_sends: dict[tuple[int, int, int], MaskedSend] = {}  # (job, round, recipient) -> it
+        self._x25519: tuple[NodeKey, gossip.Agreements] | None = None  # secure aggregation: see _agreements
 
     # -- main loops ---------------------------------------------------------------------------
     async def run(self, max_jobs: int | None = None) -> None:
@@ -596,31 +600,18 @@ class Peer:
         if released is None:
             return 0
         flat = np.concatenate([released[name].detach().cpu().double().reshape(-1).numpy() for name in state.spec])
-        key = gossip.x25519_private(self.key.seed())
+        key = self._agreements()
         old = [k for k in self._masked_sends if k[0] == plan.job_id and k[1] < plan.round - 2]
         for k in old:
             del self._masked_sends[k]
         sends, targets = [], []
         for n in plan.neighbours:
             try:
-                if str(self.node_id) not in n.neighbourhood:
-                    raise ValueError("the plan does not list this peer among its neighbours")
-                others = {int(k): gossip.x25519_public(v) for k, v in n.neighbourhood.items() if int(k) != self.node_id}
-                masked = gossip.mask(
-                    encode_fixed(flat, summands=len(others) + 1),
-                    self.node_id,
-                    key,
-                    others,
-                    job=plan.job_id,
-                    round=plan.round,
-                    recipient=n.node_id,
-                )
+                upload, sent = self._masked_upload(plan, n, flat, key)
             except ValueError as exc:
                 log.warning("node %s sends no masked model to %s: %s", self.node_id, n.node_id, exc)
                 continue
-            self._masked_sends[(plan.job_id, plan.round, n.node_id)] = MaskedSend(
-                others, flat.size, n.public_key, n.channel
-            )
+            self._masked_sends[(plan.job_id, plan.round, n.node_id)] = sent
             targets.append(n)
             sends.append(
                 send_payload(
@@ -630,7 +621,7 @@ class Peer:
                     round=plan.round,
                     sender=self.node_id,
                     seq=ROUND_SEQ,
-                    payload=masked.astype("<u8").tobytes(),
+                    payload=upload,
                     key=self.key,
                 )
             )
@@ -639,6 +630,28 @@ class Peer:
             if isinstance(result, Exception):
                 log.warning("node %s could not send its masked model to %s: %s", self.node_id, n.node_id, result)
         return sum(r for r in results if isinstance(r, int))
+
+    def _agreements(self) -> gossip.Agreements:
+        """This node's X25519 key (from its node key) with the agreements it made so far."""
+        if self._x25519 is None or self._x25519[0] is not self.key:
+            self._x25519 = (self.key, gossip.Agreements(gossip.x25519_private(self.key.seed())))
+        return self._x25519[1]
+
+    def _masked_upload(
+        self, plan: RoundPlan, n: Neighbour, flat: np.ndarray, key: gossip.Agreements
+    ) -> tuple[bytes, MaskedSend]:
+        """The upload for neighbour ``n`` (y_ji and the sealed shares of a fresh self-mask seed,
+        ``gossip.pack_upload``) and what to remember to answer its unmask request."""
+        if str(self.node_id) not in n.neighbourhood:
+            raise ValueError("the plan does not list this peer among its neighbours")
+        others = {int(k): gossip.x25519_public(v) for k, v in n.neighbourhood.items() if int(k) != self.node_id}
+        where = {"job": plan.job_id, "round": plan.round, "recipient": n.node_id}
+        threshold = gossip.share_threshold(len(others) + 1)
+        seed = secrets.token_bytes(32)
+        encoded = encode_fixed(flat, summands=len(others) + 1)
+        masked = gossip.mask(encoded, self.node_id, key, others, self_seed=seed, **where)
+        sealed = gossip.seal_shares(seed, self.node_id, key, others, threshold=threshold, **where)
+        return gossip.pack_upload(masked, sealed), MaskedSend(others, flat.size, n.public_key, n.channel, threshold)
 
     async def _secure_neighbours(
         self,
@@ -649,42 +662,41 @@ class Peer:
         rejected: dict[int, str],
         give_up: float | None = None,
     ) -> list[tuple[float, dict]]:
-        """[(count, mean of the neighbours' models)] from their masked models, recovering from
-        dropped senders; [] (this peer keeps its own model) when fewer than two arrived or a
-        survivor did not help remove the dropped senders' masks (``rejected`` says so). The
-        recovery waits for the survivors' answers until ``give_up`` (default: a deadline margin
+        """[(count, mean of the neighbours' models)] from their masked models: every round an
+        unmask request to the senders whose models arrived (``_recover``); [] (this peer keeps its
+        own model) when none arrived, too few did, or too few senders helped (``rejected`` says
+        so). The request waits for the answers until ``give_up`` (default: a deadline margin
         before the deadline; the star's aggregator needs time after it to send the global model)."""
         length = sum(math.prod(shape) for shape, _ in state.spec.values())
-        arrived = {}
+        ids = {n.node_id for n in plan.neighbours}
+        arrived, sealed = {}, {}
         for n in plan.neighbours:
             payload = received.get(n.node_id)
             if payload is None:
                 continue
-            if len(payload) != 8 * length:
-                rejected[n.node_id] = f"masked model of {len(payload)} bytes, expected {8 * length}"
-                continue
-            arrived[n.node_id] = np.frombuffer(payload, dtype="<u8").astype(np.uint64)
-        dropped = sorted(n.node_id for n in plan.neighbours if n.node_id not in arrived)
+            try:
+                arrived[n.node_id], sealed[n.node_id] = gossip.unpack_upload(payload, length, ids - {n.node_id})
+            except ValueError as exc:
+                rejected[n.node_id] = f"masked model: {exc}"
         if not arrived:
             return []
-        total = np.zeros(length, dtype=np.uint64)
+        alive, dropped = sorted(arrived), sorted(ids - arrived.keys())
+        masks = await self._recover(plan, state, alive, dropped, sealed, length, give_up)
+        if masks is None:
+            for sender in arrived:
+                rejected[sender] = SECAGG_NO_RECOVERY
+            log.warning(
+                "node %s: round %s of job %s keeps its own model (the masks of %s stay on, %s dropped)",
+                self.node_id,
+                plan.round,
+                plan.job_id,
+                alive,
+                dropped,
+            )
+            return []
+        total = np.zeros(length, dtype=np.uint64) - masks
         for masked in arrived.values():
             total += masked  # uint64: wraps mod 2^64, as it must
-        if dropped:
-            corrections = await self._recover(plan, state, sorted(arrived), dropped, length, give_up)
-            if corrections is None:
-                for sender in arrived:
-                    rejected[sender] = SECAGG_NO_RECOVERY
-                log.warning(
-                    "node %s: round %s of job %s keeps its own model (no recovery from %s dropping)",
-                    self.node_id,
-                    plan.round,
-                    plan.job_id,
-                    dropped,
-                )
-                return []
-            for c in corrections:
-                total -= c
         mean = decode_fixed(total) / len(arrived)
         out, offset = {}, 0
         for name, (shape, _) in state.spec.items():
@@ -697,68 +709,109 @@ class Peer:
         self,
         plan: RoundPlan,
         state: JobState,
-        survivors: list[int],
+        alive: list[int],
         dropped: list[int],
+        sealed: dict[int, dict[int, bytes]],
         length: int,
         give_up: float | None = None,
-    ) -> list[np.ndarray] | None:
-        """Ask every survivor for the masks it added for the ``dropped`` senders; None when there
-        are too few survivors (their sum would give one away) or one does not answer by
-        ``give_up`` (unix seconds; default: a deadline margin before the deadline)."""
-        if len(survivors) < gossip.MIN_SUM:
+    ) -> np.ndarray | None:
+        """The masks left on the ``alive`` senders' sum: their self masks, rebuilt from the
+        holders' shares, and the pairwise masks they added for the ``dropped``. ``sealed``: sender
+        -> holder -> the share it sealed for it. None when too few are alive, or too few answer
+        by ``give_up`` (unix seconds; default: a deadline margin before the deadline)."""
+        threshold = gossip.share_threshold(len(plan.neighbours))
+        if len(alive) < max(gossip.MIN_SUM, threshold + 1):
             return None
-        signature = self.key.sign(recover_bytes(plan.job_id, plan.round, self.node_id, dropped))
-        request = to_message(
-            SecAggRecover(
-                job_id=plan.job_id, round=plan.round, requester=self.node_id, dropped=dropped, signature=signature
-            )
-        )
-        channels = {n.node_id: n.channel for n in plan.neighbours}
-        for sender in survivors:
+        await self._ask_to_unmask(plan, alive, dropped, sealed)
+        answers = await self._unmask_answers(plan, state, alive, dropped, length, threshold, give_up)
+        shares: dict[int, dict[int, int]] = {j: {} for j in alive}
+        corrections = []
+        for k, (held, correction) in answers.items():
+            for j, value in held.items():
+                shares[j][k] = value
+            if correction is not None:
+                corrections.append(correction)
+        if dropped and len(corrections) < len(alive):
+            log.warning("node %s: not every sender in %s removed its masks for %s", self.node_id, alive, dropped)
+            return None
+        total = np.zeros(length, dtype=np.uint64)
+        for c in corrections:
+            total += c
+        for j in alive:
             try:
-                await self.transport.send(channels[sender], request)
+                seed = gossip.rebuild_seed(shares[j], threshold)
+            except ValueError as exc:
+                log.warning("node %s: the self mask of %s stays on: %s", self.node_id, j, exc)
+                return None
+            total += gossip.self_mask(seed, job=plan.job_id, round=plan.round, recipient=self.node_id, length=length)
+        return total
+
+    async def _ask_to_unmask(
+        self, plan: RoundPlan, alive: list[int], dropped: list[int], sealed: dict[int, dict[int, bytes]]
+    ) -> None:
+        """One signed request to each alive sender k: alive, dropped and the shares sealed for k."""
+        channels = {n.node_id: n.channel for n in plan.neighbours}
+        for k in alive:
+            shares = gossip.pack_sealed({j: sealed[j][k] for j in alive if j != k})
+            signed = recover_bytes(plan.job_id, plan.round, self.node_id, dropped, alive=alive, shares=shares)
+            request = SecAggRecover(
+                job_id=plan.job_id,
+                round=plan.round,
+                requester=self.node_id,
+                dropped=dropped,
+                signature=self.key.sign(signed),
+                alive=alive,
+                shares=shares,
+            )
+            try:
+                await self.transport.send(channels[k], to_message(request))
             except Exception as exc:
-                log.warning("node %s: recovery request to %s failed: %s", self.node_id, sender, exc)
+                log.warning("node %s: unmask request to %s failed: %s", self.node_id, k, exc)
+
+    async def _unmask_answers(
+        self,
+        plan: RoundPlan,
+        state: JobState,
+        alive: list[int],
+        dropped: list[int],
+        length: int,
+        threshold: int,
+        give_up: float | None,
+    ) -> dict[int, tuple[dict[int, int], np.ndarray | None]]:
+        """The holders' answers that parse, as they come, until they are enough (every alive
+        sender's correction if some dropped, and ``threshold`` shares of each alive sender's
+        seed), ``give_up`` or a later plan."""
         if give_up is None:
             give_up = plan.deadline - self.deadline_margin_s
+        parsed: dict[int, tuple[dict[int, int], np.ndarray | None]] = {}
         while True:
-            answers = state.recoveries.get(plan.round, {})
-            if set(survivors) <= set(answers) or time.time() >= give_up or self._superseded(plan):
+            for k, payload in state.recoveries.get(plan.round, {}).items():
+                if k in alive and k not in parsed:
+                    try:
+                        parsed[k] = gossip.unpack_answer(payload, length, set(alive) - {k}, bool(dropped))
+                    except ValueError as exc:
+                        log.warning("node %s: unusable unmask answer from %s: %s", self.node_id, k, exc)
+                        parsed[k] = ({}, None)
+            if _enough(parsed, alive, dropped, threshold) or time.time() >= give_up or self._superseded(plan):
                 break
             state.arrived.clear()
             try:
                 await asyncio.wait_for(state.arrived.wait(), timeout=max(0.01, give_up - time.time()))
             except TimeoutError:
                 break
-        answers = state.recoveries.pop(plan.round, {})
-        if any(len(answers.get(s, b"")) != 8 * length for s in survivors):
-            log.warning("node %s: survivors %s did not all answer its recovery request", self.node_id, survivors)
-            return None
-        return [np.frombuffer(answers[s], dtype="<u8").astype(np.uint64) for s in survivors]
+        state.recoveries.pop(plan.round, None)
+        return {k: a for k, a in parsed.items() if a[0] or a[1] is not None}
 
     async def _answer_recovery(self, request: SecAggRecover) -> None:
-        """Send a recipient the masks this peer added for its dropped senders, once per round and
-        recipient, and only if the request is signed by it and leaves at least two survivors."""
+        """Answer a recipient's unmask request, once per round and recipient, and only one that
+        is signed by it and whose alive and dropped senders partition its neighbourhood with this
+        peer alive and enough alive (``_unmask_refusal``): the shares of the alive senders' seeds
+        sealed for this peer, and the masks it added for the dropped ones."""
         sent = self._masked_sends.get((request.job_id, request.round, request.requester))
-        dropped = set(request.dropped)
-        problem = None
-        if sent is None:
-            problem = "no masked model was sent to it"
-        elif not verify(
-            sent.recipient_key,
-            recover_bytes(request.job_id, request.round, request.requester, request.dropped),
-            request.signature,
-        ):
-            problem = "bad signature"
-        elif sent.answered:
-            problem = "already answered"
-        elif not dropped or not dropped <= sent.others.keys():
-            problem = f"{sorted(dropped)} are not its other senders"
-        elif len(sent.others.keys() - dropped) + 1 < gossip.MIN_SUM:
-            problem = "too few survivors: their sum would give one away"
+        problem, sealed = _unmask_refusal(self.node_id, sent, request)
         if problem is not None or sent is None:
             log.warning(
-                "node %s ignored a recovery request from %s (job %s round %s): %s",
+                "node %s ignored an unmask request from %s (job %s round %s): %s",
                 self.node_id,
                 request.requester,
                 request.job_id,
@@ -767,15 +820,18 @@ class Peer:
             )
             return
         sent.answered = True
-        correction = gossip.correction(
-            self.node_id,
-            gossip.x25519_private(self.key.seed()),
-            {d: sent.others[d] for d in dropped},
-            job=request.job_id,
-            round=request.round,
-            recipient=request.requester,
-            length=sent.length,
-        )
+        key = self._agreements()
+        where = {"job": request.job_id, "round": request.round, "recipient": request.requester}
+        shares = {}
+        for j, box in sealed.items():
+            try:
+                shares[j] = gossip.open_share(box, self.node_id, key, sent.others[j], sender=j, **where)
+            except ValueError as exc:
+                log.warning("node %s: no share of %s for %s: %s", self.node_id, j, request.requester, exc)
+        correction = None
+        if request.dropped:
+            dropped = {d: sent.others[d] for d in request.dropped}
+            correction = gossip.correction(self.node_id, key, dropped, length=sent.length, **where)
         try:
             await send_payload(
                 self.transport,
@@ -784,11 +840,11 @@ class Peer:
                 round=request.round,
                 sender=self.node_id,
                 seq=RECOVERY_SEQ,
-                payload=correction.astype("<u8").tobytes(),
+                payload=gossip.pack_answer(shares, correction),
                 key=self.key,
             )
         except Exception as exc:
-            log.warning("node %s could not answer %s's recovery request: %s", self.node_id, request.requester, exc)
+            log.warning("node %s could not answer %s's unmask request: %s", self.node_id, request.requester, exc)
 
     async def _send_to_neighbours(self, plan: RoundPlan, local: dict, targets: list | None = None) -> int:
         """Send this round's model to the neighbours, and to the job's validator (which scores
@@ -1006,7 +1062,7 @@ class Peer:
     async def _wait_for_neighbours(self, plan: RoundPlan, state: JobState) -> None:
         """Until every neighbour's weights arrived or were rejected, or the deadline is near."""
         expected = {n.node_id for n in plan.neighbours}
-        # With secure aggregation, a margin more for asking the survivors to remove dropped masks.
+        # With secure aggregation, a margin more for the unmask round trip (every round).
         give_up = plan.deadline - self.deadline_margin_s * (2 if plan.config.secure_aggregation else 1)
         while True:
             heard = set(state.payloads.get(plan.round, {})) | set(state.rejected.get(plan.round, {}))
@@ -1018,6 +1074,46 @@ class Peer:
                 await asyncio.wait_for(state.arrived.wait(), timeout=remaining)
             except TimeoutError:
                 return
+
+
+def _enough(
+    parsed: dict[int, tuple[dict[int, int], Any]], alive: list[int], dropped: list[int], threshold: int
+) -> bool:
+    """Whether the unmask answers in hand suffice: a correction from every alive sender if some
+    dropped, and ``threshold`` shares of every alive sender's seed."""
+    if dropped and any(parsed.get(k, ({}, None))[1] is None for k in alive):
+        return False
+    held = {j: sum(j in shares for shares, _ in parsed.values()) for j in alive}
+    return all(count >= threshold for count in held.values())
+
+
+def _unmask_refusal(me: int, sent: MaskedSend | None, request: SecAggRecover) -> tuple[str | None, dict[int, bytes]]:
+    """(why this peer must not answer an unmask request, or None; the sealed shares it carries)."""
+    if sent is None:
+        return "no masked model was sent to it", {}
+    alive, dropped = set(request.alive), set(request.dropped)
+    signed = recover_bytes(
+        request.job_id, request.round, request.requester, request.dropped, alive=request.alive, shares=request.shares
+    )
+    if not verify(sent.recipient_key, signed, request.signature):
+        return "bad signature", {}
+    if sent.answered:
+        return "already answered", {}
+    if me not in alive:
+        return "this peer is not among the alive senders (or a pairwise-only request)", {}
+    if alive & dropped:
+        return f"{sorted(alive & dropped)} both alive and dropped", {}
+    if alive | dropped != sent.others.keys() | {me}:
+        return f"alive and dropped ({sorted(alive | dropped)}) are not the recipient's neighbourhood", {}
+    if len(alive) < max(gossip.MIN_SUM, sent.threshold + 1):
+        return f"too few alive ({len(alive)}): the shares would unmask a sum of too few", {}
+    try:
+        sealed = gossip.unpack_sealed(request.shares)
+    except ValueError as exc:
+        return f"shares: {exc}", {}
+    if not sealed.keys() <= alive - {me}:
+        return f"shares forwarded for {sorted(sealed.keys() - alive)}, not alive senders", {}
+    return None, sealed
 
 
 def make_trainer(model, data, cfg, *, device, seed: int) -> LocalTrainer:

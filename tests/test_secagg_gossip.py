@@ -41,6 +41,10 @@ def test_the_x25519_key_derived_from_the_node_key_matches_its_public_half():
         assert raw == gossip.x25519_public(key.public_key_hex)
 
 
+def seed(j, recipient, round=3):  # a self-mask seed per (sender, recipient, round), fixed for the tests
+    return bytes([j, recipient, round]) * 10 + b"sm"
+
+
 def masked_round(models, recipient, private, public, job=1, round=3):
     senders = sorted(models)
     return {
@@ -52,9 +56,18 @@ def masked_round(models, recipient, private, public, job=1, round=3):
             job=job,
             round=round,
             recipient=recipient,
+            self_seed=seed(j, recipient, round),
         )
         for j in senders
     }
+
+
+def self_masks(senders, recipient, length, job=1, round=3):
+    """What the recipient subtracts once it has rebuilt the senders' seeds."""
+    total = np.zeros(length, dtype=np.uint64)
+    for j in senders:
+        total += gossip.self_mask(seed(j, recipient, round), job=job, round=round, recipient=recipient, length=length)
+    return total
 
 
 def test_the_neighbourhood_sum_equals_the_plain_sum():
@@ -62,11 +75,12 @@ def test_the_neighbourhood_sum_equals_the_plain_sum():
     models = {j: rng.normal(0, 1, 5000) for j in (2, 3, 5)}
     private, public = keys([1, 2, 3, 5])
     masked = masked_round(models, 1, private, public)
-    total = decode(np.sum(list(masked.values()), axis=0, dtype=np.uint64))
-    assert rel_err(total, sum(models.values())) < 1e-6
+    summed = np.sum(list(masked.values()), axis=0, dtype=np.uint64)
+    assert rel_err(decode(summed - self_masks([2, 3, 5], 1, 5000)), sum(models.values())) < 1e-6
+    assert rel_err(decode(summed), sum(models.values())) > 1  # the self masks stay on until removed
     # bound to the recipient and round: the masks of another recipient do not cancel here
     other = masked_round(models, 9, private, public)
-    mixed = decode(masked[2] + masked[3] + other[5])
+    mixed = decode(masked[2] + masked[3] + other[5] - self_masks([2, 3, 5], 1, 5000))
     assert rel_err(mixed, sum(models.values())) > 1
 
 
@@ -86,7 +100,7 @@ def test_a_dropped_sender_is_recovered_from_the_survivors_corrections():
     private, public = keys([1, 2, 3, 4, 5])
     masked = masked_round(models, 1, private, public)
     survivors, dropped = [2, 3, 5], [4]
-    total = np.sum([masked[j] for j in survivors], axis=0, dtype=np.uint64)
+    total = np.sum([masked[j] for j in survivors], axis=0, dtype=np.uint64) - self_masks(survivors, 1, 3000)
     for j in survivors:
         total -= gossip.correction(
             j, private[j], {d: public[d] for d in dropped}, job=1, round=3, recipient=1, length=3000
@@ -97,7 +111,7 @@ def test_a_dropped_sender_is_recovered_from_the_survivors_corrections():
 def test_masking_refuses_a_neighbourhood_whose_sum_is_one_model():
     private, _ = keys([1, 2])
     with pytest.raises(ValueError, match="fewer than 2"):
-        gossip.mask(encode(np.ones(3)), 2, private[2], {}, job=1, round=1, recipient=1)
+        gossip.mask(encode(np.ones(3)), 2, private[2], {}, job=1, round=1, recipient=1, self_seed=bytes(32))
 
 
 def test_plans_name_each_neighbours_neighbourhood_only_with_secure_aggregation():
@@ -174,19 +188,30 @@ def test_a_sender_that_drops_after_masking_is_recovered_live(monkeypatch):
     # it mixed (the fallback would keep its own model: distance 0), and sanely
     others = [first[i]["consensus_distance"] for i in (2, 3, 4)]
     assert 0 < first[1]["consensus_distance"] < 3 * max(others)
-    assert [(q.requester, q.dropped) for q in transport.requests] == [(1, [4])] * 2  # to nodes 2 and 3
+    # every round each recipient asks its senders to unmask; node 1 in round 1 names 4 dropped
+    first_requests = [(q.requester, q.alive, q.dropped) for q in transport.requests if q.round == 1]
+    assert [q for q in first_requests if q[0] == 1] == [(1, [2, 3], [4])] * 2  # to nodes 2 and 3
+    assert all(q.dropped == [] for q in transport.requests if (q.round, q.requester) != (1, 1))
     assert all(not r["rejected"] for r in reports if r["round"] > 1)
     payload = b"".join(c.data for c in sorted(transport.seen, key=lambda c: c.index))
-    values = np.frombuffer(payload, dtype="<u8")
-    assert stats.kstest(values / 2.0**64, "uniform").pvalue > 0.01
+    length = (len(payload) - 8 - 2 * gossip.RECORD_BYTES) // 8
+    values, _ = gossip.unpack_upload(payload, length, {3, 4})  # node 2's: shares for nodes 3 and 4
+    assert (
+        stats.kstest(values / 2.0**64, "uniform").pvalue > 1e-3
+    )  # a 0.1% chance to fail by chance; a model in the clear gives < 1e-6
 
 
 def test_recovery_requests_are_signed():
     key = NodeKey.generate()
+    shares = bytes(2 * gossip.RECORD_BYTES)
+    signed = recover_bytes(1, 2, 3, [4], alive=[5, 6], shares=shares)
     request = SecAggRecover(
-        job_id=1, round=2, requester=3, dropped=[4], signature=key.sign(recover_bytes(1, 2, 3, [4]))
+        job_id=1, round=2, requester=3, dropped=[4], signature=key.sign(signed), alive=[5, 6], shares=shares
     )
     assert from_message(to_message(request)) == request
+    # the signature covers the alive set and the shares too
+    assert recover_bytes(1, 2, 3, [4], alive=[5], shares=shares) != signed
+    assert recover_bytes(1, 2, 3, [4], alive=[5, 6], shares=shares[:-1] + b"x") != signed
 
 
 # The job form

@@ -14,12 +14,13 @@ from scipy import stats
 
 from peers.plans import round_plans
 from peers.protocol import NO_WEIGHTS_BEFORE_DEADLINE, SecAggRecover, WeightsChunk, from_message
-from peers.secagg import encode
+from peers.secagg import encode, gossip
 from peers.topology import build
 from peers.transport.memory import MemoryTransport
 from peers.wire.codec import WeightsDecoder
 from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
 from peers.wire.signing import NodeKey
+from peers.worker import RECOVERY_SEQ
 from tests.federation import BASE_CONFIG, run_federation
 from tests.test_secagg_gossip import FORM as GOSSIP_FORM
 
@@ -87,16 +88,25 @@ def test_the_aggregator_receives_only_masked_models(secure_and_plain):
     (_, peers, _), _, transport = secure_and_plain
     spec = peers[HUB].final_model
     length = sum(math.prod(t.shape) for t in spec.values())
-    assert {c.seq for c in transport.to_hub} == {1}  # round uploads only: no catch-up, no plain model
-    assert not transport.requests  # nobody dropped: nothing to recover
+    # round uploads and unmask answers only: no catch-up, no plain model
+    assert {c.seq for c in transport.to_hub} == {1, RECOVERY_SEQ}
+    # every round the centre asks each leaf to unmask; nobody dropped: no pairwise mask removed
+    assert sorted((q.round, q.alive, q.dropped) for q in transport.requests) == [
+        (r, [2, 3, 4], []) for r in range(1, ROUNDS + 1) for _ in range(2, N + 1)
+    ]
     uploads = []
     for r in range(1, ROUNDS + 1):
         for leaf in range(2, N + 1):
             payload = payloads(transport.to_hub, leaf, r)
-            assert len(payload) == 8 * length
             with pytest.raises(WeightsRejected):  # not a model in the wire format either
                 WeightsDecoder(describe(spec), 1 << 30).decode(payload)
-            uploads.append(np.frombuffer(payload, dtype="<u8"))
+            masked, _ = gossip.unpack_upload(payload, length, set(range(2, N + 1)) - {leaf})
+            uploads.append(masked)
+            # an answer holds shares of the other leaves' seeds (t = 1 of 2 here) and no correction
+            shares, correction = gossip.unpack_answer(
+                payloads(transport.to_hub, leaf, r, RECOVERY_SEQ), length, set(range(2, N + 1)) - {leaf}, False
+            )
+            assert len(shares) == N - 2 and correction is None
     # every upload together looks uniform (one test over all nine, so it rarely fails by chance)
     assert stats.kstest(np.concatenate(uploads) / 2.0**64, "uniform").pvalue > 1e-3
     # whereas a leaf's model in the clear, as fixed point, looks nothing like uniform
@@ -122,8 +132,8 @@ def test_a_leaf_that_never_sends_is_left_out_and_the_others_finish():
         assert got[HUB]["rejected"] == [{"sender": 4, "reason": NO_WEIGHTS_BEFORE_DEADLINE}]
         assert got[2]["rejected"] == [] and got[3]["rejected"] == []
         assert got[HUB]["consensus_distance"] > 0  # it averaged, it did not keep its own model
-    assert sorted((q.round, q.requester, q.dropped) for q in transport.requests) == [
-        (r, HUB, [4]) for r in range(1, ROUNDS + 1) for _ in (2, 3)
+    assert sorted((q.round, q.requester, q.alive, q.dropped) for q in transport.requests) == [
+        (r, HUB, [2, 3], [4]) for r in range(1, ROUNDS + 1) for _ in (2, 3)
     ]
     assert min(rep["accuracy"] for rep in by_round(reports, ROUNDS).values()) > 0.8
 
@@ -151,7 +161,8 @@ def test_a_leaf_hands_a_late_aggregator_no_model_to_catch_up_from(monkeypatch):
         run_federation(N, ROUNDS, graph="star", rule="fedavg", secure_aggregation=True, late={HUB: 2}, deadline_s=12)
     )
     assert sorted(transport.asked) == [(f"dfl.node.{leaf}", HUB) for leaf in range(2, N + 1)]
-    assert {c.seq for c in transport.to_hub} == {1}  # masked uploads only, never a model in the clear
+    # masked uploads and unmask answers only, never a model in the clear
+    assert {c.seq for c in transport.to_hub} == {1, RECOVERY_SEQ}
     for r in (2, 3):
         got = by_round(reports, r)
         assert set(got) == set(range(1, N + 1)) and len({rep["model_hash"] for rep in got.values()}) == 1, r
@@ -180,7 +191,7 @@ def test_a_leaf_that_drops_before_or_after_sending_is_recovered_and_the_others_f
     first, second, last = by_round(reports, 1), by_round(reports, 2), by_round(reports, 3)
     assert first[HUB]["rejected"] == [{"sender": 4, "reason": NO_WEIGHTS_BEFORE_DEADLINE}]
     assert len({rep["model_hash"] for rep in first.values()}) == 1  # leaf 4 still got the global model
-    assert [(q.round, q.requester, q.dropped) for q in transport.requests] == [(1, HUB, [4])] * 2
+    assert [(q.round, q.requester, q.dropped) for q in transport.requests if q.dropped] == [(1, HUB, [4])] * 2
     # Round 2: the aggregator summed all three leaves; leaf 4 never got the global model back.
     assert second[HUB]["rejected"] == [] and second[4]["rejected"] == [
         {"sender": HUB, "reason": NO_WEIGHTS_BEFORE_DEADLINE}

@@ -28,6 +28,7 @@ prg             HKDF-SHA256 seed derivation (round and purpose bound) and AES-25
 shamir          t-of-n sharing of a 32-byte secret over GF(2^521 - 1)
 protocol        ``Participant`` (keys, shares, mask, reveal) and the server's ``unmask``
 tree            the same over a tree: groups with an aggregator each, a masked round among them
+gossip          live rounds: masks per recipient, self-mask seeds shared and sealed, payload layouts
 ==============  ================================================================================
 """
 
