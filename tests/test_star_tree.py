@@ -57,6 +57,12 @@ class Recording(MemoryTransport):
         return [c for channel, c in self.chunks if channel == f"dfl.node.{node}"]
 
 
+def masked_vector(upload: bytes, length: int) -> np.ndarray:
+    """The masked vector of an upload (its last ``length`` values; sealed self-mask shares before it)."""
+    assert len(upload) > 8 * length  # the shares come first
+    return np.frombuffer(upload[-8 * length :], dtype="<u8")
+
+
 def payload(chunks, sender, round, seq=1):
     mine = sorted((c for c in chunks if (c.sender, c.round, c.seq) == (sender, round, seq)), key=lambda c: c.index)
     return b"".join(c.data for c in mine)
@@ -121,18 +127,17 @@ def test_the_root_receives_masked_group_sums_that_look_uniform_and_decode_to_no_
     length = sum(math.prod(t.shape) for t in spec.values())
     into_root = transport.into(ROOT)
     assert {c.sender for c in into_root} == {2, 3, *AGGREGATORS}  # its group and the aggregators, nobody else
-    assert {c.seq for c in into_root} == {1}  # uploads only: no catch-up, no recovery (nobody dropped)
-    assert not transport.requests
+    assert {c.seq for c in into_root} == {1, 3}  # uploads and unmask answers: no catch-up
+    assert transport.requests and all(dropped == [] for _, (_, _, dropped) in transport.requests)  # nobody dropped
     sums = []
     for r in range(1, ROUNDS + 1):
         for member in (2, 3):
-            assert len(payload(into_root, member, r)) == 8 * length
+            masked_vector(payload(into_root, member, r), length)
         for a in AGGREGATORS:
             got = payload(into_root, a, r)
-            assert len(got) == 8 * (length + 1)  # the group's sum and its count
             with pytest.raises(WeightsRejected):
                 WeightsDecoder(describe(spec), 1 << 30).decode(got)
-            sums.append(np.frombuffer(got, dtype="<u8"))
+            sums.append(masked_vector(got, length + 1))  # the group's sum and its count
     assert stats.kstest(np.concatenate(sums) / 2.0**64, "uniform").pvalue > 1e-3
     # whereas a group's sum in the clear, as fixed point, is nothing like uniform
     group = sum(flat(trained[i, 1]) for i in (4, 5, 6))
@@ -145,15 +150,15 @@ def test_an_aggregator_never_receives_a_members_model_unmasked(tree_and_plain):
     length = sum(math.prod(t.shape) for t in spec.values())
     for a, members in zip(AGGREGATORS, ((5, 6), (8, 9))):
         into = transport.into(a)
-        assert {(c.sender, c.seq) for c in into} == {*((m, 1) for m in members), (ROOT, 4)}  # masked; the global
+        # masked uploads, unmask answers; the global model
+        assert {(c.sender, c.seq) for c in into} == {*((m, 1) for m in members), *((m, 3) for m in members), (ROOT, 4)}
         uploads = []
         for r in range(1, ROUNDS + 1):
             for m in members:
                 got = payload(into, m, r)
-                assert len(got) == 8 * length
                 with pytest.raises(WeightsRejected):
                     WeightsDecoder(describe(spec), 1 << 30).decode(got)
-                uploads.append(np.frombuffer(got, dtype="<u8"))
+                uploads.append(masked_vector(got, length))
         assert stats.kstest(np.concatenate(uploads) / 2.0**64, "uniform").pvalue > 1e-3
     # a member of an aggregator's group sends nothing to anyone else
     for m in (5, 6, 8, 9):
@@ -188,10 +193,17 @@ def test_a_dropped_member_is_recovered_and_a_dropped_aggregator_takes_its_group_
         assert all(rep["rejected"] == [] for i, rep in got.items() if i not in (ROOT, 5))
         mean = np.mean([flat(trained[i, r]) for i in included], axis=0)  # divided by 11: the count came through
         assert np.linalg.norm(flat(outcome[ROOT, r].model) - mean) <= 1e-6 * np.linalg.norm(mean)
+    # Every round each recipient asks its surviving senders to unmask (self masks); 5 and the
+    # root's upper level name the dropped 8 and 13.
     assert sorted(transport.requests) == sorted(
-        (f"dfl.node.{to}", (r, requester, [dropped]))
+        (f"dfl.node.{to}", (r, requester, dropped))
         for r in (1, 2)
-        for requester, dropped, survivors in ((5, 8, (6, 7)), (ROOT, 13, (5, 9)))
+        for requester, dropped, survivors in (
+            (5, [8], (6, 7)),
+            (9, [], (10, 11, 12)),
+            (ROOT, [], (2, 3, 4)),
+            (ROOT, [13], (5, 9)),
+        )
         for to in survivors
     )
 
