@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--rules", default=None, help=f"comma-separated subset of {','.join(RULES)}")
     ap.add_argument("--graphs", default=None, help=f"comma-separated subset of {','.join(GRAPHS)}")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="shards, models and expander (default 0; attackers stay 1, 5, 9, 13)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="simulations at once, a process each (default 1)")
     args = ap.parse_args(argv)
     device = select_device(args.device)
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         if "expander" not in graphs:
             ap.error("the expander is needed: rules are ranked on it")
     kinds = ("none", "sign-flip", "free-ride") if args.quick else KINDS
-    seed = 0
+    seed = args.seed
     started = time.perf_counter()
 
     base = SimConfig(
@@ -518,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "rounds": rounds,
         "local_steps": steps,
+        "seed": seed,
         "best_rule": best,
         "best_rule_drop_points": round(best_drop, 2),
         "attackers_paid": attackers_paid,
