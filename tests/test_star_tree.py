@@ -346,3 +346,16 @@ def test_the_platform_plans_the_tree_by_node_id_and_grants_its_links():
             assert set(up.neighbourhood) == {str(i) for i in members}
     assert star_tree.role(plans[ids[3]], ids[3]).up.neighbourhood.keys() == {str(ids[3]), str(ids[6])}
     assert round_neighbours(rnd) == {i: {n.node_id for n in p.neighbours} for i, p in plans.items()}
+
+
+@pytest.mark.django_db
+def test_the_job_page_says_a_job_runs_an_aggregation_tree(client):
+    from tests.factories import make_running_job, make_user
+
+    owner = make_user()
+    job, _, _ = make_running_job(
+        owner, cohort_size=9, topology="star", rule="fedavg", secure_aggregation=True, secagg_tree_group=3
+    )
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert "on: models leave only masked; aggregation tree, groups of 3" in page
