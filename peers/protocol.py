@@ -106,6 +106,11 @@ class JobConfig:
     # tree of groups of about g (peers.topology.tree_layout, peers.star_tree): members mask for
     # their group's aggregator, the aggregators their groups' sums for the root, the star's centre.
     secagg_tree_group: int = since("2026-11-26", 0)
+    # With secure aggregation: the fraction of a recipient's senders that may vanish after their
+    # masked models arrived (strictly fewer than it) with the sum still unmasked; a sender's
+    # self-mask seed needs shares from all but that many of the others (gossip.share_threshold).
+    # Lower: more holders must collude to unmask one sender, fewer dropouts tolerated. (0, 1/2].
+    secagg_dropout: float = since("2026-11-26", 0.5)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -125,6 +130,8 @@ class JobConfig:
                 f"config.secure_aggregation needs rule 'mean' or one of {list(SERVER_RULES)} (the star's "
                 "aggregator sums the leaves' masked models) and compression 'none'"
             )
+        if not (math.isfinite(self.secagg_dropout) and 0 < self.secagg_dropout <= 0.5):
+            raise ProtocolError(f"config.secagg_dropout must be in (0, 1/2], got {self.secagg_dropout}")
         if self.rule in SERVER_RULES:
             self._check_server_rule()
         if self.secagg_tree_group and (

@@ -646,7 +646,7 @@ class Peer:
             raise ValueError("the plan does not list this peer among its neighbours")
         others = {int(k): gossip.x25519_public(v) for k, v in n.neighbourhood.items() if int(k) != self.node_id}
         where = {"job": plan.job_id, "round": plan.round, "recipient": n.node_id}
-        threshold = gossip.share_threshold(len(others) + 1)
+        threshold = gossip.share_threshold(len(others) + 1, plan.config.secagg_dropout)
         seed = secrets.token_bytes(32)
         encoded = encode_fixed(flat, summands=len(others) + 1)
         masked = gossip.mask(encoded, self.node_id, key, others, self_seed=seed, **where)
@@ -719,7 +719,7 @@ class Peer:
         holders' shares, and the pairwise masks they added for the ``dropped``. ``sealed``: sender
         -> holder -> the share it sealed for it. None when too few are alive, or too few answer
         by ``give_up`` (unix seconds; default: a deadline margin before the deadline)."""
-        threshold = gossip.share_threshold(len(plan.neighbours))
+        threshold = gossip.share_threshold(len(plan.neighbours), plan.config.secagg_dropout)
         if len(alive) < max(gossip.MIN_SUM, threshold + 1):
             return None
         await self._ask_to_unmask(plan, alive, dropped, sealed)

@@ -23,6 +23,8 @@ def test_the_form_switches_dp_on_and_the_plans_carry_it():
     config = job.config()
     assert (config.dp_level, config.dp_noise, config.dp_clip, config.dp_epsilon) == ("sample", 1.1, 0.5, 8.0)
     assert JobForm(FORM).is_valid() and JobForm(FORM).save(commit=False).config().dp_noise == 0.0  # off by default
+    assert JobForm(FORM).save(commit=False).config().secagg_dropout == 0.5  # SecAgg tolerates just under half
+    assert JobForm({**FORM, "secagg_dropout": 0.25}).save(commit=False).config().secagg_dropout == 0.25
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,9 @@ def test_the_form_switches_dp_on_and_the_plans_carry_it():
         ({"dp_noise": "nan"}, "dp_noise"),
         ({"dp_epsilon": "inf"}, "dp_epsilon"),
         ({"dp_level": "everything"}, "dp_level"),
+        ({"secagg_dropout": 0.6}, "secagg_dropout"),
+        ({"secagg_dropout": 0}, "secagg_dropout"),
+        ({"secagg_dropout": "nan"}, "secagg_dropout"),
     ],
 )
 @pytest.mark.django_db

@@ -344,3 +344,32 @@ def test_a_recipient_that_splits_the_holders_into_camps_learns_a_sum_of_two_neve
     left2, left4 = y[2] - own[2] + c3, y[4] - own[4] - c4
     assert rel_err(decode(left2), x[2]) > 1 and rel_err(decode(left4), x[4]) > 1
     assert rel_err(decode(left2 + left4), x[2] + x[4]) < 1e-6
+
+
+@pytest.mark.parametrize("fraction, recovers", [(0.5, True), (0.2, False)])
+def test_the_jobs_dropout_fraction_decides_whether_a_vanished_holder_is_tolerated(monkeypatch, fraction, recovers):
+    # Node 1's 5 senders all arrive, then node 4 vanishes before the unmask request. With 1/2, a
+    # seed needs t = 2 shares of its 4 holders; with 1/5, t = 4: node 2's seed lacks node 4's.
+    transport = Silencing({4})
+    monkeypatch.setattr("tests.federation.MemoryTransport", lambda: transport)
+    reports, _, _ = asyncio.run(
+        run_federation(6, 1, graph="complete", secure_aggregation=True, secagg_dropout=fraction, deadline_s=6)
+    )
+    first = {r["node_id"]: r for r in reports}
+    if recovers:
+        assert first[1]["rejected"] == [] and first[1]["consensus_distance"] > 0
+    else:
+        assert first[1]["rejected"] == [{"sender": j, "reason": SECAGG_NO_RECOVERY} for j in (2, 3, 4, 5, 6)]
+        assert first[1]["consensus_distance"] == 0  # kept its own model
+
+
+def test_the_threshold_follows_the_jobs_dropout_fraction():
+    assert gossip.share_threshold(6, 0.2) == 4 and gossip.share_threshold(6, 0.5) == 3
+    for fraction in (0.2, 1 / 3, 0.5):
+        for n in range(3, 30):
+            assert gossip.share_threshold(n, fraction) == max(1, tree.threshold(n, fraction) - 1)
+    for bad in (0, 0.51, float("nan")):
+        with pytest.raises(ValueError):
+            gossip.share_threshold(6, bad)
+        with pytest.raises(ProtocolError):
+            protocol.JobConfig(secure_aggregation=True, secagg_dropout=bad)

@@ -358,4 +358,6 @@ def test_the_job_page_says_a_job_runs_an_aggregation_tree(client):
     )
     client.force_login(owner)
     page = client.get(f"/jobs/{job.id}/").content.decode()
-    assert "on: models leave only masked; aggregation tree, groups of 3" in page
+    assert (
+        "on: models leave only masked; aggregation tree, groups of 3; unmasked while fewer than 50% of a peer" in page
+    )

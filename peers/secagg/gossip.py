@@ -29,10 +29,12 @@ its seed comes from the other holders' shares and its pairwise masks cancel (Bon
 drop-after-send). A holder in A that does not answer fails the round only if its correction is
 needed (D not empty) or its shares are.
 
-Threshold: ``share_threshold(n)`` for |N(i)| = n senders is ``tree.threshold(n, 1/2) - 1``: the
-holders left to a sender when strictly fewer than half of N(i) drop, so i unmasks whenever
-fewer than half drop. n = 3 (the job form's minimum) gives t = 1 and tolerates one drop;
-n = 4 and 5 give 2, n = 6 gives 3, n = 8 gives 4.
+Threshold: ``share_threshold(n, f)`` for |N(i)| = n senders is ``tree.threshold(n, f) - 1``: the
+holders left to a sender when strictly fewer than the fraction f of N(i) drop (the job's
+``secagg_dropout``, at most and by default 1/2), so i unmasks whenever fewer than that drop. With
+f = 1/2: n = 3 (the job form's minimum) gives t = 1 and tolerates one drop; n = 4 and 5 give 2,
+n = 6 gives 3, n = 8 gives 4. A smaller f asks more holders (t + 1 colluders with i unmask one
+sender) and tolerates fewer drops: f = 1/5 with n = 6 gives t = 4.
 
 Why a recipient cannot claim a live sender dropped (the hole pairwise masks alone leave): to read
 x_j from y_ji, i needs b_ji, i.e. t shares, so t holders whose request names j alive; and every
@@ -197,13 +199,16 @@ def self_mask(seed: bytes, *, job: int, round: int, recipient: int, length: int)
     return prg.expand(prg.derive_seed(seed, round, f"gossip-self/{job}/{recipient}"), length)
 
 
-def share_threshold(size: int) -> int:
+def share_threshold(size: int, dropout_fraction: float = 0.5) -> int:
     """t, the shares of a sender's self-mask seed that unmask it, for a recipient with ``size``
-    senders: the holders left to a sender when strictly fewer than half the senders drop,
-    ``peers.secagg.tree.threshold(size, 1/2) - 1`` (at least 1)."""
+    senders: the holders left to a sender when strictly fewer than ``dropout_fraction`` (at most
+    1/2: the job's ``secagg_dropout``) of the senders drop, ``peers.secagg.tree.threshold(size,
+    dropout_fraction) - 1`` (at least 1)."""
     if type(size) is not int or size < MIN_SUM:
         raise ValueError(f"a neighbourhood has at least {MIN_SUM} senders, got {size!r}")
-    return max(1, size - math.ceil(size / 2))
+    if not 0 < dropout_fraction <= 0.5:
+        raise ValueError(f"dropout fraction must be in (0, 1/2], got {dropout_fraction!r}")
+    return max(1, size - math.ceil(dropout_fraction * size))
 
 
 def seal_shares(

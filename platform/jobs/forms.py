@@ -48,6 +48,7 @@ class JobForm(forms.ModelForm):
             "dp_epsilon",
             "secure_aggregation",
             "secagg_tree_group",
+            "secagg_dropout",
         ]
         labels = {
             "dp_level": "Differential privacy",
@@ -72,6 +73,7 @@ class JobForm(forms.ModelForm):
             "server_lr": "FedAdam server learning rate",
             "redraw_every": "Redraw every (rounds)",
             "secagg_tree_group": "Aggregation tree group size",
+            "secagg_dropout": "Dropouts tolerated (share of senders)",
         }
         help_texts = {
             "reward_per_round": "One pool per round, not per peer: each completed round pays this many tokens "
@@ -86,7 +88,18 @@ class JobForm(forms.ModelForm):
         ("Training", ["rounds", "local_steps", "lr", "lr_schedule", "batch_size", "round_timeout_s"]),
         ("Federation", ["num_peers", "topology", "degree", "redraw_every"]),
         ("Robustness and wire", ["rule", "byzantine_f", "clip_norm", "prox_mu", "server_lr", "compression"]),
-        ("Privacy", ["dp_level", "dp_noise", "dp_clip", "dp_epsilon", "secure_aggregation", "secagg_tree_group"]),
+        (
+            "Privacy",
+            [
+                "dp_level",
+                "dp_noise",
+                "dp_clip",
+                "dp_epsilon",
+                "secure_aggregation",
+                "secagg_tree_group",
+                "secagg_dropout",
+            ],
+        ),
         (
             "Participants and rewards",
             ["min_vram_gb", "require_cuda", "reward_per_round", "burn_unspent", "stake", "validator", "model_access"],
@@ -117,6 +130,7 @@ class JobForm(forms.ModelForm):
         "dp_epsilon",
         "secure_aggregation",
         "secagg_tree_group",
+        "secagg_dropout",
     )
 
     def __init__(self, *args, user=None, **kwargs):

@@ -4,6 +4,7 @@ websockets and the chain are told after."""
 import secrets
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -158,6 +159,14 @@ class Job(models.Model):
         "with an aggregator that learns only its group's sum; the aggregators mask those sums for the star's "
         "centre, which learns only the total. Needs at least 3 groups of at least 3 peers.",
     )
+    secagg_dropout = models.FloatField(
+        default=0.5,
+        validators=[MinValueValidator(0.01), MaxValueValidator(0.5)],
+        help_text="With secure aggregation: the share of a peer's senders (or a group's members) that may "
+        "vanish after sending, strictly fewer than it, with their sum still unmasked (at most 0.5). Lower: "
+        "more of them would have to collude with the recipient to unmask one peer's model, fewer dropouts "
+        "tolerated.",
+    )
     num_peers = models.PositiveIntegerField(default=4)
     round_timeout_s = models.PositiveIntegerField(default=120)
     # Who may join.
@@ -243,6 +252,7 @@ class Job(models.Model):
             dp_epsilon=self.dp_epsilon,
             secure_aggregation=self.secure_aggregation,
             secagg_tree_group=self.secagg_tree_group,
+            secagg_dropout=self.secagg_dropout,
         )
 
     @property
