@@ -361,3 +361,37 @@ def test_the_job_page_says_a_job_runs_an_aggregation_tree(client):
     assert (
         "on: models leave only masked; aggregation tree, groups of 3; unmasked while fewer than 50% of a peer" in page
     )
+
+
+@pytest.mark.services
+def test_the_tree_runs_over_the_peers_redis_transport(monkeypatch):
+    """The production transport (real Redis, as the peers use it across machines): every member
+    on one global model, the exact mean of the nine trained models."""
+    import os
+    import uuid
+
+    import redis
+
+    from peers.transport.redis import RedisChannelTransport
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"test-tree-{uuid.uuid4().hex[:8]}:"
+    trained, outcome = spying(monkeypatch)
+    monkeypatch.setattr(
+        "tests.federation.MemoryTransport", lambda: RedisChannelTransport(url, prefix=prefix, capacity=200, block_s=1)
+    )
+    try:
+        reports, _, _ = asyncio.run(
+            run_federation(N, 1, graph="star", secure_aggregation=True, rule="fedavg", secagg_tree_group=G)
+        )
+    finally:
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    got = by_round(reports, 1)
+    assert set(got) == set(range(1, N + 1)) and all(rep["rejected"] == [] for rep in got.values())
+    assert len({rep["model_hash"] for rep in got.values()}) == 1
+    mean = np.mean([flat(trained[i, 1]) for i in range(1, N + 1)], axis=0)
+    assert np.linalg.norm(flat(outcome[ROOT, 1].model) - mean) <= 1e-6 * np.linalg.norm(mean)
