@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from peers import star_tree
@@ -23,18 +22,10 @@ from peers.wire.codec import WeightsDecoder
 from peers.wire.format import WeightsRejected, describe, pack_state, sha256_hex
 from peers.wire.signing import NodeKey
 from tests.federation import BASE_CONFIG, run_federation
-from tests.test_star_secagg import STAR
+from tests.test_star_secagg import STAR, by_round, flat
 
 N, G, ROUNDS = 9, 3, 3  # groups (1, 2, 3), (4, 5, 6), (7, 8, 9): root 1, aggregators 4 and 7
 ROOT, AGGREGATORS = 1, (4, 7)
-
-
-def by_round(reports, r):
-    return {rep["node_id"]: rep for rep in reports if rep["round"] == r}
-
-
-def flat(model):
-    return torch.cat([t.detach().double().reshape(-1) for t in model.values()]).numpy()
 
 
 class Recording(MemoryTransport):
