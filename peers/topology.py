@@ -361,9 +361,6 @@ class Tree:
         """The aggregator above the others: the first group's, the cohort's lowest id."""
         return self.groups[0].aggregator
 
-    def group_of(self, node_id: int) -> Group:
-        return next(g for g in self.groups if node_id in g.members)
-
 
 def tree_layout(node_ids: Iterable[int], group_size: int) -> Tree:
     """The sorted ids cut into consecutive groups of ``group_size``, a last node left alone
