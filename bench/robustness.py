@@ -62,7 +62,7 @@ import torch
 
 from peers import topology
 from peers.data import LocalData
-from peers.evidence import PPM, flagged, next_reputation, score_from_evidence, scores_ppm, verdicts
+from peers.evidence import PPM, flagged, next_reputation, score_from_evidence, scores_ppm, standing, verdicts
 from peers.models import build_model
 from peers.simulate import RoundStats, SimConfig, load_shards, run_simulation, union_eval
 from peers.training import select_device
@@ -183,6 +183,7 @@ async def _scored_run(
 
     reputation: dict[int, float] = {}
     judged: dict[int, int] = {}
+    recent: dict[int, list[float]] = {}  # each node's standings, round by round
     flagged_nodes: set[int] = set()
 
     def on_report(message: dict) -> None:
@@ -191,7 +192,8 @@ async def _scored_run(
             for node, (verdict, facts) in verdicts(message["evidence"]).items():
                 judged[node] = judged.get(node, 0) + 1
                 reputation[node] = next_reputation(reputation.get(node, 1.0), judged[node] - 1, verdict, facts)
-                if flagged(verdict, reputation[node], judged[node], node in flagged_nodes):
+                recent.setdefault(node, []).append(standing(verdict, facts))
+                if flagged(verdict, reputation[node], judged[node], node in flagged_nodes, recent[node]):
                     flagged_nodes.add(node)
             return
         node = message["node_id"]
@@ -243,6 +245,7 @@ def pay(evidences: list[dict], attackers: set[int]) -> dict:
     rounds in which attackers were flagged, and the attackers' positive-score rounds."""
     reputation: dict[int, float] = {}
     judged: dict[int, int] = {}
+    recent: dict[int, list[float]] = {}  # each node's standings, round by round
     ever_flagged: set[int] = set()
     paid = {"attackers": 0, "honest": 0}
     flags = {"attackers": 0, "honest": 0}
@@ -251,7 +254,8 @@ def pay(evidences: list[dict], attackers: set[int]) -> dict:
         for node, (verdict, facts) in verdicts(ev).items():
             judged[node] = judged.get(node, 0) + 1
             reputation[node] = next_reputation(reputation.get(node, 1.0), judged[node] - 1, verdict, facts)
-            if flagged(verdict, reputation[node], judged[node], node in ever_flagged):
+            recent.setdefault(node, []).append(standing(verdict, facts))
+            if flagged(verdict, reputation[node], judged[node], node in ever_flagged, recent[node]):
                 ever_flagged.add(node)
                 ppm[node] = 0
                 flags["attackers" if node in attackers else "honest"] += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -118,6 +118,12 @@ DELIBERATE = {"duplicate": "echo", "no-update": "free ride"}
 # scale, gaussian, label-flip) at 0.08 or less (docs/benchmarks.md).
 MIN_JUDGED = 3
 FLAG_BELOW = 0.1
+# A sleeper that helps for many rounds lifts its mean far above FLAG_BELOW and could then attack
+# for dozens of rounds before the mean falls. Standing below TURNED_BELOW TURNED_ROUNDS judged
+# rounds in a row flags it too: no honest node in the bench's runs did that (5 rounds under
+# -0.05), every sign-flip and scaling attacker did by round 5.
+TURNED_ROUNDS = 5
+TURNED_BELOW = -0.05
 
 
 def verdicts(evidence: dict) -> dict[int, tuple[str, dict]]:
@@ -171,9 +177,12 @@ def next_reputation(value: float, judged: int, verdict: str, facts: Mapping[str,
     return (value * judged + standing(verdict, facts)) / (judged + 1)
 
 
-def flagged(verdict: str, reputation: float, judged: int, before: bool = False) -> bool:
+def flagged(verdict: str, reputation: float, judged: int, before: bool = False, recent: Sequence[float] = ()) -> bool:
     """Whether a node is a flagged attacker after a round's verdict: something deliberate at
-    once, else a mean standing under FLAG_BELOW over at least MIN_JUDGED judged rounds (``judged``
-    counts this one). A node flagged ``before`` in the job stays flagged: an attacker that now
-    and then sends a model that helps is not paid for those rounds either."""
-    return before or verdict in DELIBERATE.values() or (judged >= MIN_JUDGED and reputation < FLAG_BELOW)
+    once; a mean standing under FLAG_BELOW over at least MIN_JUDGED judged rounds (``judged``
+    counts this one); or its ``recent`` standings (oldest first, this round's last) under
+    TURNED_BELOW for the last TURNED_ROUNDS rounds. A node flagged ``before`` in the job stays
+    flagged: an attacker that now and then sends a model that helps is not paid for those rounds
+    either."""
+    turned = len(recent) >= TURNED_ROUNDS and all(s < TURNED_BELOW for s in recent[-TURNED_ROUNDS:])
+    return before or verdict in DELIBERATE.values() or (judged >= MIN_JUDGED and reputation < FLAG_BELOW) or turned

@@ -10,7 +10,7 @@ from jobs import orchestration
 from jobs.models import Consent, Job
 from ledger.detection import FLAG_BELOW, MIN_JUDGED, judge_round, verdicts
 from ledger.models import Flag, Reputation
-from peers.evidence import NORM_OUTLIER, next_reputation
+from peers.evidence import NORM_OUTLIER, TURNED_ROUNDS, next_reputation, standing
 from peers.evidence import flagged as flagged_in_job
 from peers.scoring import score_round
 from tests.factories import make_node, make_user, peer_report
@@ -55,11 +55,12 @@ def test_verdicts_name_each_kind_of_attack():
 def judge(rounds: list[tuple[str, float]], norm: float = 1.0) -> list[bool]:
     """Whether the node is flagged after each round of (verdict, agreement), its update ``norm``
     times the round's median."""
-    reputation, out = 1.0, []
+    reputation, out, recent = 1.0, [], []
     for judged, (verdict, agreement) in enumerate(rounds):
         facts = {"agreement": agreement, "update_norm": norm, "median_norm": 1.0}
         reputation = next_reputation(reputation, judged, verdict, facts)
-        out.append(flagged_in_job(verdict, reputation, judged + 1, before=any(out)))
+        recent.append(standing(verdict, facts))
+        out.append(flagged_in_job(verdict, reputation, judged + 1, before=any(out), recent=recent))
     return out
 
 
@@ -78,6 +79,16 @@ def test_an_update_that_keeps_pointing_nowhere_or_away_is_flagged_after_min_judg
     scaled = [("unhelpful", 0.4)] * MIN_JUDGED  # agrees, but NORM_OUTLIER times too long: -1 each round
     assert judge(scaled, norm=NORM_OUTLIER + 1)[-1] and not judge(scaled, norm=NORM_OUTLIER - 1)[-1]
     assert judge([("echo", 0.0)]) == [True]  # deliberate: at once
+
+
+def test_a_sleeper_that_turns_after_a_long_honest_history_is_flagged_within_turned_rounds():
+    # 40 helpful rounds lift the mean to 0.4: sign-flipping after that would take ~43 rounds to
+    # bring it under FLAG_BELOW. Pointing away TURNED_ROUNDS rounds in a row flags it at once.
+    sleeper = [("ok", 0.4)] * 40 + [("outlier", -0.3)] * TURNED_ROUNDS
+    assert judge(sleeper) == [False] * (40 + TURNED_ROUNDS - 1) + [True]
+    # an honest peer's occasional runs of disagreement are shorter, or not that far away
+    assert not any(judge([("ok", 0.4)] * 40 + [("outlier", -0.3)] * (TURNED_ROUNDS - 1) + [("ok", 0.2)]))
+    assert not any(judge([("ok", 0.4)] * 40 + [("unhelpful", -0.02)] * 10))
 
 
 @pytest.mark.django_db

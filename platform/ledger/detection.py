@@ -13,7 +13,8 @@ planned member a verdict:
 A per-node reputation is the mean, over the rounds judged so far, of each round's standing: its
 update's agreement with the helpful peers' consensus (cosine, -1 to 1), -1 for an unusable or
 far too long update (peers.evidence.standing). A node whose mean falls below FLAG_BELOW once
-MIN_JUDGED rounds are judged is flagged for that round and every later one (ledger.flags), with
+MIN_JUDGED rounds are judged, or whose standing stays under TURNED_BELOW for TURNED_ROUNDS rounds
+in a row (a sleeper turning after a long honest history), is flagged for that round and every later one (ledger.flags), with
 the verdicts and numbers that led there as evidence: it is paid nothing for the round and its
 stake is slashed. One round's verdict says little under skewed data (an honest peer's update is
 now and then unhelpful or points away); the mean over rounds separates attackers from honest
@@ -28,7 +29,15 @@ from django.db import transaction
 from jobs.models import Job, Round, ValidatorReport
 from ledger.flags import flag
 from ledger.models import Flag, Reputation
-from peers.evidence import FLAG_BELOW, MIN_JUDGED, flagged, next_reputation, verdicts  # noqa: F401  (the API)
+from peers.evidence import (  # noqa: F401  (FLAG_BELOW, MIN_JUDGED: the API)
+    FLAG_BELOW,
+    MIN_JUDGED,
+    TURNED_ROUNDS,
+    flagged,
+    next_reputation,
+    standing,
+    verdicts,
+)
 
 
 def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
@@ -43,10 +52,12 @@ def judge_round(job: Job, rnd: Round, report: ValidatorReport) -> list[int]:
             judged = len(rep.history)  # rounds judged before this one
             rep.value = next_reputation(rep.value, judged, verdict, facts)
             rep.last_round = rnd.number
-            rep.history = [*rep.history, {"round": rnd.number, "verdict": verdict, "reputation": round(rep.value, 6)}]
+            now = {"round": rnd.number, "verdict": verdict, "standing": round(standing(verdict, facts), 6)}
+            rep.history = [*rep.history, {**now, "reputation": round(rep.value, 6)}]
+            recent = [float(h["standing"]) for h in rep.history[-TURNED_ROUNDS:] if "standing" in h]
             rep.save()
             before = Flag.objects.filter(job=job, node_id=node_id, round__number__lt=rnd.number).exists()
-            if flagged(verdict, rep.value, judged + 1, before):
+            if flagged(verdict, rep.value, judged + 1, before, recent):
                 evidence = {
                     "verdict": verdict,
                     "facts": facts,
