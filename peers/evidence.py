@@ -120,10 +120,10 @@ MIN_JUDGED = 3
 FLAG_BELOW = 0.1
 # A sleeper that helps for many rounds lifts its mean far above FLAG_BELOW and could then attack
 # for dozens of rounds before the mean falls. Standing below TURNED_BELOW TURNED_ROUNDS judged
-# rounds in a row flags it too: no honest node in the bench's runs did that (5 rounds under
-# -0.05), every sign-flip and scaling attacker did by round 5.
-TURNED_ROUNDS = 5
-TURNED_BELOW = -0.05
+# rounds in a row flags it too: in the bench's 100-round runs every sign-flip and scaling attacker
+# did that by round 6 and no honest node did (5 rounds under -0.05 caught one honest node once).
+TURNED_ROUNDS = 6
+TURNED_BELOW = -0.1
 
 
 def verdicts(evidence: dict) -> dict[int, tuple[str, dict]]:
